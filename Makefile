@@ -1,0 +1,41 @@
+# Pushgate: the two commands a newcomer needs.
+#   make dev   - run the whole pipeline locally (moto, functions, poller, webhook receiver)
+#   make test  - the full suite: fmt, clippy, cfn-lint, unit and integration tests
+# Everything else they need is installed here, pinned, into .pushgate/venv.
+
+VENV     := .pushgate/venv
+PYTHON   ?= python3
+export PUSHGATE_MOTO_SERVER := $(CURDIR)/$(VENV)/bin/moto_server
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: dev test venv lint unit smoke bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: infra/requirements.txt infra/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt -c infra/constraints.txt
+	touch $@
+
+dev: venv
+	cargo build --quiet -p pushgate -p ingest -p dispatcher -p callback
+	cargo run --quiet -p pushgate -- dev
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(VENV)/bin/cfn-lint template.yaml
+
+unit: venv
+	cargo test --workspace
+
+smoke: venv
+	bash tests/smoke.sh
+
+test: lint unit smoke
+
+bench: venv
+	cargo bench -p pushgate-tests
+
+clean:
+	rm -rf .pushgate

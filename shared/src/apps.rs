@@ -1,0 +1,184 @@
+//! Per-app configuration and service secrets, read from one Secrets Manager secret
+//! (JSON) at cold start and re-read every few minutes so secret rotation takes effect.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::RwLock;
+
+/// One client application.
+#[derive(Clone, Deserialize)]
+pub struct AppConfig {
+    /// The public key id sent as `X-App-Key`.
+    pub key: String,
+    #[serde(default)]
+    pub name: String,
+    /// Active signing secrets; two during rotation.
+    pub secrets: Vec<String>,
+    /// Standard Webhooks secret (`whsec_…`) used to sign outgoing webhooks.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Sender address for email; falls back to `PUSHGATE_EMAIL_FROM`.
+    #[serde(default)]
+    pub email_from: Option<String>,
+}
+
+// Secrets never reach logs through Debug.
+impl fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("key", &self.key)
+            .field("name", &self.name)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole secret document.
+#[derive(Clone, Default, Deserialize)]
+pub struct ServiceSecrets {
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// Shared token that provider callbacks must present (`?token=`).
+    #[serde(default)]
+    pub callback_token: Option<String>,
+}
+
+impl ServiceSecrets {
+    pub fn parse(json: &str) -> Result<Self, AppsError> {
+        serde_json::from_str(json).map_err(|e| AppsError::Invalid(e.to_string()))
+    }
+
+    pub fn app(&self, key: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.key == key)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppsError {
+    #[error("service secret unavailable: {0}")]
+    Unavailable(String),
+    #[error("service secret is not valid JSON config: {0}")]
+    Invalid(String),
+}
+
+/// Where the service secret comes from.
+#[async_trait::async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn load(&self) -> Result<ServiceSecrets, AppsError>;
+}
+
+/// A fixed document (tests, tools).
+pub struct StaticSecrets(pub ServiceSecrets);
+
+#[async_trait::async_trait]
+impl SecretSource for StaticSecrets {
+    async fn load(&self) -> Result<ServiceSecrets, AppsError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Secrets Manager `GetSecretValue` of `PUSHGATE_SECRET_ID`.
+pub struct SecretsManagerSource {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+}
+
+impl SecretsManagerSource {
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
+        Self {
+            client,
+            secret_id: secret_id.into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretSource for SecretsManagerSource {
+    async fn load(&self) -> Result<ServiceSecrets, AppsError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                AppsError::Unavailable(
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
+        let text = out
+            .secret_string()
+            .ok_or_else(|| AppsError::Invalid("secret has no string value".into()))?;
+        ServiceSecrets::parse(text)
+    }
+}
+
+/// Caches the secret document for `ttl`; on a failed refresh keeps serving the last good
+/// copy so a Secrets Manager blip does not reject every request.
+pub struct Apps {
+    source: Arc<dyn SecretSource>,
+    ttl: Duration,
+    cached: RwLock<Option<(Instant, Arc<ServiceSecrets>)>>,
+}
+
+impl Apps {
+    pub fn new(source: Arc<dyn SecretSource>, ttl: Duration) -> Self {
+        Self {
+            source,
+            ttl,
+            cached: RwLock::new(None),
+        }
+    }
+
+    /// A registry over a fixed document.
+    pub fn fixed(secrets: ServiceSecrets) -> Self {
+        Self::new(Arc::new(StaticSecrets(secrets)), Duration::from_secs(3600))
+    }
+
+    pub async fn current(&self) -> Result<Arc<ServiceSecrets>, AppsError> {
+        if let Some((at, doc)) = self.cached.read().await.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(doc.clone());
+            }
+        }
+        let mut slot = self.cached.write().await;
+        if let Some((at, doc)) = slot.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(doc.clone());
+            }
+        }
+        match self.source.load().await {
+            Ok(doc) => {
+                let doc = Arc::new(doc);
+                *slot = Some((Instant::now(), doc.clone()));
+                Ok(doc)
+            }
+            Err(e) => match slot.as_ref() {
+                Some((_, doc)) => {
+                    tracing::warn!(error = %e, "service secret refresh failed; serving cached copy");
+                    Ok(doc.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The app's config, or `None` for an unknown key.
+    pub async fn app(&self, key: &str) -> Result<Option<AppConfig>, AppsError> {
+        Ok(self.current().await?.app(key).cloned())
+    }
+}
+
+/// Convenience for tests: a document with the given apps.
+pub fn secrets_with(apps: Vec<AppConfig>, callback_token: Option<&str>) -> ServiceSecrets {
+    ServiceSecrets {
+        apps,
+        callback_token: callback_token.map(str::to_string),
+    }
+}

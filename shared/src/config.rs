@@ -1,0 +1,119 @@
+//! Environment configuration. Every variable is documented in the README and wired in
+//! `template.yaml`; defaults suit production, the dev stack overrides a few.
+
+use std::time::Duration;
+
+/// Errors reading configuration at cold start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {0} is invalid: {1}")]
+    Invalid(&'static str, String),
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError::Missing(name))
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid(name, v)),
+    }
+}
+
+fn flag(name: &'static str) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::trim) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid(name, other.to_string())),
+    }
+}
+
+/// Settings common to all functions.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// `PUSHGATE_MESSAGES_TABLE`
+    pub messages_table: String,
+    /// `PUSHGATE_SECRET_ID`: Secrets Manager id of the service secret (apps, tokens).
+    pub secret_id: String,
+    /// `PUSHGATE_SECRET_TTL_SECONDS` (300): how long the secret is cached.
+    pub secret_ttl: Duration,
+    /// `PUSHGATE_WEBHOOK_ALLOW_PRIVATE` (false)
+    pub webhook_allow_private: bool,
+}
+
+impl Common {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            messages_table: required("PUSHGATE_MESSAGES_TABLE")?,
+            secret_id: required("PUSHGATE_SECRET_ID")?,
+            secret_ttl: Duration::from_secs(number("PUSHGATE_SECRET_TTL_SECONDS", 300u64)?),
+            webhook_allow_private: flag("PUSHGATE_WEBHOOK_ALLOW_PRIVATE")?,
+        })
+    }
+}
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// `PUSHGATE_QUEUE_URL`
+    pub queue_url: String,
+    /// `PUSHGATE_CLOCK_SKEW_SECONDS` (300)
+    pub clock_skew_secs: i64,
+    /// `PUSHGATE_MAX_BODY_BYTES` (65536)
+    pub max_body_bytes: usize,
+    /// `PUSHGATE_RETENTION_DAYS` (7, at least 1): how long message records (and so
+    /// idempotency keys) are kept.
+    pub retention_days: i64,
+    pub webhook_allow_private: bool,
+}
+
+impl Ingest {
+    pub fn from_env(common: &Common) -> Result<Self, ConfigError> {
+        Ok(Self {
+            queue_url: required("PUSHGATE_QUEUE_URL")?,
+            clock_skew_secs: number("PUSHGATE_CLOCK_SKEW_SECONDS", 300)?,
+            max_body_bytes: number("PUSHGATE_MAX_BODY_BYTES", 65536)?,
+            retention_days: number("PUSHGATE_RETENTION_DAYS", 7i64)?.max(1),
+            webhook_allow_private: common.webhook_allow_private,
+        })
+    }
+}
+
+/// Dispatcher settings.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// `PUSHGATE_EMAIL_FROM`: default sender.
+    pub email_from: String,
+    /// `PUSHGATE_SES_CONFIGURATION_SET` (optional): SES events for delivery receipts.
+    pub ses_configuration_set: Option<String>,
+    /// `PUSHGATE_LEASE_SECONDS` (60): claim lease; longer than one provider call.
+    pub lease_secs: i64,
+    /// `PUSHGATE_MAX_ATTEMPTS` (5): retryable failures before `failed`.
+    pub max_attempts: u32,
+    /// `PUSHGATE_DISPATCH_CONCURRENCY` (10): records of a batch sent at once.
+    pub concurrency: usize,
+    /// `PUSHGATE_WEBHOOK_TIMEOUT_MS` (5000)
+    pub webhook_timeout: Duration,
+    pub webhook_allow_private: bool,
+}
+
+impl Dispatch {
+    pub fn from_env(common: &Common) -> Result<Self, ConfigError> {
+        Ok(Self {
+            email_from: var("PUSHGATE_EMAIL_FROM").unwrap_or_else(|| "noreply@example.com".into()),
+            ses_configuration_set: var("PUSHGATE_SES_CONFIGURATION_SET"),
+            lease_secs: number("PUSHGATE_LEASE_SECONDS", 60)?,
+            max_attempts: number("PUSHGATE_MAX_ATTEMPTS", 5)?,
+            concurrency: number("PUSHGATE_DISPATCH_CONCURRENCY", 10usize)?.max(1),
+            webhook_timeout: Duration::from_millis(number("PUSHGATE_WEBHOOK_TIMEOUT_MS", 5000)?),
+            webhook_allow_private: common.webhook_allow_private,
+        })
+    }
+}

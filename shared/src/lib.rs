@@ -1,0 +1,24 @@
+//! Pushgate: the domain, handlers and AWS adapters shared by the Lambda functions.
+//!
+//! Layout follows the architecture: `auth` (request signing), `model` (messages and
+//! their lifecycle), `templates`, `apps` (per-app configuration from Secrets Manager),
+//! `store` (DynamoDB), `queue` (SQS), `providers` (one file per provider), `receipts`
+//! (provider delivery reports), and `handlers` (the three functions' logic, testable
+//! without AWS). Functions under `functions/` only wire adapters into handlers.
+
+pub mod apps;
+pub mod auth;
+pub mod aws;
+pub mod clock;
+pub mod config;
+pub mod handlers;
+pub mod model;
+pub mod net;
+pub mod problem;
+pub mod providers;
+pub mod queue;
+pub mod receipts;
+pub mod store;
+pub mod telemetry;
+pub mod templates;
+pub mod wiring;

@@ -1,0 +1,504 @@
+//! The message: what a client asks for, what is stored, and how its status moves.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::problem::FieldError;
+
+/// Delivery channel. Channels not yet served are known names, so clients get a clear
+/// "not supported yet" instead of "unknown".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Webhook,
+    Sms,
+    Dingtalk,
+    Wecom,
+    Feishu,
+    Wechat,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 7] = [
+        Channel::Email,
+        Channel::Webhook,
+        Channel::Sms,
+        Channel::Dingtalk,
+        Channel::Wecom,
+        Channel::Feishu,
+        Channel::Wechat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+            Channel::Sms => "sms",
+            Channel::Dingtalk => "dingtalk",
+            Channel::Wecom => "wecom",
+            Channel::Feishu => "feishu",
+            Channel::Wechat => "wechat",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Lifecycle status. It only moves forward: each status has a rank and an update applies
+/// only when it raises the rank, so late or duplicate events never move it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Accepted,
+    Sending,
+    Sent,
+    /// The outcome of a send cut short (lease expired mid-call) cannot be known and the
+    /// provider cannot be safely re-called; a later receipt may still settle it.
+    Unknown,
+    Delivered,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn rank(self) -> u8 {
+        match self {
+            Status::Accepted => 0,
+            Status::Sending => 1,
+            Status::Sent | Status::Unknown => 2,
+            Status::Delivered | Status::Failed | Status::Cancelled => 3,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self.rank() == 3
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Unknown => "unknown",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Rendered content, as sent. Which fields apply depends on the channel: email uses
+/// subject/text/html; a webhook posts all present fields plus `body` (any JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Content {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// One step of a message's history, shown by `GET /v1/messages/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Unix milliseconds.
+    pub at: i64,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The stored message record (one DynamoDB item). Its key `pk` is the replay guard and
+/// idempotency record at once: `{app}_i_{sha256(Idempotency-Key)}` when the client sent a
+/// key, `{app}_s_{signature}` otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub pk: String,
+    pub id: String,
+    pub app: String,
+    pub channel: Channel,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub content: Content,
+    pub status: Status,
+    pub status_rank: u8,
+    #[serde(default)]
+    pub attempts: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// DynamoDB TTL attribute (Unix seconds).
+    pub expires_at: i64,
+    /// hex(sha256(request body)), to tell an idempotent replay from a key reused with a
+    /// different body.
+    pub body_hash: String,
+    /// hex of the request signature, to tell a replayed request from an idempotent retry.
+    pub signature: String,
+    /// Set while the ingest that wrote the record has not yet confirmed the SQS send
+    /// (idempotent requests only); cleared by ingest or by the dispatcher's claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_pending: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The body of each SQS job: the key of the record to dispatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub pk: String,
+    pub id: String,
+}
+
+/// A validated send request, before rendering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    pub channel: Channel,
+    pub to: String,
+    pub body: RequestBody,
+}
+
+/// Either a template with data or inline content.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestBody {
+    Template {
+        id: String,
+        data: Map<String, Value>,
+    },
+    Inline(Content),
+}
+
+const TOP_LEVEL_FIELDS: [&str; 5] = ["channel", "to", "template", "data", "content"];
+
+/// Validates a parsed JSON body, collecting every field error (JSON Pointers) rather than
+/// stopping at the first. `allow_private_webhooks` admits loopback/private webhook targets.
+pub fn validate(
+    value: &Value,
+    allow_private_webhooks: bool,
+) -> Result<SendRequest, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Some(obj) = value.as_object() else {
+        return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+    };
+    for key in obj.keys() {
+        if !TOP_LEVEL_FIELDS.contains(&key.as_str()) {
+            errors.push(FieldError::new(
+                format!("/{}", escape(key)),
+                "unknown field",
+            ));
+        }
+    }
+
+    let channel = match obj.get("channel") {
+        None => {
+            errors.push(FieldError::new("/channel", "is required"));
+            None
+        }
+        Some(Value::String(s)) => match Channel::parse(s) {
+            Some(c @ (Channel::Email | Channel::Webhook)) => Some(c),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "/channel",
+                    format!("channel '{s}' is not supported yet"),
+                ));
+                None
+            }
+            None => {
+                errors.push(FieldError::new(
+                    "/channel",
+                    "must be one of: email, webhook",
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new("/channel", "must be a string"));
+            None
+        }
+    };
+
+    let to = match obj.get("to") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Some(Value::String(_)) => {
+            errors.push(FieldError::new("/to", "must not be empty"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new("/to", "must be a string"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("/to", "is required"));
+            None
+        }
+    };
+    if let (Some(channel), Some(to)) = (channel, to.as_deref()) {
+        if let Err(why) = validate_recipient(channel, to, allow_private_webhooks) {
+            errors.push(FieldError::new("/to", why));
+        }
+    }
+
+    let body = match (obj.get("template"), obj.get("content")) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                "/content",
+                "give either template or content, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            errors.push(FieldError::new(
+                "/template",
+                "either template or content is required",
+            ));
+            None
+        }
+        (Some(t), None) => {
+            let id = match t {
+                Value::String(s) if valid_template_id(s) => Some(s.clone()),
+                _ => {
+                    errors.push(FieldError::new(
+                        "/template",
+                        "must be a template id ([a-z0-9_.-], 1-64 chars)",
+                    ));
+                    None
+                }
+            };
+            let data = match obj.get("data") {
+                None => Some(Map::new()),
+                Some(Value::Object(m)) => Some(m.clone()),
+                Some(_) => {
+                    errors.push(FieldError::new("/data", "must be an object"));
+                    None
+                }
+            };
+            match (id, data) {
+                (Some(id), Some(data)) => Some(RequestBody::Template { id, data }),
+                _ => None,
+            }
+        }
+        (None, Some(c)) => {
+            if obj.contains_key("data") {
+                errors.push(FieldError::new("/data", "only allowed with template"));
+            }
+            validate_content(c, channel, &mut errors).map(RequestBody::Inline)
+        }
+    };
+
+    match (channel, to, body) {
+        (Some(channel), Some(to), Some(body)) if errors.is_empty() => {
+            Ok(SendRequest { channel, to, body })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn validate_content(
+    value: &Value,
+    channel: Option<Channel>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Content> {
+    let Some(obj) = value.as_object() else {
+        errors.push(FieldError::new("/content", "must be an object"));
+        return None;
+    };
+    let before = errors.len();
+    let mut text_field = |name: &str| -> Option<String> {
+        match obj.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    format!("/content/{name}"),
+                    "must be a string",
+                ));
+                None
+            }
+        }
+    };
+    let content = Content {
+        subject: text_field("subject"),
+        text: text_field("text"),
+        html: text_field("html"),
+        body: obj.get("body").cloned(),
+    };
+    for key in obj.keys() {
+        if !["subject", "text", "html", "body"].contains(&key.as_str()) {
+            errors.push(FieldError::new(
+                format!("/content/{}", escape(key)),
+                "unknown field",
+            ));
+        }
+    }
+    if let Some(channel) = channel {
+        errors.extend(check_content(channel, &content, "/content"));
+    }
+    (errors.len() == before).then_some(content)
+}
+
+/// Channel rules for content, shared by inline content and rendered templates.
+pub fn check_content(channel: Channel, content: &Content, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match channel {
+        Channel::Email => {
+            if content
+                .subject
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+            {
+                errors.push(FieldError::new(
+                    format!("{at}/subject"),
+                    "email needs a subject",
+                ));
+            }
+            if content.text.is_none() && content.html.is_none() {
+                errors.push(FieldError::new(
+                    format!("{at}/text"),
+                    "email needs text or html",
+                ));
+            }
+            if content.body.is_some() {
+                errors.push(FieldError::new(format!("{at}/body"), "not used by email"));
+            }
+        }
+        _ => {
+            if content == &Content::default() {
+                errors.push(FieldError::new(
+                    at.to_string(),
+                    "needs at least one of subject, text, html, body",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+fn validate_recipient(channel: Channel, to: &str, allow_private: bool) -> Result<(), String> {
+    match channel {
+        Channel::Email => {
+            let valid = to.len() <= 254
+                && to.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty()
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                        && !to
+                            .chars()
+                            .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == ',')
+                        && domain.matches('@').count() == 0
+                });
+            if valid {
+                Ok(())
+            } else {
+                Err("must be an email address".into())
+            }
+        }
+        Channel::Webhook => crate::net::check_webhook_url(to, allow_private).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+fn valid_template_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.' || b == b'-'
+        })
+}
+
+/// JSON Pointer escaping (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pointers(v: Value) -> Vec<String> {
+        validate(&v, false)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.pointer)
+            .collect()
+    }
+
+    #[test]
+    fn inline_email_is_valid() {
+        let req = validate(
+            &json!({"channel":"email","to":"a@example.com","content":{"subject":"Hi","text":"Hello"}}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(req.channel, Channel::Email);
+        assert!(
+            matches!(req.body, RequestBody::Inline(ref c) if c.subject.as_deref() == Some("Hi"))
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        assert_eq!(
+            pointers(json!({"channel":"fax","to":3,"content":{"subject":1}})),
+            vec!["/channel", "/to", "/content/subject"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"email","to":"not-an-email","template":"x"})),
+            vec!["/to"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"email","to":"a@b.co"})),
+            vec!["/template"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"email","to":"a@b.co","content":{"text":"x"},"extra":1})),
+            vec!["/extra", "/content/subject"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"sms","to":"+1","template":"t"})),
+            vec!["/channel"]
+        );
+        assert_eq!(pointers(json!([1])), vec![""]);
+    }
+
+    #[test]
+    fn webhook_targets_on_private_addresses_are_refused() {
+        for url in [
+            "http://127.0.0.1/x",
+            "http://localhost:8080/",
+            "http://169.254.169.254/latest",
+            "http://10.0.0.1/",
+            "ftp://example.com/",
+        ] {
+            let v = json!({"channel":"webhook","to":url,"content":{"text":"x"}});
+            assert_eq!(pointers(v.clone()), vec!["/to"], "{url}");
+            assert!(
+                validate(&v, true).is_ok() || url.starts_with("ftp"),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_rank_only_grows_forward() {
+        assert!(Status::Delivered.rank() > Status::Sent.rank());
+        assert!(Status::Unknown.rank() < Status::Delivered.rank());
+        assert!(Status::Failed.is_terminal() && !Status::Unknown.is_terminal());
+    }
+}

@@ -1,0 +1,41 @@
+//! The job queue (SQS): ingest puts one job per accepted message; the dispatcher is fed
+//! by the SQS event source (on AWS) or the dev stack's poller (locally).
+
+use aws_sdk_sqs::Client;
+
+use crate::model::Job;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("sqs: {0}")]
+    Aws(String),
+}
+
+/// SQS adapter.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    client: Client,
+    url: String,
+}
+
+impl Queue {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
+        Self {
+            client,
+            url: url.into(),
+        }
+    }
+
+    /// Sends one job (one SendMessage call).
+    pub async fn send(&self, job: &Job) -> Result<(), QueueError> {
+        let body = serde_json::to_string(job).map_err(|e| QueueError::Aws(e.to_string()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError::Aws(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+    }
+}

@@ -1,0 +1,413 @@
+//! The message store: one DynamoDB item per message, written with conditional writes so
+//! that the record is the replay guard, the idempotency record, the dispatch lease and a
+//! forward-only status at once.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+
+use crate::model::{HistoryEntry, Message, Status};
+
+/// Name of the GSI that maps a message id to its key.
+pub const BY_ID_INDEX: &str = "by_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("dynamodb: {0}")]
+    Aws(String),
+    #[error("stored item is malformed: {0}")]
+    Corrupt(String),
+}
+
+fn aws_err<E: std::error::Error + 'static>(e: E) -> StoreError {
+    StoreError::Aws(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+}
+
+/// Result of creating a record.
+#[derive(Debug)]
+pub enum Created {
+    Created,
+    /// A live record already holds this key; it is returned as stored.
+    Exists(Box<Message>),
+}
+
+/// Result of claiming a record for sending.
+#[derive(Debug)]
+pub enum Claim {
+    /// The caller holds the lease. `takeover` is true when a previous claim's lease
+    /// expired mid-send: whether that send reached the provider is unknown.
+    Claimed {
+        message: Box<Message>,
+        takeover: bool,
+    },
+    /// Already past sending (sent, delivered, failed…): acknowledge without sending.
+    Done(Status),
+    /// Another worker holds a live lease: try again later.
+    Leased,
+    /// No such record (e.g. ingest rolled it back): nothing to send.
+    Missing,
+}
+
+/// The outcome of a send, written when the lease holder finishes.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub status: Status,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub reason: Option<String>,
+    pub note: Option<String>,
+}
+
+/// DynamoDB adapter.
+#[derive(Clone, Debug)]
+pub struct Store {
+    client: Client,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn history(entry: HistoryEntry) -> Result<AttributeValue, StoreError> {
+    let item: serde_dynamo::Item =
+        serde_dynamo::to_item(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(AttributeValue::L(vec![AttributeValue::M(item.into())]))
+}
+
+fn decode(item: HashMap<String, AttributeValue>) -> Result<Message, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// Writes a new record unless a live one holds the key (one conditional PutItem).
+    /// Records past their TTL count as absent: DynamoDB deletes them late.
+    pub async fn create(&self, message: &Message, now_ms: i64) -> Result<Created, StoreError> {
+        let item: serde_dynamo::Item =
+            serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item.into()))
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", n(now_ms / 1000))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Created::Created),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    let old = c.item().cloned().ok_or_else(|| StoreError::Corrupt("condition failed without item".into()))?;
+                    Ok(Created::Exists(Box::new(decode(old)?)))
+                }
+                _ => Err(aws_err(e)),
+            },
+        }
+    }
+
+    /// Clears `ingest_pending` once the job is on the queue.
+    pub async fn mark_enqueued(&self, pk: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression("REMOVE ingest_pending")
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if is_condition_failure(&e) {
+                    Ok(())
+                } else {
+                    Err(aws_err(e))
+                }
+            })
+    }
+
+    /// Removes a record this ingest created but could not queue, so a retry starts clean.
+    pub async fn delete(&self, pk: &str, id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .condition_expression("id = :id")
+            .expression_attribute_values(":id", s(id))
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if is_condition_failure(&e) {
+                    Ok(())
+                } else {
+                    Err(aws_err(e))
+                }
+            })
+    }
+
+    /// Reads a record by key (strongly consistent).
+    pub async fn get(&self, pk: &str, now_ms: i64) -> Result<Option<Message>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        match out.item {
+            Some(item) => Ok(Some(decode(item)?).filter(|m| m.expires_at >= now_ms / 1000)),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds a record by message id through the `by_id` index.
+    pub async fn get_by_id(&self, id: &str, now_ms: i64) -> Result<Option<Message>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_ID_INDEX)
+            .key_condition_expression("id = :id")
+            .expression_attribute_values(":id", s(id))
+            .limit(1)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        let Some(pk) = out
+            .items()
+            .first()
+            .and_then(|i| i.get("pk"))
+            .and_then(|v| v.as_s().ok())
+        else {
+            return Ok(None);
+        };
+        Ok(self.get(pk, now_ms).await?.filter(|m| m.id == id))
+    }
+
+    /// Claims a record for sending with a lease (one conditional UpdateItem). Succeeds
+    /// for a fresh record, or one in `sending` whose lease was released or has expired.
+    pub async fn claim(
+        &self,
+        pk: &str,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status: Status::Sending,
+            note: None,
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(
+                "SET #st = :sending, status_rank = :one, lease_until = :lease, lease_owner = :owner, \
+                 attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, \
+                 history = list_append(history, :entry) REMOVE ingest_pending",
+            )
+            .condition_expression(
+                "id = :id AND (status_rank = :zero OR (status_rank = :one AND \
+                 (attribute_not_exists(lease_until) OR lease_until < :now)))",
+            )
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":lease", n(lease_until_ms))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":id", s(id))
+            .expression_attribute_values(":entry", history(entry)?)
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let mut message = decode(out.attributes.unwrap_or_default())?;
+                // A lease still set on the old record means its holder neither finished
+                // nor released: it was cut short mid-send.
+                let takeover = message.status == Status::Sending && message.lease_until.is_some();
+                message.status = Status::Sending;
+                message.status_rank = Status::Sending.rank();
+                message.attempts += 1;
+                message.lease_until = Some(lease_until_ms);
+                message.lease_owner = Some(owner.to_string());
+                message.ingest_pending = None;
+                Ok(Claim::Claimed {
+                    message: Box::new(message),
+                    takeover,
+                })
+            }
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    let Some(old) = c.item().cloned() else {
+                        return Ok(Claim::Missing);
+                    };
+                    let old = decode(old)?;
+                    Ok(if old.id != id || old.expires_at < now_ms / 1000 {
+                        Claim::Missing
+                    } else if old.status_rank >= 2 {
+                        Claim::Done(old.status)
+                    } else {
+                        Claim::Leased
+                    })
+                }
+                _ => Err(aws_err(e)),
+            },
+        }
+    }
+
+    /// Records the outcome of a send if the caller still holds the lease and the status
+    /// moves forward. Returns whether it applied.
+    pub async fn finish(
+        &self,
+        pk: &str,
+        owner: &str,
+        finish: Finish,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status: finish.status,
+            note: finish.note.clone(),
+        };
+        let mut sets = vec![
+            "#st = :status",
+            "status_rank = :rank",
+            "updated_at = :now",
+            "history = list_append(history, :entry)",
+        ];
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .condition_expression("lease_owner = :owner AND status_rank < :rank")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":status", s(finish.status.as_str()))
+            .expression_attribute_values(":rank", n(finish.status.rank()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":entry", history(entry)?);
+        for (name, value) in [
+            ("provider", finish.provider),
+            ("provider_message_id", finish.provider_message_id),
+            ("reason", finish.reason),
+        ] {
+            if let Some(v) = value {
+                sets.push(match name {
+                    "provider" => "provider = :provider",
+                    "provider_message_id" => "provider_message_id = :provider_message_id",
+                    _ => "reason = :reason",
+                });
+                req = req.expression_attribute_values(format!(":{name}"), s(v));
+            }
+        }
+        let expr = format!("SET {} REMOVE lease_until, lease_owner", sets.join(", "));
+        match req.update_expression(expr).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// Gives the lease back after a failed attempt that certainly did not send, so the
+    /// next delivery of the job may claim at once. The note marks the attempt as closed.
+    pub async fn release(
+        &self,
+        pk: &str,
+        owner: &str,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status: Status::Sending,
+            note: Some(note.to_string()),
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression("SET updated_at = :now, history = list_append(history, :entry) REMOVE lease_until, lease_owner")
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":entry", history(entry)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// Applies a provider receipt: moves the status forward only (a late or duplicate
+    /// receipt changes nothing). Returns whether it applied.
+    pub async fn apply_receipt(
+        &self,
+        pk: &str,
+        status: Status,
+        note: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status,
+            note: note.clone(),
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .condition_expression("attribute_exists(pk) AND status_rank < :rank")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":rank", n(status.rank()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":entry", history(entry)?);
+        let mut expr = "SET #st = :status, status_rank = :rank, updated_at = :now, history = list_append(history, :entry)".to_string();
+        if status == Status::Failed {
+            expr.push_str(", reason = :reason");
+            req = req
+                .expression_attribute_values(":reason", s(note.unwrap_or_else(|| "failed".into())));
+        }
+        match req.update_expression(expr).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+}
+
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> bool {
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}

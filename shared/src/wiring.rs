@@ -1,0 +1,95 @@
+//! Cold-start wiring: builds each handler's adapters from the environment, once.
+
+use std::sync::Arc;
+
+use crate::apps::{Apps, SecretsManagerSource};
+use crate::config::{self, ConfigError};
+use crate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
+use crate::providers::{ses::Ses, webhook::Webhook, Providers};
+use crate::queue::Queue;
+use crate::store::Store;
+use crate::templates::Templates;
+
+/// Errors while wiring a function at cold start (fatal: the runtime reports them).
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("templates: {0}")]
+    Templates(#[from] crate::templates::TemplateError),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+struct Shared {
+    sdk: aws_config::SdkConfig,
+    common: config::Common,
+    store: Store,
+    apps: Arc<Apps>,
+}
+
+async fn shared() -> Result<Shared, WiringError> {
+    let common = config::Common::from_env()?;
+    let sdk = crate::aws::load().await;
+    let store = Store::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        common.messages_table.clone(),
+    );
+    let source = SecretsManagerSource::new(
+        aws_sdk_secretsmanager::Client::new(&sdk),
+        common.secret_id.clone(),
+    );
+    let apps = Arc::new(Apps::new(Arc::new(source), common.secret_ttl));
+    Ok(Shared {
+        sdk,
+        common,
+        store,
+        apps,
+    })
+}
+
+impl Ingest {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let s = shared().await?;
+        let cfg = config::Ingest::from_env(&s.common)?;
+        Ok(Self {
+            queue: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), cfg.queue_url.clone()),
+            store: s.store,
+            apps: s.apps,
+            templates: Arc::new(Templates::bundled()?),
+            cfg,
+            clock: crate::clock::system(),
+        })
+    }
+}
+
+impl Dispatcher {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let s = shared().await?;
+        let cfg = config::Dispatch::from_env(&s.common)?;
+        let ses = Ses::new(
+            aws_sdk_sesv2::Client::new(&s.sdk),
+            cfg.email_from.clone(),
+            cfg.ses_configuration_set.clone(),
+        );
+        let webhook = Webhook::new(cfg.webhook_timeout, cfg.webhook_allow_private)?;
+        Ok(Self {
+            store: s.store,
+            providers: Providers::new(vec![Arc::new(ses), Arc::new(webhook)]),
+            apps: s.apps,
+            cfg,
+            clock: crate::clock::system(),
+        })
+    }
+}
+
+impl Callback {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let s = shared().await?;
+        Ok(Self {
+            store: s.store,
+            apps: s.apps,
+            clock: crate::clock::system(),
+        })
+    }
+}

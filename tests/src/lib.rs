@@ -1,0 +1,317 @@
+//! Test harness: one moto server per test binary, and per test a fresh stack (tables and
+//! queues from `template.yaml` under a unique prefix, the service secret, a verified SES
+//! sender, a webhook receiver) with the real handlers wired to it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use lambda_http::{Body, Request};
+use pushgate::apps::{Apps, SecretsManagerSource};
+use pushgate::config;
+use pushgate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
+use pushgate::providers::{ses::Ses, webhook::Webhook, Provider, Providers};
+use pushgate::queue::Queue;
+use pushgate::store::Store;
+use pushgate::templates::Templates;
+use pushgate_tool::moto::Moto;
+use pushgate_tool::poller::{Invoke, Poller};
+use pushgate_tool::receiver::Receiver;
+use pushgate_tool::resources::{self, Overrides, Resources};
+use pushgate_tool::BoxError;
+
+/// The moto server of this test binary (started on first use, stopped at exit).
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| Moto::start(0).expect("start moto server (run `make venv`)"))
+}
+
+pub const APP: &str = "app-one";
+pub const APP_SECRETS: [&str; 2] = ["secret-old", "secret-new"];
+pub const OTHER_APP: &str = "app-two";
+pub const OTHER_SECRET: &str = "other-secret";
+pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const CALLBACK_TOKEN: &str = "cb-token-123";
+pub const EMAIL_FROM: &str = "sender@pushgate.test";
+
+/// Tunables per test.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub lease_secs: i64,
+    pub max_attempts: u32,
+    pub visibility_timeout: u32,
+    pub webhook_timeout: Duration,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            lease_secs: 60,
+            max_attempts: 5,
+            visibility_timeout: 1,
+            webhook_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One isolated stack.
+pub struct Stack {
+    pub sdk: aws_config::SdkConfig,
+    pub res: Resources,
+    pub secret_id: String,
+    pub ingest: Arc<Ingest>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub callback: Arc<Callback>,
+    pub receiver: Receiver,
+    pub sqs: aws_sdk_sqs::Client,
+    pub store: Store,
+}
+
+impl Stack {
+    pub async fn new() -> Stack {
+        Self::with(StackOptions::default()).await
+    }
+
+    pub async fn with(opts: StackOptions) -> Stack {
+        let moto = moto();
+        let sdk = resources::local_sdk(&moto.endpoint()).await;
+        let prefix = format!("t{}-", ulid::Ulid::new().to_string().to_lowercase());
+        let res = resources::create(
+            &sdk,
+            &prefix,
+            &Overrides {
+                visibility_timeout: Some(opts.visibility_timeout),
+            },
+        )
+        .await
+        .expect("create resources");
+        let doc = serde_json::json!({
+            "apps": [
+                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET},
+                {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET},
+            ],
+            "callback_token": CALLBACK_TOKEN,
+        });
+        let secret_id = resources::put_secret(&sdk, &format!("{prefix}config"), &doc)
+            .await
+            .expect("secret");
+        resources::verify_sender(&sdk, EMAIL_FROM)
+            .await
+            .expect("verify sender");
+        let receiver =
+            Receiver::start(SocketAddr::from(([127, 0, 0, 1], 0)), WEBHOOK_SECRET, false)
+                .await
+                .expect("receiver");
+
+        let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
+        let apps = Arc::new(Apps::new(
+            Arc::new(SecretsManagerSource::new(
+                aws_sdk_secretsmanager::Client::new(&sdk),
+                secret_id.clone(),
+            )),
+            Duration::from_secs(300),
+        ));
+        let ingest = Arc::new(Ingest {
+            store: store.clone(),
+            queue: Queue::new(aws_sdk_sqs::Client::new(&sdk), res.send_queue()),
+            apps: apps.clone(),
+            templates: Arc::new(Templates::bundled().expect("templates")),
+            cfg: config::Ingest {
+                queue_url: res.send_queue().to_string(),
+                clock_skew_secs: 300,
+                max_body_bytes: 65536,
+                retention_days: 7,
+                webhook_allow_private: true,
+            },
+            clock: pushgate::clock::system(),
+        });
+        let dispatch_cfg = config::Dispatch {
+            email_from: EMAIL_FROM.into(),
+            ses_configuration_set: None,
+            lease_secs: opts.lease_secs,
+            max_attempts: opts.max_attempts,
+            concurrency: 10,
+            webhook_timeout: opts.webhook_timeout,
+            webhook_allow_private: true,
+        };
+        let providers: Vec<Arc<dyn Provider>> = vec![
+            Arc::new(Ses::new(
+                aws_sdk_sesv2::Client::new(&sdk),
+                EMAIL_FROM.into(),
+                None,
+            )),
+            Arc::new(Webhook::new(opts.webhook_timeout, true).expect("http client")),
+        ];
+        let dispatcher = Arc::new(Dispatcher {
+            store: store.clone(),
+            providers: Providers::new(providers),
+            apps: apps.clone(),
+            cfg: dispatch_cfg,
+            clock: pushgate::clock::system(),
+        });
+        let callback = Arc::new(Callback {
+            store: store.clone(),
+            apps,
+            clock: pushgate::clock::system(),
+        });
+        Stack {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sdk,
+            res,
+            secret_id,
+            ingest,
+            dispatcher,
+            callback,
+            receiver,
+            store,
+        }
+    }
+
+    /// Messages waiting on (or in flight from) a queue.
+    pub async fn queue_count(&self, url: &str) -> usize {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .unwrap_or_default();
+        [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .map(|k| {
+            attrs
+                .get(k)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+    }
+
+    /// Receives up to `max` jobs as one SQS event (as the event source mapping would).
+    pub async fn receive_event(&self, max: i32) -> SqsEvent {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(self.res.send_queue())
+            .max_number_of_messages(max)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        let mut event = SqsEvent::default();
+        event.records = out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let mut r = SqsMessage::default();
+                r.message_id = m.message_id;
+                r.receipt_handle = m.receipt_handle;
+                r.body = m.body;
+                r.event_source = Some("aws:sqs".into());
+                r.event_source_arn = Some(self.res.send_queue_arn().to_string());
+                r
+            })
+            .collect();
+        event
+    }
+
+    /// The local event source mapping, invoking the dispatcher in process.
+    pub fn poller(&self) -> Poller {
+        Poller::new(
+            self.sqs.clone(),
+            self.res.send_queue(),
+            self.res.send_queue_arn(),
+            Arc::new(InProcess(self.dispatcher.clone())),
+        )
+    }
+
+    /// Polls until the queue is empty (or `limit` passes).
+    pub async fn drain(&self, limit: Duration) {
+        let poller = self.poller();
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let polled = poller.poll_once().await.expect("poll");
+            if polled.received == 0 && self.queue_count(self.res.send_queue()).await == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Emails SES (moto) accepted to `to`.
+    pub async fn emails_to(&self, to: &str) -> usize {
+        moto()
+            .sent_emails()
+            .await
+            .expect("moto data")
+            .iter()
+            .filter(|m| m.to_string().contains(to))
+            .count()
+    }
+}
+
+/// Invokes the dispatcher handler directly.
+pub struct InProcess(pub Arc<Dispatcher>);
+
+#[async_trait::async_trait]
+impl Invoke for InProcess {
+    async fn invoke(&self, event: SqsEvent) -> Result<SqsBatchResponse, BoxError> {
+        Ok(self.0.handle(event).await)
+    }
+}
+
+/// A signed API request, as API Gateway hands it to the function.
+pub fn signed(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    key: &str,
+    secret: &str,
+    ts: i64,
+    extra: &[(&str, &str)],
+) -> Request {
+    let sig = pushgate::auth::sign(secret, ts, method, path, body);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-app-key", key)
+        .header("x-timestamp", ts.to_string())
+        .header("x-signature", sig)
+        .header("content-type", "application/json");
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let body = if body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Binary(body.to_vec())
+    };
+    b.body(body).expect("request")
+}
+
+/// Now, Unix seconds.
+pub fn now() -> i64 {
+    pushgate::clock::now_ms() / 1000
+}
+
+/// A response's status and JSON body.
+pub fn parts(resp: lambda_http::Response<Body>) -> (u16, http::HeaderMap, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = match resp.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap_or(serde_json::Value::Null),
+        Body::Binary(b) => serde_json::from_slice(b).unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    };
+    (status, headers, body)
+}

@@ -1,0 +1,120 @@
+//! A signing client for the Pushgate API (`pushgate send`, `pushgate status`), reading
+//! `PUSHGATE_URL`, `PUSHGATE_APP_KEY` and `PUSHGATE_APP_SECRET`.
+
+use crate::BoxError;
+
+/// Where and as whom to call the API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub base_url: String,
+    pub app_key: String,
+    pub app_secret: String,
+    http: reqwest::Client,
+}
+
+/// A response, as received.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl ApiClient {
+    pub fn new(base_url: &str, app_key: &str, app_secret: &str) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            app_key: app_key.to_string(),
+            app_secret: app_secret.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// From the `PUSHGATE_*` environment variables.
+    pub fn from_env() -> Result<Self, BoxError> {
+        let var = |k: &str| {
+            std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"))
+        };
+        Ok(Self::new(
+            &var("PUSHGATE_URL")?,
+            &var("PUSHGATE_APP_KEY")?,
+            &var("PUSHGATE_APP_SECRET")?,
+        ))
+    }
+
+    /// The three authentication headers for a request.
+    pub fn sign(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        timestamp: i64,
+    ) -> [(&'static str, String); 3] {
+        [
+            ("X-App-Key", self.app_key.clone()),
+            ("X-Timestamp", timestamp.to_string()),
+            (
+                "X-Signature",
+                pushgate::auth::sign(&self.app_secret, timestamp, method, path_and_query, body),
+            ),
+        ]
+    }
+
+    /// Sends a signed request.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<ApiResponse, BoxError> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
+        let ts = pushgate::clock::now_ms() / 1000;
+        let mut req = self
+            .http
+            .request(method.parse()?, format!("{}{path}", self.base_url))
+            .body(bytes.clone());
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in self.sign(method, path, &bytes, ts) {
+            req = req.header(k, v);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok(ApiResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// `POST /v1/messages`.
+    pub async fn send(
+        &self,
+        message: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<ApiResponse, BoxError> {
+        let extra: Vec<(&str, &str)> = idempotency_key
+            .map(|k| ("Idempotency-Key", k))
+            .into_iter()
+            .collect();
+        self.request("POST", "/v1/messages", Some(message), &extra)
+            .await
+    }
+
+    /// `GET /v1/messages/{id}`.
+    pub async fn status(&self, id: &str) -> Result<ApiResponse, BoxError> {
+        self.request("GET", &format!("/v1/messages/{id}"), None, &[])
+            .await
+    }
+}

@@ -1,0 +1,252 @@
+//! `pushgate dev`: the whole pipeline on one machine. moto server as AWS, resources from
+//! `template.yaml`, the three functions under `cargo lambda watch` (serving the HTTP API
+//! routes on one port), the SQS → dispatcher poller, and a webhook receiver.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::moto::Moto;
+use crate::poller::{HttpInvoker, Poller};
+use crate::receiver::Receiver;
+use crate::resources::{self, Overrides};
+use crate::BoxError;
+
+/// Ports and paths of the local stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub moto_port: u16,
+    pub api_port: u16,
+    pub receiver_port: u16,
+    /// Visibility timeout of the local queue, seconds (retries show up this fast).
+    pub visibility_timeout: u32,
+}
+
+/// The dev app's credentials and settings, as written to `.pushgate/dev.env`.
+pub struct DevEnv {
+    pub vars: Vec<(&'static str, String)>,
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut raw = Vec::with_capacity(bytes);
+    while raw.len() < bytes {
+        raw.extend_from_slice(&ulid::Ulid::new().random().to_be_bytes()[6..]);
+    }
+    raw.truncate(bytes);
+    hex::encode(raw)
+}
+
+fn state_dir() -> PathBuf {
+    crate::workspace_root().join(".pushgate")
+}
+
+/// Runs the stack until Ctrl-C.
+pub async fn run(opts: Options) -> Result<(), BoxError> {
+    println!(
+        "pushgate dev: starting moto server on 127.0.0.1:{}",
+        opts.moto_port
+    );
+    let moto = Moto::start(opts.moto_port)?;
+    let endpoint = moto.endpoint();
+    let sdk = resources::local_sdk(&endpoint).await;
+    let res = resources::create(
+        &sdk,
+        "pushgate-dev-",
+        &Overrides {
+            visibility_timeout: Some(opts.visibility_timeout),
+        },
+    )
+    .await?;
+
+    let app_key = "dev-app".to_string();
+    let app_secret = random_token(32);
+    let webhook_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(hex::decode(random_token(24))?)
+    );
+    let callback_token = random_token(16);
+    let email_from = "noreply@pushgate.local".to_string();
+    let doc = serde_json::json!({
+        "apps": [{"key": app_key, "name": "Local development", "secrets": [app_secret], "webhook_secret": webhook_secret}],
+        "callback_token": callback_token,
+    });
+    let secret_arn = resources::put_secret(&sdk, "pushgate-dev/config", &doc).await?;
+    resources::verify_sender(&sdk, &email_from).await?;
+
+    let receiver = Receiver::start(
+        SocketAddr::from(([127, 0, 0, 1], opts.receiver_port)),
+        &webhook_secret,
+        true,
+    )
+    .await?;
+    let api = format!("http://127.0.0.1:{}", opts.api_port);
+
+    let function_env: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
+        ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
+        ("PUSHGATE_SECRET_ID", secret_arn.clone()),
+        ("PUSHGATE_EMAIL_FROM", email_from.clone()),
+        ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
+    ];
+    let env = DevEnv {
+        vars: vec![
+            ("PUSHGATE_URL", api.clone()),
+            ("PUSHGATE_APP_KEY", app_key.clone()),
+            ("PUSHGATE_APP_SECRET", app_secret.clone()),
+            ("PUSHGATE_CALLBACK_TOKEN", callback_token.clone()),
+            ("PUSHGATE_RECEIVER", format!("http://{}", receiver.addr)),
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ],
+    };
+    std::fs::create_dir_all(state_dir())?;
+    let env_file = state_dir().join("dev.env");
+    let text: String = env
+        .vars
+        .iter()
+        .map(|(k, v)| format!("export {k}={v}\n"))
+        .collect();
+    std::fs::write(&env_file, text)?;
+    // Functions read the same configuration when invoked by `cargo lambda invoke`.
+    let fn_env: String = function_env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    std::fs::write(state_dir().join("functions.env"), fn_env)?;
+
+    println!("pushgate dev: starting the functions (cargo lambda watch on {api}); the first build takes a while");
+    let mut watch = spawn_watch(&opts, &function_env)?;
+    wait_for_port(opts.api_port, Duration::from_secs(600)).await?;
+    warm_up(&api).await;
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let poller = Poller::new(
+        sqs,
+        res.send_queue(),
+        res.send_queue_arn(),
+        Arc::new(HttpInvoker::new(&api, "dispatcher")),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let poll_task = tokio::spawn(async move {
+        poller
+            .run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+
+    println!("\nPushgate is running locally.\n");
+    for (k, v) in &env.vars[..3] {
+        println!("  {k}={v}");
+    }
+    println!("\n  (also written to {})", env_file.display());
+    println!(
+        "\nSend a signed webhook message to the local receiver and watch it reach `delivered`:\n"
+    );
+    println!(
+        "  source .pushgate/dev.env && cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/demo\" --text 'Hello from Pushgate' --wait\n"
+    );
+    println!("Ctrl-C stops everything.\n");
+
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        status = watch.wait() => {
+            eprintln!("cargo lambda watch exited: {status:?}");
+        }
+    }
+    println!("pushgate dev: stopping");
+    let _ = stop_tx.send(());
+    let _ = poll_task.await;
+    stop_group(&mut watch).await;
+    drop(moto);
+    Ok(())
+}
+
+fn spawn_watch(opts: &Options, env: &[(&str, String)]) -> Result<tokio::process::Child, BoxError> {
+    let venv_bin = crate::workspace_root().join(".pushgate/venv/bin");
+    let path = format!(
+        "{}:{}",
+        venv_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = tokio::process::Command::new("cargo");
+    cmd.current_dir(crate::workspace_root())
+        .args([
+            "lambda",
+            "watch",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(opts.api_port.to_string())
+        .args(["--ignore-changes"])
+        .env("PATH", path)
+        .process_group(0)
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.spawn()?)
+}
+
+/// Stops `cargo lambda watch` and the function processes it started (one process group).
+async fn stop_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pid}")])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status()
+                .await;
+        }
+    }
+    let _ = child.wait().await;
+}
+
+async fn wait_for_port(port: u16, limit: Duration) -> Result<(), BoxError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("nothing listens on port {port} after {limit:?}").into())
+}
+
+/// Calls each function once so they are built and started before the first real request.
+async fn warm_up(api: &str) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap_or_default();
+    let _ = http.get(format!("{api}/v1/messages/warm-up")).send().await;
+    let _ = http
+        .post(format!("{api}/v1/callbacks/warm-up"))
+        .send()
+        .await;
+    let _ = http
+        .post(format!("{api}/2015-03-31/functions/dispatcher/invocations"))
+        .json(&serde_json::json!({"Records": []}))
+        .send()
+        .await;
+}

@@ -1,0 +1,232 @@
+//! `pushgate`: run the local stack, send and inspect signed messages, re-sign events.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pushgate_tool::client::ApiClient;
+use pushgate_tool::BoxError;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "pushgate", version, about = "Pushgate developer tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline locally (moto, functions, poller, webhook receiver).
+    Dev {
+        #[arg(long, env = "PUSHGATE_MOTO_PORT", default_value_t = 4566)]
+        moto_port: u16,
+        #[arg(long, env = "PUSHGATE_API_PORT", default_value_t = 9000)]
+        api_port: u16,
+        #[arg(long, env = "PUSHGATE_RECEIVER_PORT", default_value_t = 9100)]
+        receiver_port: u16,
+        /// Local queue visibility timeout (seconds): how soon a retry is attempted.
+        #[arg(long, default_value_t = 5)]
+        visibility_timeout: u32,
+    },
+    /// Send a signed message (POST /v1/messages).
+    Send {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        to: String,
+        /// Template id (with --data), instead of inline content.
+        #[arg(long)]
+        template: Option<String>,
+        /// Template data, a JSON object.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        html: Option<String>,
+        /// Webhook body, any JSON.
+        #[arg(long)]
+        body: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Poll the status until it settles.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a message's status (GET /v1/messages/{id}).
+    Status {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print the authentication headers for a request.
+    Sign {
+        #[arg(long, default_value = "POST")]
+        method: String,
+        #[arg(long, default_value = "/v1/messages")]
+        path: String,
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+    },
+    /// Sample events for `cargo lambda invoke` / `sam local invoke`.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Re-sign the signed samples with the current time and PUSHGATE_APP_KEY/SECRET.
+    Resign {
+        #[arg(long, default_value = "events")]
+        dir: PathBuf,
+    },
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, BoxError> {
+    serde_json::from_str(text).map_err(|e| format!("--{what} is not valid JSON: {e}").into())
+}
+
+async fn show_status(client: &ApiClient, id: &str, wait: bool) -> Result<bool, BoxError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let resp = client.status(id).await?;
+        if resp.status != 200 {
+            println!("{}", serde_json::to_string_pretty(&resp.body)?);
+            return Ok(false);
+        }
+        let status = resp.body["status"].as_str().unwrap_or_default().to_string();
+        if status != last {
+            println!("status: {status}");
+            last = status.clone();
+        }
+        let settled = matches!(
+            status.as_str(),
+            "delivered" | "failed" | "cancelled" | "unknown"
+        );
+        if !wait || settled || tokio::time::Instant::now() > deadline {
+            println!("{}", serde_json::to_string_pretty(&resp.body)?);
+            return Ok(status == "delivered" || !wait);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<bool, BoxError> {
+    match cli.command {
+        Command::Dev {
+            moto_port,
+            api_port,
+            receiver_port,
+            visibility_timeout,
+        } => {
+            pushgate_tool::dev::run(pushgate_tool::dev::Options {
+                moto_port,
+                api_port,
+                receiver_port,
+                visibility_timeout,
+            })
+            .await?;
+            Ok(true)
+        }
+        Command::Send {
+            channel,
+            to,
+            template,
+            data,
+            subject,
+            text,
+            html,
+            body,
+            idempotency_key,
+            wait,
+        } => {
+            let client = ApiClient::from_env()?;
+            let mut message = json!({"channel": channel, "to": to});
+            if let Some(t) = template {
+                message["template"] = json!(t);
+                message["data"] = data
+                    .map(|d| parse_json("data", &d))
+                    .transpose()?
+                    .unwrap_or_else(|| json!({}));
+            } else {
+                let mut content = json!({});
+                for (k, v) in [("subject", subject), ("text", text), ("html", html)] {
+                    if let Some(v) = v {
+                        content[k] = json!(v);
+                    }
+                }
+                if let Some(b) = body {
+                    content["body"] = parse_json("body", &b)?;
+                }
+                message["content"] = content;
+            }
+            let resp = client.send(&message, idempotency_key.as_deref()).await?;
+            println!("HTTP {}", resp.status);
+            println!("{}", serde_json::to_string_pretty(&resp.body)?);
+            if resp.status != 202 {
+                return Ok(false);
+            }
+            match resp.body["id"].as_str() {
+                Some(id) if wait => show_status(&client, id, true).await,
+                _ => Ok(true),
+            }
+        }
+        Command::Status { id, wait } => show_status(&ApiClient::from_env()?, &id, wait).await,
+        Command::Sign {
+            method,
+            path,
+            body,
+            body_file,
+        } => {
+            let client = ApiClient::from_env()?;
+            let bytes = match (body, body_file) {
+                (Some(b), _) => b.into_bytes(),
+                (None, Some(f)) => std::fs::read(f)?,
+                (None, None) => Vec::new(),
+            };
+            let ts = pushgate::clock::now_ms() / 1000;
+            for (k, v) in client.sign(&method.to_ascii_uppercase(), &path, &bytes, ts) {
+                println!("{k}: {v}");
+            }
+            Ok(true)
+        }
+        Command::Events {
+            command: EventsCommand::Resign { dir },
+        } => {
+            let key =
+                std::env::var("PUSHGATE_APP_KEY").map_err(|_| "PUSHGATE_APP_KEY is not set")?;
+            let secret = std::env::var("PUSHGATE_APP_SECRET")
+                .map_err(|_| "PUSHGATE_APP_SECRET is not set")?;
+            let token = std::env::var("PUSHGATE_CALLBACK_TOKEN").ok();
+            for f in pushgate_tool::events::resign_dir(&dir, &key, &secret, token.as_deref())? {
+                println!("re-signed {f}");
+            }
+            Ok(true)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("pushgate: {e}");
+            std::process::exit(2);
+        }
+    }
+}

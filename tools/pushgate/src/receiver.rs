@@ -1,0 +1,130 @@
+//! A local webhook receiver (the provider sandbox for the webhook channel). It checks
+//! every request the way a Standard Webhooks consumer must: all three headers, a fresh
+//! timestamp and a signature over the exact body bytes; it answers 401 otherwise.
+//! `?status=NNN` and `?delay_ms=N` on the target URL make it answer differently, so
+//! tests and demos can provoke failures and timeouts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+
+use crate::BoxError;
+
+/// One request the receiver saw.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub hook: String,
+    pub webhook_id: String,
+    pub verified: bool,
+    pub body: serde_json::Value,
+}
+
+#[derive(Clone)]
+struct AppState {
+    secret: String,
+    log: Arc<Mutex<Vec<Received>>>,
+    verbose: bool,
+}
+
+/// A running receiver.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    /// Serves on `addr` (port 0 = any free one) until the runtime stops.
+    pub async fn start(
+        addr: SocketAddr,
+        secret: &str,
+        verbose: bool,
+    ) -> Result<Receiver, BoxError> {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let state = AppState {
+            secret: secret.to_string(),
+            log: log.clone(),
+            verbose,
+        };
+        let app = Router::new()
+            .route("/hooks/{hook}", post(hook))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver { addr, log })
+    }
+
+    /// URL of a hook on this receiver.
+    pub fn url(&self, hook: &str) -> String {
+        format!("http://{}/hooks/{hook}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+async fn hook(
+    State(state): State<AppState>,
+    Path(hook): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let verified = match (
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+    ) {
+        (Some(id), Some(ts), Some(sigs)) => ts.parse::<i64>().ok().is_some_and(|ts| {
+            let fresh = (pushgate::clock::now_ms() / 1000 - ts).abs() <= 300;
+            let expected = pushgate::providers::webhook::sign(&state.secret, &id, ts, &body).ok();
+            fresh && sigs.split(' ').any(|s| Some(s) == expected.as_deref())
+        }),
+        _ => false,
+    };
+    let entry = Received {
+        hook: hook.clone(),
+        webhook_id: get("webhook-id").unwrap_or_default(),
+        verified,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    };
+    if state.verbose {
+        println!(
+            "receiver: webhook {} on /hooks/{hook}: signature {}",
+            entry.webhook_id,
+            if verified { "verified" } else { "INVALID" }
+        );
+    }
+    if let Ok(mut log) = state.log.lock() {
+        log.push(entry);
+    }
+    if !verified {
+        return StatusCode::UNAUTHORIZED;
+    }
+    if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    query
+        .get("status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,321 @@
+//! Creates the stack's tables and queues in a local AWS from `template.yaml` itself, so
+//! the local stack and the deployed one share one definition.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_yaml::Value;
+
+use crate::BoxError;
+
+/// Names of what was created.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// Logical id → physical name, for every table.
+    pub tables: HashMap<String, String>,
+    /// Logical id → queue URL, for every queue.
+    pub queues: HashMap<String, String>,
+    /// Logical id → queue ARN.
+    pub queue_arns: HashMap<String, String>,
+}
+
+impl Resources {
+    pub fn messages_table(&self) -> &str {
+        &self.tables["MessagesTable"]
+    }
+    pub fn send_queue(&self) -> &str {
+        &self.queues["SendQueue"]
+    }
+    pub fn send_queue_arn(&self) -> &str {
+        &self.queue_arns["SendQueue"]
+    }
+    pub fn dead_letter_queue(&self) -> &str {
+        &self.queues["SendDeadLetterQueue"]
+    }
+}
+
+/// Local overrides of template values.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Shorter visibility timeout so retries show up in seconds, not minutes.
+    pub visibility_timeout: Option<u32>,
+}
+
+/// Loads `template.yaml` from the workspace root.
+pub fn load_template() -> Result<Value, BoxError> {
+    let path = crate::workspace_root().join("template.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(serde_yaml::from_str(&text)?)
+}
+
+fn resources_of<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)> {
+    template
+        .get("Resources")
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(kind))
+                .filter_map(|(k, r)| Some((k.as_str()?, r.get("Properties")?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Result<&'a str, BoxError> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("template: missing {key}").into())
+}
+
+fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BoxError> {
+    v.get("KeySchema")
+        .and_then(Value::as_sequence)
+        .ok_or("template: missing KeySchema")?
+        .iter()
+        .map(|k| {
+            Ok(KeySchemaElement::builder()
+                .attribute_name(str_of(k, "AttributeName")?)
+                .key_type(KeyType::from(str_of(k, "KeyType")?))
+                .build()?)
+        })
+        .collect()
+}
+
+/// Creates every DynamoDB table and SQS queue of the template, named `{prefix}{LogicalId}`.
+pub async fn create(
+    sdk: &aws_config::SdkConfig,
+    prefix: &str,
+    overrides: &Overrides,
+) -> Result<Resources, BoxError> {
+    let template = load_template()?;
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let mut out = Resources {
+        tables: HashMap::new(),
+        queues: HashMap::new(),
+        queue_arns: HashMap::new(),
+    };
+
+    for (logical, props) in resources_of(&template, "AWS::DynamoDB::Table") {
+        let name = format!("{prefix}{logical}");
+        let mut req = ddb
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .set_key_schema(Some(key_schema(props)?));
+        for a in props
+            .get("AttributeDefinitions")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            req = req.attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(str_of(a, "AttributeName")?)
+                    .attribute_type(ScalarAttributeType::from(str_of(a, "AttributeType")?))
+                    .build()?,
+            );
+        }
+        for g in props
+            .get("GlobalSecondaryIndexes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let projection = g
+                .get("Projection")
+                .and_then(|p| p.get("ProjectionType"))
+                .and_then(Value::as_str)
+                .unwrap_or("ALL");
+            req = req.global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(str_of(g, "IndexName")?)
+                    .set_key_schema(Some(key_schema(g)?))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::from(projection))
+                            .build(),
+                    )
+                    .build()?,
+            );
+        }
+        match req.send().await {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => {
+                return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    .to_string()
+                    .into())
+            }
+        }
+        if let Some(ttl) = props.get("TimeToLiveSpecification") {
+            ddb.update_time_to_live()
+                .table_name(&name)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(str_of(ttl, "AttributeName")?)
+                        .enabled(true)
+                        .build()?,
+                )
+                .send()
+                .await
+                .ok();
+        }
+        out.tables.insert(logical.to_string(), name);
+    }
+
+    // Queues without a redrive policy first: a dead-letter queue must exist before the
+    // policy that names it.
+    let mut queues = resources_of(&template, "AWS::SQS::Queue");
+    queues.sort_by_key(|(_, p)| p.get("RedrivePolicy").is_some());
+    for (logical, props) in queues {
+        let name = format!("{prefix}{logical}");
+        let mut req = sqs.create_queue().queue_name(&name);
+        let visibility = overrides
+            .visibility_timeout
+            .map(|v| v.to_string())
+            .or_else(|| props.get("VisibilityTimeout").map(yaml_scalar));
+        if let Some(v) = visibility {
+            req = req.attributes(QueueAttributeName::VisibilityTimeout, v);
+        }
+        if let Some(v) = props.get("MessageRetentionPeriod") {
+            req = req.attributes(QueueAttributeName::MessageRetentionPeriod, yaml_scalar(v));
+        }
+        if let Some(policy) = props.get("RedrivePolicy") {
+            let target = policy
+                .get("deadLetterTargetArn")
+                .and_then(get_att_target)
+                .ok_or("template: RedrivePolicy.deadLetterTargetArn must be !GetAtt <Queue>.Arn")?;
+            let arn = out
+                .queue_arns
+                .get(target)
+                .ok_or_else(|| format!("template: unknown DLQ {target}"))?;
+            let max = policy
+                .get("maxReceiveCount")
+                .map(yaml_scalar)
+                .unwrap_or_else(|| "5".into());
+            let json =
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string();
+            req = req.attributes(QueueAttributeName::RedrivePolicy, json);
+        }
+        let url = req
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?
+            .queue_url
+            .ok_or("create_queue returned no URL")?;
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .ok_or("queue has no ARN")?;
+        out.queues.insert(logical.to_string(), url);
+        out.queue_arns.insert(logical.to_string(), arn);
+    }
+    Ok(out)
+}
+
+fn yaml_scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// `!GetAtt Name.Arn` → `Name`.
+fn get_att_target(v: &Value) -> Option<&str> {
+    match v {
+        Value::Tagged(t) if t.tag == "GetAtt" => {
+            t.value.as_str().and_then(|s| s.strip_suffix(".Arn"))
+        }
+        _ => None,
+    }
+}
+
+/// Stores the service secret (apps, callback token) in Secrets Manager; returns its ARN.
+pub async fn put_secret(
+    sdk: &aws_config::SdkConfig,
+    name: &str,
+    document: &serde_json::Value,
+) -> Result<String, BoxError> {
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
+    let created = sm
+        .create_secret()
+        .name(name)
+        .secret_string(document.to_string())
+        .send()
+        .await;
+    match created {
+        Ok(out) => Ok(out.arn.unwrap_or_else(|| name.to_string())),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_exists_exception()) =>
+        {
+            let out = sm
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(document.to_string())
+                .send()
+                .await
+                .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
+            Ok(out.arn.unwrap_or_else(|| name.to_string()))
+        }
+        Err(e) => Err(aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+            .to_string()
+            .into()),
+    }
+}
+
+/// Verifies a sender identity in SES (moto rejects mail from unverified senders, as SES does).
+pub async fn verify_sender(sdk: &aws_config::SdkConfig, address: &str) -> Result<(), BoxError> {
+    let ses = aws_sdk_sesv2::Client::new(sdk);
+    match ses
+        .create_email_identity()
+        .email_identity(address)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_already_exists_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(aws_sdk_sesv2::error::DisplayErrorContext(e)
+            .to_string()
+            .into()),
+    }
+}
+
+/// SDK configuration for a local endpoint with dummy credentials.
+pub async fn local_sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "pushgate-local",
+        ))
+        .load()
+        .await
+}
