@@ -1,0 +1,382 @@
+//! Dispatcher and callback against moto and the local webhook receiver: no double
+//! sends, crash recovery per policy, partial batch failures, forward-only receipts.
+
+use std::time::Duration;
+
+use pushgate::model::Status;
+use pushgate::store::Claim;
+use pushgate_tests::*;
+use serde_json::{json, Value};
+
+async fn accept(stack: &Stack, message: Value) -> String {
+    let body = serde_json::to_vec(&message).unwrap();
+    let (status, _, b) = parts(
+        stack
+            .ingest
+            .handle(signed(
+                "POST",
+                "/v1/messages",
+                &body,
+                APP,
+                APP_SECRETS[0],
+                now(),
+                &[],
+            ))
+            .await,
+    );
+    assert_eq!(status, 202, "{b}");
+    b["id"].as_str().unwrap().to_string()
+}
+
+async fn record(stack: &Stack, id: &str) -> pushgate::model::Message {
+    stack
+        .store
+        .get_by_id(id, pushgate::clock::now_ms())
+        .await
+        .unwrap()
+        .expect("record")
+}
+
+fn email(to: &str) -> Value {
+    json!({"channel":"email","to": to,"template":"order_shipped","data":{"name":"Ann","order_id":"A-1"}})
+}
+
+#[tokio::test]
+async fn the_same_sqs_message_delivered_twice_sends_one_email() {
+    let stack = Stack::new().await;
+    let to = "twice@example.com";
+    let id = accept(&stack, email(to)).await;
+    let event = stack.receive_event(10).await;
+    assert_eq!(event.records.len(), 1);
+
+    // Twice in a row, then twice at once.
+    assert!(stack
+        .dispatcher
+        .handle(event.clone())
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert!(stack
+        .dispatcher
+        .handle(event.clone())
+        .await
+        .batch_item_failures
+        .is_empty());
+    let (a, b) = tokio::join!(
+        stack.dispatcher.handle(event.clone()),
+        stack.dispatcher.handle(event)
+    );
+    assert!(a.batch_item_failures.is_empty() && b.batch_item_failures.is_empty());
+
+    assert_eq!(stack.emails_to(to).await, 1, "exactly one SES send");
+    let m = record(&stack, &id).await;
+    assert_eq!(m.status, Status::Sent);
+    assert_eq!(m.provider.as_deref(), Some("ses"));
+    assert!(m.provider_message_id.is_some());
+    assert_eq!(m.attempts, 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_jobs_send_one_webhook() {
+    let stack = Stack::new().await;
+    let id = accept(
+        &stack,
+        json!({"channel":"webhook","to": stack.receiver.url("dup"),"content":{"text":"x"}}),
+    )
+    .await;
+    let event = stack.receive_event(10).await;
+    let mut doubled = event.clone();
+    doubled.records.push(event.records[0].clone());
+    let (a, b) = tokio::join!(
+        stack.dispatcher.handle(doubled),
+        stack.dispatcher.handle(event)
+    );
+    // A duplicate that found the lease held is retried later, never sent twice.
+    let retried = a.batch_item_failures.len() + b.batch_item_failures.len();
+    assert!(retried <= 2);
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(stack.receiver.received().len(), 1);
+    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+}
+
+#[tokio::test]
+async fn webhook_flows_end_to_end_through_the_poller_signed() {
+    let stack = Stack::new().await;
+    let id = accept(&stack, json!({"channel":"webhook","to": stack.receiver.url("e2e"),"template":"order_shipped","data":{"name":"Bo","order_id":"9"}})).await;
+    stack.drain(Duration::from_secs(10)).await;
+    let got = stack.receiver.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].verified,
+        "Standard Webhooks signature verified by the receiver"
+    );
+    assert_eq!(got[0].webhook_id, id);
+    assert_eq!(
+        got[0].body["data"]["body"],
+        json!({"event":"order_shipped","order_id":"9"})
+    );
+    let m = record(&stack, &id).await;
+    assert_eq!(m.status, Status::Delivered);
+    let statuses: Vec<Status> = m.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        statuses,
+        vec![Status::Accepted, Status::Sending, Status::Delivered]
+    );
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
+    let stack = Stack::new().await;
+    let to = "crash@example.com";
+    let id = accept(&stack, email(to)).await;
+    let m = record(&stack, &id).await;
+    // A dispatcher claimed it, then died before calling SES; its lease runs out.
+    let now = pushgate::clock::now_ms();
+    assert!(matches!(
+        stack
+            .store
+            .claim(&m.pk, &id, "dead-worker", now, now + 50)
+            .await
+            .unwrap(),
+        Claim::Claimed {
+            takeover: false,
+            ..
+        }
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    stack.drain(Duration::from_secs(10)).await;
+    let m = record(&stack, &id).await;
+    assert_eq!(
+        m.status,
+        Status::Unknown,
+        "policy for SES: never risk a second email"
+    );
+    assert_eq!(m.reason.as_deref(), Some("interrupted_send"));
+    assert_eq!(stack.emails_to(to).await, 0);
+}
+
+#[tokio::test]
+async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
+    let stack = Stack::new().await;
+    let id = accept(
+        &stack,
+        json!({"channel":"webhook","to": stack.receiver.url("crash"),"content":{"text":"x"}}),
+    )
+    .await;
+    let m = record(&stack, &id).await;
+    // Claimed and sent, then the worker died before recording the outcome.
+    let now = pushgate::clock::now_ms();
+    let Claim::Claimed { message, .. } = stack
+        .store
+        .claim(&m.pk, &id, "dead-worker", now, now + 50)
+        .await
+        .unwrap()
+    else {
+        panic!("claim")
+    };
+    let webhook = pushgate::providers::webhook::Webhook::new(Duration::from_secs(2), true).unwrap();
+    let app: pushgate::apps::AppConfig = serde_json::from_value(
+        json!({"key": APP, "secrets": [], "webhook_secret": WEBHOOK_SECRET}),
+    )
+    .unwrap();
+    pushgate::providers::Provider::send(&webhook, &message, &app)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    stack.drain(Duration::from_secs(10)).await;
+    let got = stack.receiver.received();
+    assert_eq!(got.len(), 2, "policy for webhooks: resend");
+    assert!(
+        got.iter().all(|r| r.webhook_id == id && r.verified),
+        "same webhook-id, so the receiver can drop the duplicate"
+    );
+    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+}
+
+#[tokio::test]
+async fn a_batch_with_one_retryable_failure_reports_only_that_record() {
+    let stack = Stack::new().await;
+    let ok1 = accept(
+        &stack,
+        json!({"channel":"webhook","to": stack.receiver.url("a"),"content":{"text":"1"}}),
+    )
+    .await;
+    let bad = accept(&stack, json!({"channel":"webhook","to": format!("{}?status=503", stack.receiver.url("b")),"content":{"text":"2"}})).await;
+    let gone = accept(&stack, json!({"channel":"webhook","to": format!("{}?status=410", stack.receiver.url("c")),"content":{"text":"3"}})).await;
+    let ok2 = accept(
+        &stack,
+        json!({"channel":"webhook","to": stack.receiver.url("d"),"content":{"text":"4"}}),
+    )
+    .await;
+
+    let mut event = stack.receive_event(10).await;
+    while event.records.len() < 4 {
+        let more = stack.receive_event(10).await;
+        event.records.extend(more.records);
+    }
+    let bad_sqs_id = event
+        .records
+        .iter()
+        .find(|r| r.body.as_deref().unwrap().contains(&bad))
+        .and_then(|r| r.message_id.clone())
+        .unwrap();
+    let response = stack.dispatcher.handle(event).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, vec![bad_sqs_id.as_str()]);
+
+    assert_eq!(record(&stack, &ok1).await.status, Status::Delivered);
+    assert_eq!(record(&stack, &ok2).await.status, Status::Delivered);
+    let g = record(&stack, &gone).await;
+    assert_eq!(
+        g.status,
+        Status::Failed,
+        "410 is permanent: recorded and acknowledged"
+    );
+    assert!(g.reason.unwrap().contains("http_410"));
+    let b = record(&stack, &bad).await;
+    assert_eq!(b.status, Status::Sending);
+    assert!(
+        b.lease_until.is_none(),
+        "lease released so the retry can claim at once"
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_end_failed_after_max_attempts() {
+    let stack = Stack::with(StackOptions {
+        max_attempts: 2,
+        ..StackOptions::default()
+    })
+    .await;
+    let id = accept(&stack, json!({"channel":"webhook","to": format!("{}?status=500", stack.receiver.url("down")),"content":{"text":"x"}})).await;
+    stack.drain(Duration::from_secs(15)).await;
+    let m = record(&stack, &id).await;
+    assert_eq!(m.status, Status::Failed);
+    assert!(m.reason.unwrap().starts_with("attempts_exhausted"));
+    assert_eq!(m.attempts, 2);
+    assert_eq!(stack.receiver.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_webhook_timeout_is_retried_not_failed() {
+    let stack = Stack::with(StackOptions {
+        webhook_timeout: Duration::from_millis(300),
+        ..StackOptions::default()
+    })
+    .await;
+    let id = accept(&stack, json!({"channel":"webhook","to": format!("{}?delay_ms=1500", stack.receiver.url("slow")),"content":{"text":"x"}})).await;
+    let event = stack.receive_event(10).await;
+    let response = stack.dispatcher.handle(event).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let m = record(&stack, &id).await;
+    assert_eq!(m.status, Status::Sending);
+    assert!(m
+        .history
+        .last()
+        .unwrap()
+        .note
+        .as_deref()
+        .unwrap()
+        .contains("timeout"));
+}
+
+fn ses_event(kind: &str, pk: &str, id: &str) -> Vec<u8> {
+    let event = json!({"eventType": kind, "mail": {"messageId": "ses-x", "tags": {"pushgate_pk": [pk], "pushgate_id": [id]}}});
+    serde_json::to_vec(&json!({"Type":"Notification","MessageId":"n1","TopicArn":"arn:aws:sns:us-east-1:123456789012:ses","Message": event.to_string()})).unwrap()
+}
+
+fn callback(path: &str, body: &[u8]) -> lambda_http::Request {
+    http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "text/plain")
+        .body(lambda_http::Body::Binary(body.to_vec()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
+    let stack = Stack::new().await;
+    let id = accept(&stack, email("receipt@example.com")).await;
+    stack.drain(Duration::from_secs(10)).await;
+    let m = record(&stack, &id).await;
+    assert_eq!(m.status, Status::Sent);
+
+    let delivered = ses_event("Delivery", &m.pk, &id);
+    let (status, _, _) = parts(
+        stack
+            .callback
+            .handle(callback("/v1/callbacks/ses?token=wrong", &delivered))
+            .await,
+    );
+    assert_eq!(status, 401);
+    let (status, _, _) = parts(
+        stack
+            .callback
+            .handle(callback("/v1/callbacks/ses", &delivered))
+            .await,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        record(&stack, &id).await.status,
+        Status::Sent,
+        "unauthenticated receipts change nothing"
+    );
+
+    let ok_path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
+    let (status, _, body) = parts(stack.callback.handle(callback(&ok_path, &delivered)).await);
+    assert_eq!((status, body["applied"].as_u64()), (200, Some(1)));
+    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+
+    // Late, duplicate and contradicting events do not move it back.
+    for kind in ["Send", "Delivery", "Bounce"] {
+        let (status, _, body) = parts(
+            stack
+                .callback
+                .handle(callback(&ok_path, &ses_event(kind, &m.pk, &id)))
+                .await,
+        );
+        assert_eq!((status, body["applied"].as_u64()), (200, Some(0)), "{kind}");
+    }
+    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+
+    let (status, _, _) = parts(stack.callback.handle(callback(&ok_path, b"not json")).await);
+    assert_eq!(status, 400);
+    let (status, _, _) = parts(
+        stack
+            .callback
+            .handle(callback(
+                &format!("/v1/callbacks/nope?token={CALLBACK_TOKEN}"),
+                &delivered,
+            ))
+            .await,
+    );
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_bounce_fails_the_message() {
+    let stack = Stack::new().await;
+    let id = accept(&stack, email("bounce@example.com")).await;
+    stack.drain(Duration::from_secs(10)).await;
+    let m = record(&stack, &id).await;
+    let path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
+    let bounce = {
+        let event = json!({"eventType":"Bounce","bounce":{"bounceType":"Permanent","bounceSubType":"General"},"mail":{"messageId":"x","tags":{"pushgate_pk":[m.pk],"pushgate_id":[id]}}});
+        serde_json::to_vec(&json!({"Type":"Notification","Message": event.to_string()})).unwrap()
+    };
+    assert_eq!(
+        parts(stack.callback.handle(callback(&path, &bounce)).await).0,
+        200
+    );
+    let m = record(&stack, &id).await;
+    assert_eq!(m.status, Status::Failed);
+    assert_eq!(m.reason.as_deref(), Some("ses: bounce Permanent/General"));
+}
