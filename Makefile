@@ -17,8 +17,12 @@ $(VENV)/.installed: infra/requirements.txt infra/constraints.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt -c infra/constraints.txt
 	touch $@
 
+# The functions are built one by one, as `cargo lambda watch` builds them, so its first
+# request reuses this build.
 dev: venv
-	cargo build --quiet -p pushgate -p ingest -p dispatcher -p callback
+	cargo build --quiet --bin ingest
+	cargo build --quiet --bin dispatcher
+	cargo build --quiet --bin callback
 	cargo run --quiet -p pushgate -- dev
 
 lint: venv
@@ -32,7 +36,8 @@ unit: venv
 smoke: venv
 	bash tests/smoke.sh
 
-test: lint unit smoke
+# cargo test runs last so its summary closes the output.
+test: lint smoke unit
 
 bench: venv
 	cargo bench -p pushgate-tests
