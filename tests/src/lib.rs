@@ -36,6 +36,53 @@ pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const CALLBACK_TOKEN: &str = "cb-token-123";
 pub const EMAIL_FROM: &str = "sender@pushgate.test";
 
+/// Counts AWS API round trips by `Service.Operation`, for budget assertions and benches.
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter(Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>);
+
+impl CallCounter {
+    /// Calls so far, by `Service.Operation`.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, usize> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn reset(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
+    }
+
+    /// Calls to one service.
+    pub fn service(&self, service: &str) -> usize {
+        self.snapshot()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{service}.")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(md) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() {
+            if let Ok(mut m) = self.0.lock() {
+                *m.entry(format!("{}.{}", md.service(), md.name()))
+                    .or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Tunables per test.
 #[derive(Clone, Debug)]
 pub struct StackOptions {
@@ -43,6 +90,8 @@ pub struct StackOptions {
     pub max_attempts: u32,
     pub visibility_timeout: u32,
     pub webhook_timeout: Duration,
+    /// Dispatcher concurrency within a batch.
+    pub concurrency: usize,
 }
 
 impl Default for StackOptions {
@@ -52,6 +101,7 @@ impl Default for StackOptions {
             max_attempts: 5,
             visibility_timeout: 1,
             webhook_timeout: Duration::from_secs(2),
+            concurrency: 10,
         }
     }
 }
@@ -67,6 +117,8 @@ pub struct Stack {
     pub receiver: Receiver,
     pub sqs: aws_sdk_sqs::Client,
     pub store: Store,
+    /// Round trips the handlers (not the harness) made to AWS.
+    pub calls: CallCounter,
 }
 
 impl Stack {
@@ -105,17 +157,36 @@ impl Stack {
                 .await
                 .expect("receiver");
 
-        let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
+        // The handlers' clients count their calls; the harness's own clients do not.
+        let calls = CallCounter::default();
+        let ddb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let ses = aws_sdk_sesv2::Client::from_conf(
+            aws_sdk_sesv2::config::Builder::from(&sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let sm = aws_sdk_secretsmanager::Client::from_conf(
+            aws_sdk_secretsmanager::config::Builder::from(&sdk)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let store = Store::new(ddb, res.messages_table());
         let apps = Arc::new(Apps::new(
-            Arc::new(SecretsManagerSource::new(
-                aws_sdk_secretsmanager::Client::new(&sdk),
-                secret_id.clone(),
-            )),
+            Arc::new(SecretsManagerSource::new(sm, secret_id.clone())),
             Duration::from_secs(300),
         ));
         let ingest = Arc::new(Ingest {
             store: store.clone(),
-            queue: Queue::new(aws_sdk_sqs::Client::new(&sdk), res.send_queue()),
+            queue: Queue::new(sqs, res.send_queue()),
             apps: apps.clone(),
             templates: Arc::new(Templates::bundled().expect("templates")),
             cfg: config::Ingest {
@@ -132,16 +203,12 @@ impl Stack {
             ses_configuration_set: None,
             lease_secs: opts.lease_secs,
             max_attempts: opts.max_attempts,
-            concurrency: 10,
+            concurrency: opts.concurrency,
             webhook_timeout: opts.webhook_timeout,
             webhook_allow_private: true,
         };
         let providers: Vec<Arc<dyn Provider>> = vec![
-            Arc::new(Ses::new(
-                aws_sdk_sesv2::Client::new(&sdk),
-                EMAIL_FROM.into(),
-                None,
-            )),
+            Arc::new(Ses::new(ses, EMAIL_FROM.into(), None)),
             Arc::new(Webhook::new(opts.webhook_timeout, true).expect("http client")),
         ];
         let dispatcher = Arc::new(Dispatcher {
@@ -156,6 +223,7 @@ impl Stack {
             apps,
             clock: pushgate::clock::system(),
         });
+        let harness_store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
         Stack {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             sdk,
@@ -165,7 +233,8 @@ impl Stack {
             dispatcher,
             callback,
             receiver,
-            store,
+            store: harness_store,
+            calls,
         }
     }
 

@@ -34,22 +34,36 @@ async fn ingest_events_work_once_resigned_and_go_stale_otherwise() {
     status_event["pathParameters"]["id"] = Value::String(id.clone());
     pushgate_tool::events::resign(&mut status_event, APP, APP_SECRETS[1], None, now()).unwrap();
     let (status, _, view) = parts(stack.ingest.handle(api_request(&status_event)).await);
-    assert_eq!((status, view["id"].as_str()), (200, Some(id.as_str())), "{view}");
+    assert_eq!(
+        (status, view["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{view}"
+    );
 }
 
 #[tokio::test]
 async fn dispatcher_and_callback_events_are_accepted() {
     let stack = Stack::new().await;
-    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(load("dispatcher-sqs.json")).unwrap();
+    let event: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_value(load("dispatcher-sqs.json")).unwrap();
     let response = stack.dispatcher.handle(event).await;
-    assert!(response.batch_item_failures.is_empty(), "a job without a record is acknowledged");
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "a job without a record is acknowledged"
+    );
 
     // A real message, then the sample SES delivery receipt pointed at it.
     let mut send = load("ingest-send.json");
     pushgate_tool::events::resign(&mut send, APP, APP_SECRETS[0], None, now()).unwrap();
     let (_, _, body) = parts(stack.ingest.handle(api_request(&send)).await);
     let id = body["id"].as_str().unwrap();
-    let pk = stack.store.get_by_id(id, pushgate::clock::now_ms()).await.unwrap().unwrap().pk;
+    let pk = stack
+        .store
+        .get_by_id(id, pushgate::clock::now_ms())
+        .await
+        .unwrap()
+        .unwrap()
+        .pk;
 
     let mut callback = load("callback-ses.json");
     let mut sns: Value = serde_json::from_str(callback["body"].as_str().unwrap()).unwrap();
@@ -58,8 +72,19 @@ async fn dispatcher_and_callback_events_are_accepted() {
     ses["mail"]["tags"]["pushgate_id"][0] = Value::String(id.to_string());
     sns["Message"] = Value::String(ses.to_string());
     callback["body"] = Value::String(sns.to_string());
-    assert_eq!(parts(stack.callback.handle(api_request(&callback)).await).0, 401, "sample token is a placeholder");
-    pushgate_tool::events::resign(&mut callback, APP, APP_SECRETS[0], Some(CALLBACK_TOKEN), now()).unwrap();
+    assert_eq!(
+        parts(stack.callback.handle(api_request(&callback)).await).0,
+        401,
+        "sample token is a placeholder"
+    );
+    pushgate_tool::events::resign(
+        &mut callback,
+        APP,
+        APP_SECRETS[0],
+        Some(CALLBACK_TOKEN),
+        now(),
+    )
+    .unwrap();
     let (status, _, body) = parts(stack.callback.handle(api_request(&callback)).await);
     assert_eq!((status, body["applied"].as_u64()), (200, Some(1)), "{body}");
 }

@@ -1,0 +1,79 @@
+//! The AWS call budget per message, counted at the SDK (every round trip, retries
+//! included): ingest = 1 DynamoDB write + 1 SQS call; dispatch ≤ 2 DynamoDB round trips
+//! + 1 provider call.
+
+use std::time::Duration;
+
+use pushgate_tests::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn ingest_and_dispatch_stay_within_the_call_budget() {
+    let stack = Stack::new().await;
+    // Warm the service-secret cache, as a warm Lambda has it.
+    stack.ingest.apps.current().await.unwrap();
+    stack.calls.reset();
+
+    const N: usize = 5;
+    for i in 0..N {
+        let body = serde_json::to_vec(&json!({"channel":"email","to": format!("b{i}@example.com"),"content":{"subject":"s","text":"t"}})).unwrap();
+        let req = signed(
+            "POST",
+            "/v1/messages",
+            &body,
+            APP,
+            APP_SECRETS[0],
+            now(),
+            &[],
+        );
+        assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
+    }
+    let ingest = stack.calls.snapshot();
+    assert_eq!(ingest.get("DynamoDB.PutItem"), Some(&N), "{ingest:?}");
+    assert_eq!(ingest.get("SQS.SendMessage"), Some(&N), "{ingest:?}");
+    assert_eq!(
+        stack.calls.service("DynamoDB") + stack.calls.service("SQS"),
+        2 * N,
+        "{ingest:?}"
+    );
+
+    stack.calls.reset();
+    stack.drain(Duration::from_secs(10)).await;
+    let dispatch = stack.calls.snapshot();
+    assert_eq!(
+        stack.calls.service("DynamoDB"),
+        2 * N,
+        "claim + finish per message: {dispatch:?}"
+    );
+    assert_eq!(dispatch.get("SESv2.SendEmail"), Some(&N), "{dispatch:?}");
+    assert_eq!(
+        stack.calls.service("SQS"),
+        0,
+        "the dispatcher itself makes no SQS calls: {dispatch:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_costs_one_more_write_to_close_its_in_flight_window() {
+    let stack = Stack::new().await;
+    stack.ingest.apps.current().await.unwrap();
+    stack.calls.reset();
+    let body = serde_json::to_vec(
+        &json!({"channel":"email","to":"k@example.com","content":{"subject":"s","text":"t"}}),
+    )
+    .unwrap();
+    let req = signed(
+        "POST",
+        "/v1/messages",
+        &body,
+        APP,
+        APP_SECRETS[0],
+        now(),
+        &[("Idempotency-Key", "k-1")],
+    );
+    assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
+    let calls = stack.calls.snapshot();
+    assert_eq!(calls.get("DynamoDB.PutItem"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("DynamoDB.UpdateItem"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("SQS.SendMessage"), Some(&1), "{calls:?}");
+}
