@@ -31,7 +31,7 @@ lint: venv
 	$(VENV)/bin/cfn-lint template.yaml
 
 unit: venv
-	cargo test --workspace
+	bash tests/unit.sh
 
 smoke: venv
 	bash tests/smoke.sh

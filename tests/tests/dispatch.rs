@@ -380,3 +380,31 @@ async fn a_bounce_fails_the_message() {
     assert_eq!(m.status, Status::Failed);
     assert_eq!(m.reason.as_deref(), Some("ses: bounce Permanent/General"));
 }
+
+#[tokio::test]
+async fn the_ses_sandbox_turns_accepted_mail_into_delivery_and_bounce_receipts() {
+    let stack = Stack::new().await;
+    let ok = accept(&stack, email("sandbox-ok@example.com")).await;
+    let bounced = accept(&stack, email(pushgate_tool::sandbox::BOUNCE_ADDRESS)).await;
+    stack.drain(Duration::from_secs(10)).await;
+    let mut sandbox = pushgate_tool::sandbox::SesSandbox::new(
+        &moto().endpoint(),
+        aws_sdk_dynamodb::Client::new(&stack.sdk),
+        stack.res.messages_table(),
+    );
+    let path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
+    let events = sandbox.pending_events().await.unwrap();
+    assert_eq!(events.len(), 2, "one receipt per email of this stack");
+    for body in events {
+        assert_eq!(
+            parts(stack.callback.handle(callback(&path, &body)).await).0,
+            200
+        );
+    }
+    assert!(
+        sandbox.pending_events().await.unwrap().is_empty(),
+        "each email once"
+    );
+    assert_eq!(record(&stack, &ok).await.status, Status::Delivered);
+    assert_eq!(record(&stack, &bounced).await.status, Status::Failed);
+}

@@ -23,6 +23,8 @@ pub struct Options {
     pub receiver_port: u16,
     /// Visibility timeout of the local queue, seconds (retries show up this fast).
     pub visibility_timeout: u32,
+    /// Run release builds of the functions (for footprint measurements).
+    pub release: bool,
 }
 
 /// The dev app's credentials and settings, as written to `.pushgate/dev.env`.
@@ -145,6 +147,36 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             .await
     });
 
+    let mut sandbox = crate::sandbox::SesSandbox::new(
+        &endpoint,
+        aws_sdk_dynamodb::Client::new(&sdk),
+        res.messages_table(),
+    );
+    let callback_url = format!("{api}/v1/callbacks/ses?token={callback_token}");
+    let sandbox_task = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match sandbox.pending_events().await {
+                Ok(events) => {
+                    for body in events {
+                        let sent = http
+                            .post(&callback_url)
+                            .header("content-type", "text/plain; charset=UTF-8")
+                            .header("x-amz-sns-message-type", "Notification")
+                            .body(body)
+                            .send()
+                            .await;
+                        if let Err(e) = sent {
+                            tracing::warn!(error = %e, "SES sandbox could not reach the callback");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SES sandbox poll failed"),
+            }
+        }
+    });
+
     println!("\nPushgate is running locally.\n");
     for (k, v) in &env.vars[..3] {
         println!("  {k}={v}");
@@ -167,6 +199,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     println!("pushgate dev: stopping");
     let _ = stop_tx.send(());
     let _ = poll_task.await;
+    sandbox_task.abort();
     stop_group(&mut watch).await;
     drop(moto);
     Ok(())
@@ -190,6 +223,7 @@ fn spawn_watch(opts: &Options, env: &[(&str, String)]) -> Result<tokio::process:
         ])
         .arg(opts.api_port.to_string())
         .args(["--ignore-changes"])
+        .args(opts.release.then_some("--release"))
         .env("PATH", path)
         .process_group(0)
         .kill_on_drop(true);

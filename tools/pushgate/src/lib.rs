@@ -10,6 +10,7 @@ pub mod moto;
 pub mod poller;
 pub mod receiver;
 pub mod resources;
+pub mod sandbox;
 
 /// Root of the workspace (where `template.yaml` lives).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -28,6 +28,9 @@ enum Command {
         /// Local queue visibility timeout (seconds): how soon a retry is attempted.
         #[arg(long, default_value_t = 5)]
         visibility_timeout: u32,
+        /// Run release builds of the functions.
+        #[arg(long)]
+        release: bool,
     },
     /// Send a signed message (POST /v1/messages).
     Send {
@@ -126,12 +129,14 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             api_port,
             receiver_port,
             visibility_timeout,
+            release,
         } => {
             pushgate_tool::dev::run(pushgate_tool::dev::Options {
                 moto_port,
                 api_port,
                 receiver_port,
                 visibility_timeout,
+                release,
             })
             .await?;
             Ok(true)
