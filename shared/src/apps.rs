@@ -1,6 +1,7 @@
 //! Per-app configuration and service secrets, read from one Secrets Manager secret
 //! (JSON) at cold start and re-read every few minutes so secret rotation takes effect.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,123 @@ pub struct AppConfig {
     /// Sender address for email; falls back to `PUSHGATE_EMAIL_FROM`.
     #[serde(default)]
     pub email_from: Option<String>,
+    /// Credentials of the providers this app sends through.
+    #[serde(default)]
+    pub providers: ProviderAccounts,
 }
+
+/// An app's provider accounts. Robots are named: a message's `to` names the robot.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderAccounts {
+    /// SMS providers in order of preference (default: aliyun, tencent, twilio, as configured).
+    #[serde(default)]
+    pub sms_order: Vec<String>,
+    #[serde(default)]
+    pub aliyun: Option<AliyunAccount>,
+    #[serde(default)]
+    pub tencent: Option<TencentAccount>,
+    #[serde(default)]
+    pub twilio: Option<TwilioAccount>,
+    #[serde(default)]
+    pub dingtalk: HashMap<String, RobotAccount>,
+    #[serde(default)]
+    pub wecom: HashMap<String, RobotAccount>,
+    #[serde(default)]
+    pub feishu: HashMap<String, RobotAccount>,
+    #[serde(default)]
+    pub wechat: Option<WechatAccount>,
+}
+
+impl ProviderAccounts {
+    /// SMS providers to try, in order, among those configured.
+    pub fn sms_providers(&self) -> Vec<&str> {
+        let default = ["aliyun", "tencent", "twilio"];
+        let order: Vec<&str> = if self.sms_order.is_empty() {
+            default.to_vec()
+        } else {
+            self.sms_order.iter().map(String::as_str).collect()
+        };
+        order
+            .into_iter()
+            .filter(|p| match *p {
+                "aliyun" => self.aliyun.is_some(),
+                "tencent" => self.tencent.is_some(),
+                "twilio" => self.twilio.is_some(),
+                _ => false,
+            })
+            .collect()
+    }
+}
+
+/// Alibaba Cloud SMS (dysmsapi) account.
+#[derive(Clone, Deserialize)]
+pub struct AliyunAccount {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub sign_name: String,
+}
+
+/// Tencent Cloud SMS account.
+#[derive(Clone, Deserialize)]
+pub struct TencentAccount {
+    pub secret_id: String,
+    pub secret_key: String,
+    pub sdk_app_id: String,
+    pub sign_name: String,
+    #[serde(default = "default_tencent_region")]
+    pub region: String,
+}
+
+fn default_tencent_region() -> String {
+    "ap-guangzhou".into()
+}
+
+/// Twilio Messaging account.
+#[derive(Clone, Deserialize)]
+pub struct TwilioAccount {
+    pub account_sid: String,
+    pub auth_token: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+}
+
+/// A chat robot: DingTalk (`token` = access_token, `secret` = signing secret), WeCom
+/// (`token` = webhook key, no secret), Feishu (`token` = hook token, `secret` = signing secret).
+#[derive(Clone, Deserialize)]
+pub struct RobotAccount {
+    pub token: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// WeChat Official Account.
+#[derive(Clone, Deserialize)]
+pub struct WechatAccount {
+    pub appid: String,
+    pub secret: String,
+}
+
+// None of the accounts print their secrets.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($t), " { .. }"))
+            }
+        }
+    )*};
+}
+redacted_debug!(
+    ProviderAccounts,
+    AliyunAccount,
+    TencentAccount,
+    TwilioAccount,
+    RobotAccount,
+    WechatAccount
+);
 
 // Secrets never reach logs through Debug.
 impl fmt::Debug for AppConfig {
@@ -31,10 +148,7 @@ impl fmt::Debug for AppConfig {
         f.debug_struct("AppConfig")
             .field("key", &self.key)
             .field("name", &self.name)
-            .field(
-                "secrets",
-                &format_args!("[{} redacted]", self.secrets.len()),
-            )
+            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
             .finish_non_exhaustive()
     }
 }
@@ -107,11 +221,7 @@ impl SecretSource for SecretsManagerSource {
             .secret_id(&self.secret_id)
             .send()
             .await
-            .map_err(|e| {
-                AppsError::Unavailable(
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
-                )
-            })?;
+            .map_err(|e| AppsError::Unavailable(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
         let text = out
             .secret_string()
             .ok_or_else(|| AppsError::Invalid("secret has no string value".into()))?;

@@ -74,11 +74,7 @@ pub fn parse<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Credentials, A
 
 /// App keys are also part of storage keys, so they are restricted to a safe alphabet.
 pub fn valid_app_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 64
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The exact bytes that are signed.
@@ -91,13 +87,7 @@ pub fn string_to_sign(timestamp: i64, method: &str, path_and_query: &str, body: 
 }
 
 /// Computes the `X-Signature` header value for a request.
-pub fn sign(
-    secret: &str,
-    timestamp: i64,
-    method: &str,
-    path_and_query: &str,
-    body: &[u8],
-) -> String {
+pub fn sign(secret: &str, timestamp: i64, method: &str, path_and_query: &str, body: &[u8]) -> String {
     let mut mac = new_mac(secret);
     mac.update(string_to_sign(timestamp, method, path_and_query, body).as_bytes());
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
@@ -186,14 +176,8 @@ mod tests {
             check(&h, &secrets, 1000, "/v1/other", body),
             Err(AuthError::BadSignature)
         );
-        assert_eq!(
-            check(&h, &secrets, 1301, "/v1/messages", body),
-            Err(AuthError::Expired)
-        );
-        assert_eq!(
-            check(&h, &secrets, 699, "/v1/messages", body),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(check(&h, &secrets, 1301, "/v1/messages", body), Err(AuthError::Expired));
+        assert_eq!(check(&h, &secrets, 699, "/v1/messages", body), Err(AuthError::Expired));
         assert_eq!(
             check(&h, &["other".to_string()], 1000, "/v1/messages", body),
             Err(AuthError::BadSignature)
@@ -213,29 +197,14 @@ mod tests {
     #[test]
     fn malformed_headers_are_named() {
         let mut h = headers("app", 5, "v1=zz");
-        assert_eq!(
-            check(&h, &[], 5, "/", b""),
-            Err(AuthError::Malformed("X-Signature"))
-        );
+        assert_eq!(check(&h, &[], 5, "/", b""), Err(AuthError::Malformed("X-Signature")));
         h.insert(HEADER_SIGNATURE, "sha256=00".into());
-        assert_eq!(
-            check(&h, &[], 5, "/", b""),
-            Err(AuthError::Malformed("X-Signature"))
-        );
+        assert_eq!(check(&h, &[], 5, "/", b""), Err(AuthError::Malformed("X-Signature")));
         h.insert(HEADER_TIMESTAMP, "soon".into());
-        assert_eq!(
-            check(&h, &[], 5, "/", b""),
-            Err(AuthError::Malformed("X-Timestamp"))
-        );
+        assert_eq!(check(&h, &[], 5, "/", b""), Err(AuthError::Malformed("X-Timestamp")));
         h.insert(HEADER_APP_KEY, "bad key!".into());
-        assert_eq!(
-            check(&h, &[], 5, "/", b""),
-            Err(AuthError::Malformed("X-App-Key"))
-        );
+        assert_eq!(check(&h, &[], 5, "/", b""), Err(AuthError::Malformed("X-App-Key")));
         h.remove(HEADER_APP_KEY);
-        assert_eq!(
-            check(&h, &[], 5, "/", b""),
-            Err(AuthError::Missing("X-App-Key"))
-        );
+        assert_eq!(check(&h, &[], 5, "/", b""), Err(AuthError::Missing("X-App-Key")));
     }
 }

@@ -102,6 +102,80 @@ pub struct Dispatch {
     /// `PUSHGATE_WEBHOOK_TIMEOUT_MS` (5000)
     pub webhook_timeout: Duration,
     pub webhook_allow_private: bool,
+    /// `PUSHGATE_PROVIDER_TIMEOUT_MS` (5000): timeout of provider API calls.
+    pub provider_timeout: Duration,
+    /// Provider API base URLs (overridable so tests and the dev stack use fakes).
+    pub endpoints: Endpoints,
+    /// `PUSHGATE_PUBLIC_URL` (optional): this API's public base URL, for provider status
+    /// callbacks (Twilio `StatusCallback`).
+    pub public_url: Option<String>,
+}
+
+/// Provider API base URLs, each from its own variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `PUSHGATE_ALIYUN_SMS_ENDPOINT`
+    pub aliyun_sms: String,
+    /// `PUSHGATE_TENCENT_SMS_ENDPOINT`
+    pub tencent_sms: String,
+    /// `PUSHGATE_TWILIO_ENDPOINT`
+    pub twilio: String,
+    /// `PUSHGATE_DINGTALK_ENDPOINT`
+    pub dingtalk: String,
+    /// `PUSHGATE_WECOM_ENDPOINT`
+    pub wecom: String,
+    /// `PUSHGATE_FEISHU_ENDPOINT`
+    pub feishu: String,
+    /// `PUSHGATE_WECHAT_ENDPOINT`
+    pub wechat: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            aliyun_sms: "https://dysmsapi.aliyuncs.com".into(),
+            tencent_sms: "https://sms.tencentcloudapi.com".into(),
+            twilio: "https://api.twilio.com".into(),
+            dingtalk: "https://oapi.dingtalk.com".into(),
+            wecom: "https://qyapi.weixin.qq.com".into(),
+            feishu: "https://open.feishu.cn".into(),
+            wechat: "https://api.weixin.qq.com".into(),
+        }
+    }
+}
+
+impl Endpoints {
+    pub fn from_env() -> Self {
+        let d = Self::default();
+        let pick = |name: &'static str, default: String| {
+            var(name)
+                .map(|v| v.trim_end_matches('/').to_string())
+                .unwrap_or(default)
+        };
+        Self {
+            aliyun_sms: pick("PUSHGATE_ALIYUN_SMS_ENDPOINT", d.aliyun_sms),
+            tencent_sms: pick("PUSHGATE_TENCENT_SMS_ENDPOINT", d.tencent_sms),
+            twilio: pick("PUSHGATE_TWILIO_ENDPOINT", d.twilio),
+            dingtalk: pick("PUSHGATE_DINGTALK_ENDPOINT", d.dingtalk),
+            wecom: pick("PUSHGATE_WECOM_ENDPOINT", d.wecom),
+            feishu: pick("PUSHGATE_FEISHU_ENDPOINT", d.feishu),
+            wechat: pick("PUSHGATE_WECHAT_ENDPOINT", d.wechat),
+        }
+    }
+
+    /// Every endpoint at one base URL (a local fake serving all providers).
+    pub fn all_at(base: &str) -> Self {
+        let base = base.trim_end_matches('/').to_string();
+        Self {
+            aliyun_sms: base.clone(),
+            tencent_sms: base.clone(),
+            twilio: base.clone(),
+            dingtalk: base.clone(),
+            wecom: base.clone(),
+            feishu: base.clone(),
+            wechat: base,
+        }
+    }
 }
 
 impl Dispatch {
@@ -114,6 +188,9 @@ impl Dispatch {
             concurrency: number("PUSHGATE_DISPATCH_CONCURRENCY", 10usize)?.max(1),
             webhook_timeout: Duration::from_millis(number("PUSHGATE_WEBHOOK_TIMEOUT_MS", 5000)?),
             webhook_allow_private: common.webhook_allow_private,
+            provider_timeout: Duration::from_millis(number("PUSHGATE_PROVIDER_TIMEOUT_MS", 5000)?),
+            endpoints: Endpoints::from_env(),
+            public_url: var("PUSHGATE_PUBLIC_URL").map(|v| v.trim_end_matches('/').to_string()),
         })
     }
 }

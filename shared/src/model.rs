@@ -91,7 +91,9 @@ impl Status {
 }
 
 /// Rendered content, as sent. Which fields apply depends on the channel: email uses
-/// subject/text/html; a webhook posts all present fields plus `body` (any JSON).
+/// subject/text/html; a webhook posts all present fields plus `body` (any JSON); SMS uses
+/// `sms` (pre-approved provider templates) or `text`; chat robots use `text` or
+/// `markdown` (with `subject` as title) and `mentions`; WeChat uses `wechat`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Content {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +104,70 @@ pub struct Content {
     pub html: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub markdown: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<Mentions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsTemplates>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat: Option<WechatTemplate>,
+}
+
+/// Whom a robot message @-mentions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mentions {
+    /// Phone numbers (DingTalk `atMobiles`, WeCom `mentioned_mobile_list`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mobiles: Vec<String>,
+    /// User ids (DingTalk `atUserIds`, WeCom `mentioned_list`, Feishu `open_id`s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_ids: Vec<String>,
+    /// Everyone in the group.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// Pre-approved SMS templates, one per provider that needs them (Aliyun and Tencent only
+/// send registered templates; Twilio sends `text`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsTemplates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aliyun: Option<AliyunSmsTemplate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tencent: Option<TencentSmsTemplate>,
+}
+
+/// Aliyun `TemplateCode` + `TemplateParam` (named parameters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliyunSmsTemplate {
+    pub template_code: String,
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// Tencent `TemplateId` + `TemplateParamSet` (ordered parameters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TencentSmsTemplate {
+    pub template_id: String,
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+/// A WeChat Official Account template message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatTemplate {
+    pub template_id: String,
+    /// Field name → value (sent as `{"name": {"value": …}}`).
+    #[serde(default)]
+    pub data: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// One step of a message's history, shown by `GET /v1/messages/{id}`.
@@ -176,10 +242,7 @@ pub struct SendRequest {
 /// Either a template with data or inline content.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestBody {
-    Template {
-        id: String,
-        data: Map<String, Value>,
-    },
+    Template { id: String, data: Map<String, Value> },
     Inline(Content),
 }
 
@@ -187,20 +250,14 @@ const TOP_LEVEL_FIELDS: [&str; 5] = ["channel", "to", "template", "data", "conte
 
 /// Validates a parsed JSON body, collecting every field error (JSON Pointers) rather than
 /// stopping at the first. `allow_private_webhooks` admits loopback/private webhook targets.
-pub fn validate(
-    value: &Value,
-    allow_private_webhooks: bool,
-) -> Result<SendRequest, Vec<FieldError>> {
+pub fn validate(value: &Value, allow_private_webhooks: bool) -> Result<SendRequest, Vec<FieldError>> {
     let mut errors = Vec::new();
     let Some(obj) = value.as_object() else {
         return Err(vec![FieldError::new("", "the body must be a JSON object")]);
     };
     for key in obj.keys() {
         if !TOP_LEVEL_FIELDS.contains(&key.as_str()) {
-            errors.push(FieldError::new(
-                format!("/{}", escape(key)),
-                "unknown field",
-            ));
+            errors.push(FieldError::new(format!("/{}", escape(key)), "unknown field"));
         }
     }
 
@@ -210,18 +267,11 @@ pub fn validate(
             None
         }
         Some(Value::String(s)) => match Channel::parse(s) {
-            Some(c @ (Channel::Email | Channel::Webhook)) => Some(c),
-            Some(_) => {
-                errors.push(FieldError::new(
-                    "/channel",
-                    format!("channel '{s}' is not supported yet"),
-                ));
-                None
-            }
+            Some(c) => Some(c),
             None => {
                 errors.push(FieldError::new(
                     "/channel",
-                    "must be one of: email, webhook",
+                    "must be one of: email, webhook, sms, dingtalk, wecom, feishu, wechat",
                 ));
                 None
             }
@@ -247,25 +297,24 @@ pub fn validate(
             None
         }
     };
-    if let (Some(channel), Some(to)) = (channel, to.as_deref()) {
-        if let Err(why) = validate_recipient(channel, to, allow_private_webhooks) {
-            errors.push(FieldError::new("/to", why));
-        }
-    }
+    let to = match (channel, to) {
+        (Some(channel), Some(to)) => match normalize_recipient(channel, &to, allow_private_webhooks) {
+            Ok(normal) => Some(normal),
+            Err(why) => {
+                errors.push(FieldError::new("/to", why));
+                None
+            }
+        },
+        (_, to) => to,
+    };
 
     let body = match (obj.get("template"), obj.get("content")) {
         (Some(_), Some(_)) => {
-            errors.push(FieldError::new(
-                "/content",
-                "give either template or content, not both",
-            ));
+            errors.push(FieldError::new("/content", "give either template or content, not both"));
             None
         }
         (None, None) => {
-            errors.push(FieldError::new(
-                "/template",
-                "either template or content is required",
-            ));
+            errors.push(FieldError::new("/template", "either template or content is required"));
             None
         }
         (Some(t), None) => {
@@ -301,18 +350,33 @@ pub fn validate(
     };
 
     match (channel, to, body) {
-        (Some(channel), Some(to), Some(body)) if errors.is_empty() => {
-            Ok(SendRequest { channel, to, body })
-        }
+        (Some(channel), Some(to), Some(body)) if errors.is_empty() => Ok(SendRequest { channel, to, body }),
         _ => Err(errors),
     }
 }
 
-fn validate_content(
-    value: &Value,
-    channel: Option<Channel>,
+const CONTENT_FIELDS: [&str; 8] = [
+    "subject", "text", "html", "body", "markdown", "mentions", "sms", "wechat",
+];
+
+fn typed_field<T: serde::de::DeserializeOwned>(
+    obj: &Map<String, Value>,
+    name: &str,
     errors: &mut Vec<FieldError>,
-) -> Option<Content> {
+) -> Option<T> {
+    match obj.get(name) {
+        None | Some(Value::Null) => None,
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(FieldError::new(format!("/content/{name}"), e.to_string()));
+                None
+            }
+        },
+    }
+}
+
+fn validate_content(value: &Value, channel: Option<Channel>, errors: &mut Vec<FieldError>) -> Option<Content> {
     let Some(obj) = value.as_object() else {
         errors.push(FieldError::new("/content", "must be an object"));
         return None;
@@ -323,29 +387,32 @@ fn validate_content(
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => {
-                errors.push(FieldError::new(
-                    format!("/content/{name}"),
-                    "must be a string",
-                ));
+                errors.push(FieldError::new(format!("/content/{name}"), "must be a string"));
                 None
             }
         }
     };
+    let subject = text_field("subject");
+    let text = text_field("text");
+    let html = text_field("html");
+    let markdown = text_field("markdown");
     let content = Content {
-        subject: text_field("subject"),
-        text: text_field("text"),
-        html: text_field("html"),
+        subject,
+        text,
+        html,
+        markdown,
         body: obj.get("body").cloned(),
+        mentions: typed_field(obj, "mentions", errors),
+        sms: typed_field(obj, "sms", errors),
+        wechat: typed_field(obj, "wechat", errors),
     };
     for key in obj.keys() {
-        if !["subject", "text", "html", "body"].contains(&key.as_str()) {
-            errors.push(FieldError::new(
-                format!("/content/{}", escape(key)),
-                "unknown field",
-            ));
+        if !CONTENT_FIELDS.contains(&key.as_str()) {
+            errors.push(FieldError::new(format!("/content/{}", escape(key)), "unknown field"));
         }
     }
-    if let Some(channel) = channel {
+    // Channel rules only make sense once every field parsed.
+    if let (Some(channel), true) = (channel, errors.len() == before) {
         errors.extend(check_content(channel, &content, "/content"));
     }
     (errors.len() == before).then_some(content)
@@ -356,27 +423,17 @@ pub fn check_content(channel: Channel, content: &Content, at: &str) -> Vec<Field
     let mut errors = Vec::new();
     match channel {
         Channel::Email => {
-            if content
-                .subject
-                .as_deref()
-                .is_none_or(|s| s.trim().is_empty())
-            {
-                errors.push(FieldError::new(
-                    format!("{at}/subject"),
-                    "email needs a subject",
-                ));
+            if content.subject.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                errors.push(FieldError::new(format!("{at}/subject"), "email needs a subject"));
             }
             if content.text.is_none() && content.html.is_none() {
-                errors.push(FieldError::new(
-                    format!("{at}/text"),
-                    "email needs text or html",
-                ));
+                errors.push(FieldError::new(format!("{at}/text"), "email needs text or html"));
             }
             if content.body.is_some() {
                 errors.push(FieldError::new(format!("{at}/body"), "not used by email"));
             }
         }
-        _ => {
+        Channel::Webhook => {
             if content == &Content::default() {
                 errors.push(FieldError::new(
                     at.to_string(),
@@ -384,8 +441,71 @@ pub fn check_content(channel: Channel, content: &Content, at: &str) -> Vec<Field
                 ));
             }
         }
+        Channel::Sms => {
+            if content.text.is_none() && content.sms.is_none() {
+                errors.push(FieldError::new(
+                    format!("{at}/sms"),
+                    "sms needs provider templates (sms) or text",
+                ));
+            }
+        }
+        Channel::Dingtalk | Channel::Wecom | Channel::Feishu => {
+            if content.text.is_none() && content.markdown.is_none() {
+                errors.push(FieldError::new(
+                    format!("{at}/text"),
+                    "a robot message needs text or markdown",
+                ));
+            }
+        }
+        Channel::Wechat => {
+            if content.wechat.is_none() {
+                errors.push(FieldError::new(
+                    format!("{at}/wechat"),
+                    "wechat needs template_id and data",
+                ));
+            }
+        }
     }
     errors
+}
+
+/// Checks a recipient for its channel and returns its normal form (E.164 for phones).
+fn normalize_recipient(channel: Channel, to: &str, allow_private: bool) -> Result<String, String> {
+    match channel {
+        Channel::Sms => normalize_phone(to),
+        Channel::Dingtalk | Channel::Wecom | Channel::Feishu => {
+            if valid_name(to, 64) {
+                Ok(to.to_string())
+            } else {
+                Err("must name one of the app's robots ([A-Za-z0-9_-], 1-64 chars)".into())
+            }
+        }
+        Channel::Wechat => {
+            if valid_name(to, 128) {
+                Ok(to.to_string())
+            } else {
+                Err("must be an OpenID".into())
+            }
+        }
+        _ => validate_recipient(channel, to, allow_private).map(|_| to.to_string()),
+    }
+}
+
+/// Parses a phone number in international form and returns it as E.164.
+pub fn normalize_phone(raw: &str) -> Result<String, String> {
+    let why = || "must be a valid phone number in international form, e.g. +8613800138000".to_string();
+    if !raw.trim_start().starts_with('+') {
+        return Err(why());
+    }
+    let number = phonenumber::parse(None, raw).map_err(|_| why())?;
+    if !phonenumber::is_valid(&number) {
+        return Err(why());
+    }
+    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn validate_recipient(channel: Channel, to: &str, allow_private: bool) -> Result<(), String> {
@@ -416,9 +536,8 @@ fn validate_recipient(channel: Channel, to: &str, allow_private: bool) -> Result
 fn valid_template_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.' || b == b'-'
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.' || b == b'-')
 }
 
 /// JSON Pointer escaping (RFC 6901).
@@ -447,9 +566,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.channel, Channel::Email);
-        assert!(
-            matches!(req.body, RequestBody::Inline(ref c) if c.subject.as_deref() == Some("Hi"))
-        );
+        assert!(matches!(req.body, RequestBody::Inline(ref c) if c.subject.as_deref() == Some("Hi")));
     }
 
     #[test]
@@ -462,19 +579,39 @@ mod tests {
             pointers(json!({"channel":"email","to":"not-an-email","template":"x"})),
             vec!["/to"]
         );
-        assert_eq!(
-            pointers(json!({"channel":"email","to":"a@b.co"})),
-            vec!["/template"]
-        );
+        assert_eq!(pointers(json!({"channel":"email","to":"a@b.co"})), vec!["/template"]);
         assert_eq!(
             pointers(json!({"channel":"email","to":"a@b.co","content":{"text":"x"},"extra":1})),
             vec!["/extra", "/content/subject"]
         );
+        assert_eq!(pointers(json!({"channel":"sms","to":"+1","template":"t"})), vec!["/to"]);
         assert_eq!(
-            pointers(json!({"channel":"sms","to":"+1","template":"t"})),
-            vec!["/channel"]
+            pointers(json!({"channel":"sms","to":"+8613800138000","content":{"html":"x"}})),
+            vec!["/content/sms"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"dingtalk","to":"ops robot","content":{"text":"x"}})),
+            vec!["/to"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"wechat","to":"oABC","content":{"wechat":{"template_id":1}}})),
+            vec!["/content/wechat"]
         );
         assert_eq!(pointers(json!([1])), vec![""]);
+    }
+
+    #[test]
+    fn phone_numbers_become_e164() {
+        assert_eq!(normalize_phone("+86 138 0013 8000").unwrap(), "+8613800138000");
+        assert_eq!(normalize_phone("+1 (415) 555-2671").unwrap(), "+14155552671");
+        assert!(normalize_phone("13800138000").is_err(), "no country code");
+        assert!(normalize_phone("+1 555").is_err());
+        let req = validate(
+            &json!({"channel":"sms","to":"+44 7911 123456","content":{"text":"hi"}}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(req.to, "+447911123456");
     }
 
     #[test]
@@ -488,10 +625,7 @@ mod tests {
         ] {
             let v = json!({"channel":"webhook","to":url,"content":{"text":"x"}});
             assert_eq!(pointers(v.clone()), vec!["/to"], "{url}");
-            assert!(
-                validate(&v, true).is_ok() || url.starts_with("ftp"),
-                "{url}"
-            );
+            assert!(validate(&v, true).is_ok() || url.starts_with("ftp"), "{url}");
         }
     }
 

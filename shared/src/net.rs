@@ -72,9 +72,7 @@ pub fn check_webhook_url(raw: &str, allow_private: bool) -> Result<Url, String> 
             }
         };
         if blocked {
-            return Err(
-                "must not point at a loopback, private, link-local or metadata address".into(),
-            );
+            return Err("must not point at a loopback, private, link-local or metadata address".into());
         }
     }
     Ok(url)
@@ -97,9 +95,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .filter(|a| allow_private || is_public(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(
-                    Box::new(BlockedAddress(host)) as Box<dyn std::error::Error + Send + Sync>
-                );
+                return Err(Box::new(BlockedAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -155,18 +151,8 @@ mod tests {
     async fn resolver_refuses_names_of_private_addresses() {
         use reqwest::dns::Resolve;
         let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        assert!(GuardedResolver {
-            allow_private: false
-        }
-        .resolve(name)
-        .await
-        .is_err());
+        assert!(GuardedResolver { allow_private: false }.resolve(name).await.is_err());
         let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        assert!(GuardedResolver {
-            allow_private: true
-        }
-        .resolve(name)
-        .await
-        .is_ok());
+        assert!(GuardedResolver { allow_private: true }.resolve(name).await.is_ok());
     }
 }

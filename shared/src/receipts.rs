@@ -38,26 +38,22 @@ pub enum SesCallback {
 /// JSON string in `Message`), through EventBridge (`detail`), or posted bare.
 pub fn parse_ses(body: &[u8]) -> Result<SesCallback, ReceiptError> {
     let outer: Value = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
-    let event =
-        match outer.get("Type").and_then(Value::as_str) {
-            Some("SubscriptionConfirmation") | Some("UnsubscribeConfirmation") => {
-                return Ok(SesCallback::Subscription {
-                    topic_arn: outer
-                        .get("TopicArn")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                })
-            }
-            Some("Notification") => {
-                let text = outer.get("Message").and_then(Value::as_str).ok_or(
-                    ReceiptError::Unrecognised("SNS notification without Message"),
-                )?;
-                serde_json::from_str(text)
-                    .map_err(|_| ReceiptError::Unrecognised("SNS Message is not an SES event"))?
-            }
-            Some(_) => return Err(ReceiptError::Unrecognised("unknown SNS message type")),
-            None => outer.get("detail").cloned().unwrap_or(outer),
-        };
+    let event = match outer.get("Type").and_then(Value::as_str) {
+        Some("SubscriptionConfirmation") | Some("UnsubscribeConfirmation") => {
+            return Ok(SesCallback::Subscription {
+                topic_arn: outer.get("TopicArn").and_then(Value::as_str).map(str::to_string),
+            })
+        }
+        Some("Notification") => {
+            let text = outer
+                .get("Message")
+                .and_then(Value::as_str)
+                .ok_or(ReceiptError::Unrecognised("SNS notification without Message"))?;
+            serde_json::from_str(text).map_err(|_| ReceiptError::Unrecognised("SNS Message is not an SES event"))?
+        }
+        Some(_) => return Err(ReceiptError::Unrecognised("unknown SNS message type")),
+        None => outer.get("detail").cloned().unwrap_or(outer),
+    };
     Ok(SesCallback::Event(ses_event(&event)?))
 }
 
@@ -67,9 +63,7 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
         .or_else(|| event.get("notificationType"))
         .and_then(Value::as_str)
         .ok_or(ReceiptError::Unrecognised("no eventType"))?;
-    let mail = event
-        .get("mail")
-        .ok_or(ReceiptError::Unrecognised("no mail"))?;
+    let mail = event.get("mail").ok_or(ReceiptError::Unrecognised("no mail"))?;
     let tag = |name: &str| {
         mail.get("tags")
             .and_then(|t| t.get(name))
@@ -91,11 +85,7 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
             };
             (
                 Status::Failed,
-                format!(
-                    "ses: bounce {}/{}",
-                    field("bounceType"),
-                    field("bounceSubType")
-                ),
+                format!("ses: bounce {}/{}", field("bounceType"), field("bounceSubType")),
             )
         }
         "Reject" => (Status::Failed, "ses: rejected".to_string()),
@@ -105,10 +95,7 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
     Ok(Some(Receipt {
         pk: tag(crate::providers::ses::TAG_PK),
         id: tag(crate::providers::ses::TAG_ID),
-        provider_message_id: mail
-            .get("messageId")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        provider_message_id: mail.get("messageId").and_then(Value::as_str).map(str::to_string),
         status,
         note,
     }))
@@ -125,18 +112,20 @@ mod tests {
 
     #[test]
     fn delivery_and_bounce_map_to_statuses() {
-        let mail =
-            json!({"messageId":"ses-1","tags":{"pushgate_pk":["app_s_ab"],"pushgate_id":["01X"]}});
-        let SesCallback::Event(Some(r)) =
-            parse_ses(&sns(json!({"eventType":"Delivery","mail":mail}))).unwrap()
-        else {
+        let mail = json!({"messageId":"ses-1","tags":{"pushgate_pk":["app_s_ab"],"pushgate_id":["01X"]}});
+        let SesCallback::Event(Some(r)) = parse_ses(&sns(json!({"eventType":"Delivery","mail":mail}))).unwrap() else {
             panic!()
         };
         assert_eq!(
             (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
             (Status::Delivered, Some("app_s_ab"), Some("ses-1"))
         );
-        let SesCallback::Event(Some(r)) = parse_ses(&sns(json!({"eventType":"Bounce","mail":mail,"bounce":{"bounceType":"Permanent","bounceSubType":"General"}}))).unwrap() else { panic!() };
+        let SesCallback::Event(Some(r)) = parse_ses(&sns(
+            json!({"eventType":"Bounce","mail":mail,"bounce":{"bounceType":"Permanent","bounceSubType":"General"}}),
+        ))
+        .unwrap() else {
+            panic!()
+        };
         assert_eq!(r.status, Status::Failed);
         assert_eq!(r.note, "ses: bounce Permanent/General");
         assert_eq!(

@@ -37,10 +37,7 @@ pub enum Created {
 pub enum Claim {
     /// The caller holds the lease. `takeover` is true when a previous claim's lease
     /// expired mid-send: whether that send reached the provider is unknown.
-    Claimed {
-        message: Box<Message>,
-        takeover: bool,
-    },
+    Claimed { message: Box<Message>, takeover: bool },
     /// Already past sending (sent, delivered, failed…): acknowledge without sending.
     Done(Status),
     /// Another worker holds a live lease: try again later.
@@ -75,8 +72,7 @@ fn n(v: impl ToString) -> AttributeValue {
 }
 
 fn history(entry: HistoryEntry) -> Result<AttributeValue, StoreError> {
-    let item: serde_dynamo::Item =
-        serde_dynamo::to_item(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let item: serde_dynamo::Item = serde_dynamo::to_item(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(AttributeValue::L(vec![AttributeValue::M(item.into())]))
 }
 
@@ -111,7 +107,10 @@ impl Store {
             Ok(_) => Ok(Created::Created),
             Err(e) => match e.as_service_error() {
                 Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                    let old = c.item().cloned().ok_or_else(|| StoreError::Corrupt("condition failed without item".into()))?;
+                    let old = c
+                        .item()
+                        .cloned()
+                        .ok_or_else(|| StoreError::Corrupt("condition failed without item".into()))?;
                     Ok(Created::Exists(Box::new(decode(old)?)))
                 }
                 _ => Err(aws_err(e)),
@@ -280,13 +279,7 @@ impl Store {
 
     /// Records the outcome of a send if the caller still holds the lease and the status
     /// moves forward. Returns whether it applied.
-    pub async fn finish(
-        &self,
-        pk: &str,
-        owner: &str,
-        finish: Finish,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    pub async fn finish(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {
         let entry = HistoryEntry {
             at: now_ms,
             status: finish.status,
@@ -334,13 +327,7 @@ impl Store {
 
     /// Gives the lease back after a failed attempt that certainly did not send, so the
     /// next delivery of the job may claim at once. The note marks the attempt as closed.
-    pub async fn release(
-        &self,
-        pk: &str,
-        owner: &str,
-        note: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn release(&self, pk: &str, owner: &str, note: &str, now_ms: i64) -> Result<(), StoreError> {
         let entry = HistoryEntry {
             at: now_ms,
             status: Status::Sending,
@@ -351,7 +338,9 @@ impl Store {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression("SET updated_at = :now, history = list_append(history, :entry) REMOVE lease_until, lease_owner")
+            .update_expression(
+                "SET updated_at = :now, history = list_append(history, :entry) REMOVE lease_until, lease_owner",
+            )
             .condition_expression("lease_owner = :owner")
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":now", n(now_ms))
@@ -390,11 +379,12 @@ impl Store {
             .expression_attribute_values(":rank", n(status.rank()))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":entry", history(entry)?);
-        let mut expr = "SET #st = :status, status_rank = :rank, updated_at = :now, history = list_append(history, :entry)".to_string();
+        let mut expr =
+            "SET #st = :status, status_rank = :rank, updated_at = :now, history = list_append(history, :entry)"
+                .to_string();
         if status == Status::Failed {
             expr.push_str(", reason = :reason");
-            req = req
-                .expression_attribute_values(":reason", s(note.unwrap_or_else(|| "failed".into())));
+            req = req.expression_attribute_values(":reason", s(note.unwrap_or_else(|| "failed".into())));
         }
         match req.update_expression(expr).send().await {
             Ok(_) => Ok(true),

@@ -28,8 +28,26 @@ struct Variant {
     subject: Option<String>,
     text: Option<String>,
     html: Option<String>,
+    markdown: Option<String>,
+    /// JSON parts: every string inside is a template.
     body: Option<Value>,
+    mentions: Option<Value>,
+    sms: Option<Value>,
+    wechat: Option<Value>,
 }
+
+impl Variant {
+    fn json_parts(&self) -> [(&'static str, Option<&Value>); 4] {
+        [
+            ("body", self.body.as_ref()),
+            ("mentions", self.mentions.as_ref()),
+            ("sms", self.sms.as_ref()),
+            ("wechat", self.wechat.as_ref()),
+        ]
+    }
+}
+
+const TEXT_PARTS: [&str; 4] = ["subject", "text", "html", "markdown"];
 
 /// Why a template could not be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -74,19 +92,18 @@ impl Templates {
             let mut map = HashMap::new();
             optional.insert(id.clone(), definition.optional);
             for (channel_name, variant) in definition.channels {
-                let channel = Channel::parse(&channel_name).ok_or_else(|| {
-                    TemplateError::Invalid(format!("{id}: unknown channel {channel_name}"))
-                })?;
+                let channel = Channel::parse(&channel_name)
+                    .ok_or_else(|| TemplateError::Invalid(format!("{id}: unknown channel {channel_name}")))?;
                 for (part, source) in [
                     ("subject", &variant.subject),
                     ("text", &variant.text),
                     ("html", &variant.html),
+                    ("markdown", &variant.markdown),
                 ] {
                     if let Some(src) = source {
                         let name = part_name(&id, channel, part);
-                        env.add_template_owned(name, src.clone()).map_err(|e| {
-                            TemplateError::Invalid(format!("{id}/{channel_name}/{part}: {e}"))
-                        })?;
+                        env.add_template_owned(name, src.clone())
+                            .map_err(|e| TemplateError::Invalid(format!("{id}/{channel_name}/{part}: {e}")))?;
                     }
                 }
                 map.insert(channel, variant);
@@ -113,12 +130,7 @@ impl Templates {
     }
 
     /// Renders template `id` for `channel` with `data`.
-    pub fn render(
-        &self,
-        id: &str,
-        channel: Channel,
-        data: &Map<String, Value>,
-    ) -> Result<Content, TemplateError> {
+    pub fn render(&self, id: &str, channel: Channel, data: &Map<String, Value>) -> Result<Content, TemplateError> {
         let by_channel = self
             .variants
             .get(id)
@@ -131,14 +143,16 @@ impl Templates {
         let optional = self.optional.get(id).map(Vec::as_slice).unwrap_or_default();
         let absent = |v: &String| !data.contains_key(v) && !optional.contains(v);
         let mut missing = BTreeSet::new();
-        for part in ["subject", "text", "html"] {
+        for part in TEXT_PARTS {
             if let Ok(t) = self.env.get_template(&part_name(id, channel, part)) {
                 missing.extend(t.undeclared_variables(false).into_iter().filter(absent));
             }
         }
-        if let Some(body) = &variant.body {
+        for (_, part) in variant.json_parts() {
             let mut sources = Vec::new();
-            collect_strings(body, &mut sources);
+            if let Some(value) = part {
+                collect_strings(value, &mut sources);
+            }
             for src in sources {
                 let t = self
                     .env
@@ -151,12 +165,7 @@ impl Templates {
             return Err(TemplateError::Data(
                 missing
                     .into_iter()
-                    .map(|v| {
-                        FieldError::new(
-                            format!("/data/{v}"),
-                            format!("template {id} needs variable '{v}'"),
-                        )
-                    })
+                    .map(|v| FieldError::new(format!("/data/{v}"), format!("template {id} needs variable '{v}'")))
                     .collect(),
             ));
         }
@@ -168,25 +177,27 @@ impl Templates {
                 Err(_) => Ok(None),
             }
         };
-        let body = match &variant.body {
-            Some(b) => Some(self.render_json(b, &ctx)?),
-            None => None,
-        };
+        let mut json = std::collections::HashMap::new();
+        for (name, part) in variant.json_parts() {
+            if let Some(value) = part {
+                json.insert(name, self.render_json(value, &ctx)?);
+            }
+        }
         Ok(Content {
             subject: render("subject")?,
             text: render("text")?,
             html: render("html")?,
-            body,
+            markdown: render("markdown")?,
+            body: json.get("body").cloned(),
+            mentions: decode(id, "mentions", json.get("mentions"))?,
+            sms: decode(id, "sms", json.get("sms"))?,
+            wechat: decode(id, "wechat", json.get("wechat"))?,
         })
     }
 
     fn render_json(&self, value: &Value, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
         Ok(match value {
-            Value::String(s) => Value::String(
-                self.env
-                    .render_str(s, ctx)
-                    .map_err(|e| render_error(e, "body"))?,
-            ),
+            Value::String(s) => Value::String(self.env.render_str(s, ctx).map_err(|e| render_error(e, "body"))?),
             Value::Array(items) => Value::Array(
                 items
                     .iter()
@@ -201,6 +212,18 @@ impl Templates {
             other => other.clone(),
         })
     }
+}
+
+/// A rendered JSON part as its typed form; a mismatch is the template's fault.
+fn decode<T: serde::de::DeserializeOwned>(
+    id: &str,
+    part: &str,
+    value: Option<&Value>,
+) -> Result<Option<T>, TemplateError> {
+    value
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .map_err(|e| TemplateError::Invalid(format!("{id}: {part}: {e}")))
 }
 
 fn part_name(id: &str, channel: Channel, part: &str) -> String {
@@ -254,17 +277,13 @@ mod tests {
                 &data(json!({"name":"A","order_id":"7"})),
             )
             .unwrap();
-        assert_eq!(
-            w.body,
-            Some(json!({"event":"order_shipped","order_id":"7"}))
-        );
+        assert_eq!(w.body, Some(json!({"event":"order_shipped","order_id":"7"})));
     }
 
     #[test]
     fn missing_variables_are_all_named() {
         let t = Templates::bundled().unwrap();
-        let Err(TemplateError::Data(errors)) = t.render("welcome", Channel::Email, &Map::new())
-        else {
+        let Err(TemplateError::Data(errors)) = t.render("welcome", Channel::Email, &Map::new()) else {
             panic!("expected data errors");
         };
         let pointers: Vec<_> = errors.iter().map(|e| e.pointer.as_str()).collect();

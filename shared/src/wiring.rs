@@ -31,14 +31,8 @@ struct Shared {
 async fn shared() -> Result<Shared, WiringError> {
     let common = config::Common::from_env()?;
     let sdk = crate::aws::load().await;
-    let store = Store::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        common.messages_table.clone(),
-    );
-    let source = SecretsManagerSource::new(
-        aws_sdk_secretsmanager::Client::new(&sdk),
-        common.secret_id.clone(),
-    );
+    let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), common.messages_table.clone());
+    let source = SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&sdk), common.secret_id.clone());
     let apps = Arc::new(Apps::new(Arc::new(source), common.secret_ttl));
     Ok(Shared {
         sdk,

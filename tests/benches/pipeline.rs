@@ -49,16 +49,11 @@ async fn run(
     for round in 0..=ROUNDS {
         stack.calls.reset();
         for i in 0..BATCH {
-            let body = serde_json::to_vec(&json!({"channel":"webhook","to": target,"content":{"text": format!("{round}-{i}")}})).unwrap();
-            let req = signed(
-                "POST",
-                "/v1/messages",
-                &body,
-                APP,
-                APP_SECRETS[0],
-                now(),
-                &[],
-            );
+            let body = serde_json::to_vec(
+                &json!({"channel":"webhook","to": target,"content":{"text": format!("{round}-{i}")}}),
+            )
+            .unwrap();
+            let req = signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]);
             let t = Instant::now();
             assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
             if round > 0 {
@@ -103,21 +98,15 @@ async fn main() {
             .join(", ")
     };
     println!("dispatch, batch of {BATCH}, provider latency {PROVIDER_MS} ms, moto on loopback, {ROUNDS} rounds:");
-    println!(
-        "  parallel (concurrency {BATCH}): min {pmin:.1} ms, median {pmed:.1} ms, max {pmax:.1} ms"
-    );
-    println!(
-        "  serial   (concurrency 1):  min {smin:.1} ms, median {smed:.1} ms, max {smax:.1} ms"
-    );
+    println!("  parallel (concurrency {BATCH}): min {pmin:.1} ms, median {pmed:.1} ms, max {pmax:.1} ms");
+    println!("  serial   (concurrency 1):  min {smin:.1} ms, median {smed:.1} ms, max {smax:.1} ms");
     println!("  speed-up (median): {:.1}x", smed / pmed);
     println!("  floor, provider answering at once (the 20 DynamoDB round trips to moto): min {fmin:.1} ms, median {fmed:.1} ms, max {fmax:.1} ms");
-    println!("  batch time above that floor (median): {:.1} ms for {BATCH} x {PROVIDER_MS} ms of provider latency", pmed - fmed);
     println!(
-        "ingest, one request against moto: min {imin:.1} ms, median {imed:.1} ms, max {imax:.1} ms"
+        "  batch time above that floor (median): {:.1} ms for {BATCH} x {PROVIDER_MS} ms of provider latency",
+        pmed - fmed
     );
+    println!("ingest, one request against moto: min {imin:.1} ms, median {imed:.1} ms, max {imax:.1} ms");
     println!("AWS calls per accepted message: {}", per(&ingest_calls));
-    println!(
-        "AWS calls per delivered message (webhook): {}",
-        per(&dispatch_calls)
-    );
+    println!("AWS calls per delivered message (webhook): {}", per(&dispatch_calls));
 }

@@ -75,8 +75,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CallCounter {
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         if let Some(md) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() {
             if let Ok(mut m) = self.0.lock() {
-                *m.entry(format!("{}.{}", md.service(), md.name()))
-                    .or_default() += 1;
+                *m.entry(format!("{}.{}", md.service(), md.name())).or_default() += 1;
             }
         }
         Ok(())
@@ -92,6 +91,8 @@ pub struct StackOptions {
     pub webhook_timeout: Duration,
     /// Dispatcher concurrency within a batch.
     pub concurrency: usize,
+    /// Provider endpoints (point them at fakes).
+    pub endpoints: config::Endpoints,
 }
 
 impl Default for StackOptions {
@@ -102,6 +103,7 @@ impl Default for StackOptions {
             visibility_timeout: 1,
             webhook_timeout: Duration::from_secs(2),
             concurrency: 10,
+            endpoints: config::Endpoints::default(),
         }
     }
 }
@@ -149,13 +151,10 @@ impl Stack {
         let secret_id = resources::put_secret(&sdk, &format!("{prefix}config"), &doc)
             .await
             .expect("secret");
-        resources::verify_sender(&sdk, EMAIL_FROM)
+        resources::verify_sender(&sdk, EMAIL_FROM).await.expect("verify sender");
+        let receiver = Receiver::start(SocketAddr::from(([127, 0, 0, 1], 0)), WEBHOOK_SECRET, false)
             .await
-            .expect("verify sender");
-        let receiver =
-            Receiver::start(SocketAddr::from(([127, 0, 0, 1], 0)), WEBHOOK_SECRET, false)
-                .await
-                .expect("receiver");
+            .expect("receiver");
 
         // The handlers' clients count their calls; the harness's own clients do not.
         let calls = CallCounter::default();
@@ -206,6 +205,9 @@ impl Stack {
             concurrency: opts.concurrency,
             webhook_timeout: opts.webhook_timeout,
             webhook_allow_private: true,
+            provider_timeout: opts.webhook_timeout,
+            endpoints: opts.endpoints.clone(),
+            public_url: Some("https://pushgate.test".into()),
         };
         let providers: Vec<Arc<dyn Provider>> = vec![
             Arc::new(Ses::new(ses, EMAIL_FROM.into(), None)),
@@ -256,12 +258,7 @@ impl Stack {
             QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
         ]
         .iter()
-        .map(|k| {
-            attrs
-                .get(k)
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0)
-        })
+        .map(|k| attrs.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0))
         .sum()
     }
 
@@ -383,4 +380,38 @@ pub fn parts(resp: lambda_http::Response<Body>) -> (u16, http::HeaderMap, serde_
         _ => serde_json::Value::Null,
     };
     (status, headers, body)
+}
+
+/// A stored-message value for calling a provider directly.
+pub fn message(
+    channel: pushgate::model::Channel,
+    to: &str,
+    content: pushgate::model::Content,
+) -> pushgate::model::Message {
+    let now = pushgate::clock::now_ms();
+    let id = ulid::Ulid::new().to_string();
+    pushgate::model::Message {
+        pk: format!("{APP}_s_{}", id.to_lowercase()),
+        id,
+        app: APP.into(),
+        channel,
+        to: to.into(),
+        template: None,
+        content,
+        status: pushgate::model::Status::Sending,
+        status_rank: 1,
+        attempts: 1,
+        created_at: now,
+        updated_at: now,
+        expires_at: now / 1000 + 86_400,
+        body_hash: String::new(),
+        signature: String::new(),
+        ingest_pending: None,
+        lease_until: None,
+        lease_owner: None,
+        provider: None,
+        provider_message_id: None,
+        reason: None,
+        history: Vec::new(),
+    }
 }

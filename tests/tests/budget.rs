@@ -16,16 +16,11 @@ async fn ingest_and_dispatch_stay_within_the_call_budget() {
 
     const N: usize = 5;
     for i in 0..N {
-        let body = serde_json::to_vec(&json!({"channel":"email","to": format!("b{i}@example.com"),"content":{"subject":"s","text":"t"}})).unwrap();
-        let req = signed(
-            "POST",
-            "/v1/messages",
-            &body,
-            APP,
-            APP_SECRETS[0],
-            now(),
-            &[],
-        );
+        let body = serde_json::to_vec(
+            &json!({"channel":"email","to": format!("b{i}@example.com"),"content":{"subject":"s","text":"t"}}),
+        )
+        .unwrap();
+        let req = signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]);
         assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
     }
     let ingest = stack.calls.snapshot();
@@ -58,10 +53,9 @@ async fn an_idempotency_key_costs_one_more_write_to_close_its_in_flight_window()
     let stack = Stack::new().await;
     stack.ingest.apps.current().await.unwrap();
     stack.calls.reset();
-    let body = serde_json::to_vec(
-        &json!({"channel":"email","to":"k@example.com","content":{"subject":"s","text":"t"}}),
-    )
-    .unwrap();
+    let body =
+        serde_json::to_vec(&json!({"channel":"email","to":"k@example.com","content":{"subject":"s","text":"t"}}))
+            .unwrap();
     let req = signed(
         "POST",
         "/v1/messages",

@@ -13,15 +13,7 @@ async fn accept(stack: &Stack, message: Value) -> String {
     let (status, _, b) = parts(
         stack
             .ingest
-            .handle(signed(
-                "POST",
-                "/v1/messages",
-                &body,
-                APP,
-                APP_SECRETS[0],
-                now(),
-                &[],
-            ))
+            .handle(signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]))
             .await,
     );
     assert_eq!(status, 202, "{b}");
@@ -62,10 +54,7 @@ async fn the_same_sqs_message_delivered_twice_sends_one_email() {
         .await
         .batch_item_failures
         .is_empty());
-    let (a, b) = tokio::join!(
-        stack.dispatcher.handle(event.clone()),
-        stack.dispatcher.handle(event)
-    );
+    let (a, b) = tokio::join!(stack.dispatcher.handle(event.clone()), stack.dispatcher.handle(event));
     assert!(a.batch_item_failures.is_empty() && b.batch_item_failures.is_empty());
 
     assert_eq!(stack.emails_to(to).await, 1, "exactly one SES send");
@@ -87,10 +76,7 @@ async fn concurrent_duplicate_jobs_send_one_webhook() {
     let event = stack.receive_event(10).await;
     let mut doubled = event.clone();
     doubled.records.push(event.records[0].clone());
-    let (a, b) = tokio::join!(
-        stack.dispatcher.handle(doubled),
-        stack.dispatcher.handle(event)
-    );
+    let (a, b) = tokio::join!(stack.dispatcher.handle(doubled), stack.dispatcher.handle(event));
     // A duplicate that found the lease held is retried later, never sent twice.
     let retried = a.batch_item_failures.len() + b.batch_item_failures.len();
     assert!(retried <= 2);
@@ -106,10 +92,7 @@ async fn webhook_flows_end_to_end_through_the_poller_signed() {
     stack.drain(Duration::from_secs(10)).await;
     let got = stack.receiver.received();
     assert_eq!(got.len(), 1);
-    assert!(
-        got[0].verified,
-        "Standard Webhooks signature verified by the receiver"
-    );
+    assert!(got[0].verified, "Standard Webhooks signature verified by the receiver");
     assert_eq!(got[0].webhook_id, id);
     assert_eq!(
         got[0].body["data"]["body"],
@@ -118,10 +101,7 @@ async fn webhook_flows_end_to_end_through_the_poller_signed() {
     let m = record(&stack, &id).await;
     assert_eq!(m.status, Status::Delivered);
     let statuses: Vec<Status> = m.history.iter().map(|h| h.status).collect();
-    assert_eq!(
-        statuses,
-        vec![Status::Accepted, Status::Sending, Status::Delivered]
-    );
+    assert_eq!(statuses, vec![Status::Accepted, Status::Sending, Status::Delivered]);
     assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
 }
 
@@ -139,20 +119,13 @@ async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
             .claim(&m.pk, &id, "dead-worker", now, now + 50)
             .await
             .unwrap(),
-        Claim::Claimed {
-            takeover: false,
-            ..
-        }
+        Claim::Claimed { takeover: false, .. }
     ));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     stack.drain(Duration::from_secs(10)).await;
     let m = record(&stack, &id).await;
-    assert_eq!(
-        m.status,
-        Status::Unknown,
-        "policy for SES: never risk a second email"
-    );
+    assert_eq!(m.status, Status::Unknown, "policy for SES: never risk a second email");
     assert_eq!(m.reason.as_deref(), Some("interrupted_send"));
     assert_eq!(stack.emails_to(to).await, 0);
 }
@@ -177,10 +150,8 @@ async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
         panic!("claim")
     };
     let webhook = pushgate::providers::webhook::Webhook::new(Duration::from_secs(2), true).unwrap();
-    let app: pushgate::apps::AppConfig = serde_json::from_value(
-        json!({"key": APP, "secrets": [], "webhook_secret": WEBHOOK_SECRET}),
-    )
-    .unwrap();
+    let app: pushgate::apps::AppConfig =
+        serde_json::from_value(json!({"key": APP, "secrets": [], "webhook_secret": WEBHOOK_SECRET})).unwrap();
     pushgate::providers::Provider::send(&webhook, &message, &app)
         .await
         .unwrap();
@@ -204,8 +175,16 @@ async fn a_batch_with_one_retryable_failure_reports_only_that_record() {
         json!({"channel":"webhook","to": stack.receiver.url("a"),"content":{"text":"1"}}),
     )
     .await;
-    let bad = accept(&stack, json!({"channel":"webhook","to": format!("{}?status=503", stack.receiver.url("b")),"content":{"text":"2"}})).await;
-    let gone = accept(&stack, json!({"channel":"webhook","to": format!("{}?status=410", stack.receiver.url("c")),"content":{"text":"3"}})).await;
+    let bad = accept(
+        &stack,
+        json!({"channel":"webhook","to": format!("{}?status=503", stack.receiver.url("b")),"content":{"text":"2"}}),
+    )
+    .await;
+    let gone = accept(
+        &stack,
+        json!({"channel":"webhook","to": format!("{}?status=410", stack.receiver.url("c")),"content":{"text":"3"}}),
+    )
+    .await;
     let ok2 = accept(
         &stack,
         json!({"channel":"webhook","to": stack.receiver.url("d"),"content":{"text":"4"}}),
@@ -234,18 +213,11 @@ async fn a_batch_with_one_retryable_failure_reports_only_that_record() {
     assert_eq!(record(&stack, &ok1).await.status, Status::Delivered);
     assert_eq!(record(&stack, &ok2).await.status, Status::Delivered);
     let g = record(&stack, &gone).await;
-    assert_eq!(
-        g.status,
-        Status::Failed,
-        "410 is permanent: recorded and acknowledged"
-    );
+    assert_eq!(g.status, Status::Failed, "410 is permanent: recorded and acknowledged");
     assert!(g.reason.unwrap().contains("http_410"));
     let b = record(&stack, &bad).await;
     assert_eq!(b.status, Status::Sending);
-    assert!(
-        b.lease_until.is_none(),
-        "lease released so the retry can claim at once"
-    );
+    assert!(b.lease_until.is_none(), "lease released so the retry can claim at once");
 }
 
 #[tokio::test]
@@ -255,7 +227,11 @@ async fn retryable_failures_end_failed_after_max_attempts() {
         ..StackOptions::default()
     })
     .await;
-    let id = accept(&stack, json!({"channel":"webhook","to": format!("{}?status=500", stack.receiver.url("down")),"content":{"text":"x"}})).await;
+    let id = accept(
+        &stack,
+        json!({"channel":"webhook","to": format!("{}?status=500", stack.receiver.url("down")),"content":{"text":"x"}}),
+    )
+    .await;
     stack.drain(Duration::from_secs(15)).await;
     let m = record(&stack, &id).await;
     assert_eq!(m.status, Status::Failed);
@@ -277,18 +253,12 @@ async fn a_webhook_timeout_is_retried_not_failed() {
     assert_eq!(response.batch_item_failures.len(), 1);
     let m = record(&stack, &id).await;
     assert_eq!(m.status, Status::Sending);
-    assert!(m
-        .history
-        .last()
-        .unwrap()
-        .note
-        .as_deref()
-        .unwrap()
-        .contains("timeout"));
+    assert!(m.history.last().unwrap().note.as_deref().unwrap().contains("timeout"));
 }
 
 fn ses_event(kind: &str, pk: &str, id: &str) -> Vec<u8> {
-    let event = json!({"eventType": kind, "mail": {"messageId": "ses-x", "tags": {"pushgate_pk": [pk], "pushgate_id": [id]}}});
+    let event =
+        json!({"eventType": kind, "mail": {"messageId": "ses-x", "tags": {"pushgate_pk": [pk], "pushgate_id": [id]}}});
     serde_json::to_vec(&json!({"Type":"Notification","MessageId":"n1","TopicArn":"arn:aws:sns:us-east-1:123456789012:ses","Message": event.to_string()})).unwrap()
 }
 
@@ -317,12 +287,7 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
             .await,
     );
     assert_eq!(status, 401);
-    let (status, _, _) = parts(
-        stack
-            .callback
-            .handle(callback("/v1/callbacks/ses", &delivered))
-            .await,
-    );
+    let (status, _, _) = parts(stack.callback.handle(callback("/v1/callbacks/ses", &delivered)).await);
     assert_eq!(status, 401);
     assert_eq!(
         record(&stack, &id).await.status,
@@ -372,10 +337,7 @@ async fn a_bounce_fails_the_message() {
         let event = json!({"eventType":"Bounce","bounce":{"bounceType":"Permanent","bounceSubType":"General"},"mail":{"messageId":"x","tags":{"pushgate_pk":[m.pk],"pushgate_id":[id]}}});
         serde_json::to_vec(&json!({"Type":"Notification","Message": event.to_string()})).unwrap()
     };
-    assert_eq!(
-        parts(stack.callback.handle(callback(&path, &bounce)).await).0,
-        200
-    );
+    assert_eq!(parts(stack.callback.handle(callback(&path, &bounce)).await).0, 200);
     let m = record(&stack, &id).await;
     assert_eq!(m.status, Status::Failed);
     assert_eq!(m.reason.as_deref(), Some("ses: bounce Permanent/General"));
@@ -396,15 +358,9 @@ async fn the_ses_sandbox_turns_accepted_mail_into_delivery_and_bounce_receipts()
     let events = sandbox.pending_events().await.unwrap();
     assert_eq!(events.len(), 2, "one receipt per email of this stack");
     for body in events {
-        assert_eq!(
-            parts(stack.callback.handle(callback(&path, &body)).await).0,
-            200
-        );
+        assert_eq!(parts(stack.callback.handle(callback(&path, &body)).await).0, 200);
     }
-    assert!(
-        sandbox.pending_events().await.unwrap().is_empty(),
-        "each email once"
-    );
+    assert!(sandbox.pending_events().await.unwrap().is_empty(), "each email once");
     assert_eq!(record(&stack, &ok).await.status, Status::Delivered);
     assert_eq!(record(&stack, &bounced).await.status, Status::Failed);
 }

@@ -34,18 +34,13 @@ async fn ingest_events_work_once_resigned_and_go_stale_otherwise() {
     status_event["pathParameters"]["id"] = Value::String(id.clone());
     pushgate_tool::events::resign(&mut status_event, APP, APP_SECRETS[1], None, now()).unwrap();
     let (status, _, view) = parts(stack.ingest.handle(api_request(&status_event)).await);
-    assert_eq!(
-        (status, view["id"].as_str()),
-        (200, Some(id.as_str())),
-        "{view}"
-    );
+    assert_eq!((status, view["id"].as_str()), (200, Some(id.as_str())), "{view}");
 }
 
 #[tokio::test]
 async fn dispatcher_and_callback_events_are_accepted() {
     let stack = Stack::new().await;
-    let event: aws_lambda_events::event::sqs::SqsEvent =
-        serde_json::from_value(load("dispatcher-sqs.json")).unwrap();
+    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(load("dispatcher-sqs.json")).unwrap();
     let response = stack.dispatcher.handle(event).await;
     assert!(
         response.batch_item_failures.is_empty(),
@@ -77,14 +72,7 @@ async fn dispatcher_and_callback_events_are_accepted() {
         401,
         "sample token is a placeholder"
     );
-    pushgate_tool::events::resign(
-        &mut callback,
-        APP,
-        APP_SECRETS[0],
-        Some(CALLBACK_TOKEN),
-        now(),
-    )
-    .unwrap();
+    pushgate_tool::events::resign(&mut callback, APP, APP_SECRETS[0], Some(CALLBACK_TOKEN), now()).unwrap();
     let (status, _, body) = parts(stack.callback.handle(api_request(&callback)).await);
     assert_eq!((status, body["applied"].as_u64()), (200, Some(1)), "{body}");
 }

@@ -4,29 +4,14 @@ use pushgate_tests::*;
 use serde_json::json;
 
 fn webhook_body(stack: &Stack, text: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"channel":"webhook","to": stack.receiver.url("t"),"content":{"text": text}}),
-    )
-    .unwrap()
+    serde_json::to_vec(&json!({"channel":"webhook","to": stack.receiver.url("t"),"content":{"text": text}})).unwrap()
 }
 
-async fn send(
-    stack: &Stack,
-    body: &[u8],
-    extra: &[(&str, &str)],
-) -> (u16, http::HeaderMap, serde_json::Value) {
+async fn send(stack: &Stack, body: &[u8], extra: &[(&str, &str)]) -> (u16, http::HeaderMap, serde_json::Value) {
     parts(
         stack
             .ingest
-            .handle(signed(
-                "POST",
-                "/v1/messages",
-                body,
-                APP,
-                APP_SECRETS[0],
-                now(),
-                extra,
-            ))
+            .handle(signed("POST", "/v1/messages", body, APP, APP_SECRETS[0], now(), extra))
             .await,
     )
 }
@@ -59,51 +44,19 @@ async fn forged_expired_replayed_tampered_and_wrong_path_are_401_and_queue_nothi
     let cases: Vec<(&str, lambda_http::Request)> = vec![
         (
             "forged",
-            signed(
-                "POST",
-                "/v1/messages",
-                &body,
-                APP,
-                "not-the-secret",
-                ts,
-                &[],
-            ),
+            signed("POST", "/v1/messages", &body, APP, "not-the-secret", ts, &[]),
         ),
         (
             "expired",
-            signed(
-                "POST",
-                "/v1/messages",
-                &body,
-                APP,
-                APP_SECRETS[0],
-                ts - 301,
-                &[],
-            ),
+            signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts - 301, &[]),
         ),
         (
             "future",
-            signed(
-                "POST",
-                "/v1/messages",
-                &body,
-                APP,
-                APP_SECRETS[0],
-                ts + 301,
-                &[],
-            ),
+            signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts + 301, &[]),
         ),
         (
             "unknown app",
-            signed(
-                "POST",
-                "/v1/messages",
-                &body,
-                "nobody",
-                APP_SECRETS[0],
-                ts,
-                &[],
-            ),
+            signed("POST", "/v1/messages", &body, "nobody", APP_SECRETS[0], ts, &[]),
         ),
         ("wrong path", {
             let mut r = signed("POST", "/v1/other", &body, APP, APP_SECRETS[0], ts, &[]);
@@ -122,18 +75,14 @@ async fn forged_expired_replayed_tampered_and_wrong_path_are_401_and_queue_nothi
         }),
         ("malformed signature", {
             let mut r = signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts, &[]);
-            r.headers_mut()
-                .insert("x-signature", "v1=xyz".parse().unwrap());
+            r.headers_mut().insert("x-signature", "v1=xyz".parse().unwrap());
             r
         }),
     ];
     for (name, req) in cases {
         let (status, headers, problem) = parts(stack.ingest.handle(req).await);
         assert_eq!(status, 401, "{name}: {problem}");
-        assert_eq!(
-            headers["content-type"], "application/problem+json",
-            "{name}"
-        );
+        assert_eq!(headers["content-type"], "application/problem+json", "{name}");
         assert_eq!(problem["status"], 401, "{name}");
     }
     assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
@@ -144,10 +93,7 @@ async fn forged_expired_replayed_tampered_and_wrong_path_are_401_and_queue_nothi
     assert_eq!(parts(stack.ingest.handle(first).await).0, 202);
     let (status, _, problem) = parts(stack.ingest.handle(again).await);
     assert_eq!(status, 401);
-    assert!(
-        problem["detail"].as_str().unwrap().contains("replay"),
-        "{problem}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("replay"), "{problem}");
     assert_eq!(
         stack.queue_count(stack.res.send_queue()).await,
         1,
@@ -188,15 +134,7 @@ async fn idempotency_replays_conflicts_and_mismatches() {
     assert_eq!(b3["errors"][0]["pointer"], "header:Idempotency-Key");
 
     // The key is scoped per app: another app may use it.
-    let req = signed(
-        "POST",
-        "/v1/messages",
-        &body,
-        OTHER_APP,
-        OTHER_SECRET,
-        now(),
-        &key,
-    );
+    let req = signed("POST", "/v1/messages", &body, OTHER_APP, OTHER_SECRET, now(), &key);
     let (s4, _, b4) = parts(stack.ingest.handle(req).await);
     assert_eq!(s4, 202);
     assert_ne!(b4["id"], b1["id"]);
@@ -226,10 +164,7 @@ async fn idempotent_request_still_in_flight_is_409() {
     aws_sdk_dynamodb::Client::new(&stack.sdk)
         .update_item()
         .table_name(stack.res.messages_table())
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(record.pk.clone()),
-        )
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(record.pk.clone()))
         .update_expression("SET ingest_pending = :t")
         .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
         .send()
@@ -259,8 +194,7 @@ async fn validation_errors_name_fields_and_change_nothing() {
             vec!["/channel", "/to", "/content/subject"],
         ),
         (
-            br#"{"channel":"email","to":"a@b.co","template":"welcome","data":{"name":"x"}}"#
-                .to_vec(),
+            br#"{"channel":"email","to":"a@b.co","template":"welcome","data":{"name":"x"}}"#.to_vec(),
             "application/json",
             422,
             vec!["/data/product"],
@@ -272,8 +206,7 @@ async fn validation_errors_name_fields_and_change_nothing() {
             vec!["/template"],
         ),
         (
-            br#"{"channel":"webhook","to":"http://169.254.169.254/x","content":{"text":"x"}}"#
-                .to_vec(),
+            br#"{"channel":"webhook","to":"http://169.254.169.254/x","content":{"text":"x"}}"#.to_vec(),
             "application/json",
             202,
             vec![],
@@ -282,17 +215,8 @@ async fn validation_errors_name_fields_and_change_nothing() {
     ];
     let mut accepted = 0;
     for (body, content_type, want, pointers) in cases {
-        let mut req = signed(
-            "POST",
-            "/v1/messages",
-            &body,
-            APP,
-            APP_SECRETS[0],
-            now(),
-            &[],
-        );
-        req.headers_mut()
-            .insert("content-type", content_type.parse().unwrap());
+        let mut req = signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]);
+        req.headers_mut().insert("content-type", content_type.parse().unwrap());
         let (status, headers, problem) = parts(stack.ingest.handle(req).await);
         assert_eq!(status, want, "{problem}");
         if want == 202 {
@@ -340,15 +264,7 @@ async fn status_is_readable_by_its_app_only() {
     let (status, _, problem) = parts(
         stack
             .ingest
-            .handle(signed(
-                "GET",
-                &path,
-                b"",
-                OTHER_APP,
-                OTHER_SECRET,
-                now(),
-                &[],
-            ))
+            .handle(signed("GET", &path, b"", OTHER_APP, OTHER_SECRET, now(), &[]))
             .await,
     );
     assert_eq!(status, 404, "{problem}");

@@ -25,9 +25,7 @@ pub struct Callback {
 
 impl Callback {
     pub async fn handle(&self, req: Request) -> Response<Body> {
-        self.route(&req)
-            .await
-            .unwrap_or_else(Problem::into_response)
+        self.route(&req).await.unwrap_or_else(Problem::into_response)
     }
 
     async fn route(&self, req: &Request) -> Result<Response<Body>, Problem> {
@@ -38,18 +36,12 @@ impl Callback {
             .ok_or_else(|| Problem::not_found("no such route"))?
             .to_string();
         if req.method().as_str() != "POST" {
-            return Err(Problem::new(
-                405,
-                "method-not-allowed",
-                "Method Not Allowed",
-            ));
+            return Err(Problem::new(405, "method-not-allowed", "Method Not Allowed"));
         }
         self.authenticate(req, &provider).await?;
         match provider.as_str() {
             "ses" => self.ses(body_bytes(req)).await,
-            _ => Err(Problem::not_found(format!(
-                "no callback for provider '{provider}'"
-            ))),
+            _ => Err(Problem::not_found(format!("no callback for provider '{provider}'"))),
         }
     }
 
@@ -83,19 +75,13 @@ impl Callback {
             SesCallback::Subscription { topic_arn } => {
                 // Confirming means fetching SubscribeURL, which waits for SNS signature
                 // verification; until then operators confirm by hand.
-                tracing::info!(
-                    ?topic_arn,
-                    "SNS subscription message received; not auto-confirmed"
-                );
+                tracing::info!(?topic_arn, "SNS subscription message received; not auto-confirmed");
                 Ok(json(200, &json!({"received": 0, "applied": 0})))
             }
             SesCallback::Event(None) => Ok(json(200, &json!({"received": 1, "applied": 0}))),
             SesCallback::Event(Some(receipt)) => {
                 let applied = self.apply(&receipt).await?;
-                Ok(json(
-                    200,
-                    &json!({"received": 1, "applied": u8::from(applied)}),
-                ))
+                Ok(json(200, &json!({"received": 1, "applied": u8::from(applied)})))
             }
         }
     }

@@ -60,11 +60,7 @@ impl Dispatcher {
 
     /// Processes one record.
     pub async fn process(&self, record: &SqsMessage) -> Outcome {
-        let Some(job) = record
-            .body
-            .as_deref()
-            .and_then(|b| serde_json::from_str::<Job>(b).ok())
-        else {
+        let Some(job) = record.body.as_deref().and_then(|b| serde_json::from_str::<Job>(b).ok()) else {
             // Nothing identifies a message to retry; retrying would only loop.
             tracing::error!(sqs_id = ?record.message_id, "malformed job dropped");
             return Outcome::Ack("malformed");
@@ -73,13 +69,7 @@ impl Dispatcher {
         let now = (self.clock)();
         let claim = match self
             .store
-            .claim(
-                &job.pk,
-                &job.id,
-                &owner,
-                now,
-                now + self.cfg.lease_secs * 1000,
-            )
+            .claim(&job.pk, &job.id, &owner, now, now + self.cfg.lease_secs * 1000)
             .await
         {
             Ok(c) => c,
@@ -112,17 +102,13 @@ impl Dispatcher {
         };
         let app = match self.apps.app(&message.app).await {
             Ok(Some(app)) => app,
-            Ok(None) => {
-                return self
-                    .finish(message, owner, fail("unknown_app".into()))
-                    .await
-            }
+            Ok(None) => return self.finish(message, owner, fail("unknown_app".into())).await,
             Err(e) => {
                 tracing::error!(error = %e, "service secret unavailable");
                 return self.release(message, owner, "config unavailable").await;
             }
         };
-        let Some(provider) = self.providers.for_channel(message.channel).cloned() else {
+        let Some(provider) = self.providers.select(message.channel, &app).cloned() else {
             return self
                 .finish(
                     message,
@@ -142,9 +128,7 @@ impl Dispatcher {
             return self.finish(message, owner, finish).await;
         }
         if message.attempts > self.cfg.max_attempts {
-            return self
-                .finish(message, owner, fail("attempts_exhausted".into()))
-                .await;
+            return self.finish(message, owner, fail("attempts_exhausted".into())).await;
         }
         match provider.send(message, &app).await {
             Ok(sent) => {
@@ -168,6 +152,10 @@ impl Dispatcher {
                 finish.provider = Some(provider.name().into());
                 match (e.class, provider.on_ambiguous()) {
                     (ErrorClass::Permanent, _) => self.finish(message, owner, finish).await,
+                    (ErrorClass::Quota, _) => {
+                        finish.reason = Some(format!("quota_exhausted: {e}"));
+                        self.finish(message, owner, finish).await
+                    }
                     (ErrorClass::Ambiguous, Ambiguity::MarkUnknown) => {
                         finish.status = Status::Unknown;
                         self.finish(message, owner, finish).await
@@ -191,11 +179,7 @@ impl Dispatcher {
 
     async fn finish(&self, message: &Message, owner: &str, finish: Finish) -> Outcome {
         let status = finish.status;
-        match self
-            .store
-            .finish(&message.pk, owner, finish, (self.clock)())
-            .await
-        {
+        match self.store.finish(&message.pk, owner, finish, (self.clock)()).await {
             Ok(applied) => {
                 tracing::info!(id = %message.id, status = status.as_str(), applied, "finished");
                 Outcome::Ack("finished")
@@ -210,11 +194,7 @@ impl Dispatcher {
     }
 
     async fn release(&self, message: &Message, owner: &str, note: &str) -> Outcome {
-        if let Err(e) = self
-            .store
-            .release(&message.pk, owner, note, (self.clock)())
-            .await
-        {
+        if let Err(e) = self.store.release(&message.pk, owner, note, (self.clock)()).await {
             tracing::warn!(error = %e, id = %message.id, "release failed; lease will expire");
         }
         Outcome::Retry("retryable")

@@ -46,22 +46,14 @@ impl Ingest {
             ("GET", p) if p.starts_with("/v1/messages/") && p.len() > "/v1/messages/".len() => {
                 self.status(&req, &p["/v1/messages/".len()..]).await
             }
-            (_, "/v1/messages") => Err(Problem::new(
-                405,
-                "method-not-allowed",
-                "Method Not Allowed",
-            )),
+            (_, "/v1/messages") => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
             _ => Err(Problem::not_found("no such route")),
         };
         result.unwrap_or_else(Problem::into_response)
     }
 
     /// Authenticates a request: headers, app, timestamp window, signature.
-    async fn authenticate(
-        &self,
-        req: &Request,
-        body: &[u8],
-    ) -> Result<(auth::Credentials, AppConfig), Problem> {
+    async fn authenticate(&self, req: &Request, body: &[u8]) -> Result<(auth::Credentials, AppConfig), Problem> {
         let creds = auth::parse(|name| header(req, name)).map_err(unauthorized)?;
         let app = self
             .apps
@@ -72,11 +64,7 @@ impl Ingest {
                 Problem::unavailable("configuration temporarily unavailable")
             })?
             .ok_or_else(|| unauthorized(AuthError::UnknownApp))?;
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         auth::verify(
             &creds,
             &app.secrets,
@@ -93,12 +81,8 @@ impl Ingest {
     async fn send(&self, req: &Request) -> Result<Response<Body>, Problem> {
         let body = body_bytes(req);
         if body.len() > self.cfg.max_body_bytes {
-            return Err(
-                Problem::new(413, "too-large", "Content Too Large").detail(format!(
-                    "the body may be at most {} bytes",
-                    self.cfg.max_body_bytes
-                )),
-            );
+            return Err(Problem::new(413, "too-large", "Content Too Large")
+                .detail(format!("the body may be at most {} bytes", self.cfg.max_body_bytes)));
         }
         let (creds, app) = self.authenticate(req, body).await?;
 
@@ -108,37 +92,27 @@ impl Ingest {
             .next()
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
         {
-            return Err(
-                Problem::new(415, "unsupported-media-type", "Unsupported Media Type")
-                    .detail("send the body as application/json"),
-            );
+            return Err(Problem::new(415, "unsupported-media-type", "Unsupported Media Type")
+                .detail("send the body as application/json"));
         }
         let value: Value = serde_json::from_slice(body).map_err(|e| {
-            Problem::new(400, "malformed-json", "Bad Request")
-                .detail(format!("body is not valid JSON: {e}"))
+            Problem::new(400, "malformed-json", "Bad Request").detail(format!("body is not valid JSON: {e}"))
         })?;
         let idem_key = match header(req, IDEMPOTENCY_KEY) {
             None => None,
-            Some(k)
-                if !k.is_empty()
-                    && k.len() <= 255
-                    && k.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
-            {
+            Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) => {
                 Some(k.to_string())
             }
             Some(_) => {
                 return Err(
-                    Problem::new(400, "bad-idempotency-key", "Bad Request").errors(vec![
-                        FieldError::new(
-                            "header:Idempotency-Key",
-                            "must be 1-255 printable ASCII characters without spaces",
-                        ),
-                    ]),
+                    Problem::new(400, "bad-idempotency-key", "Bad Request").errors(vec![FieldError::new(
+                        "header:Idempotency-Key",
+                        "must be 1-255 printable ASCII characters without spaces",
+                    )]),
                 )
             }
         };
-        let request = model::validate(&value, self.cfg.webhook_allow_private)
-            .map_err(Problem::unprocessable)?;
+        let request = model::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
         let (template, content) = match request.body {
             RequestBody::Inline(c) => (None, c),
             RequestBody::Template { id, data } => {
@@ -157,11 +131,7 @@ impl Ingest {
         let now = (self.clock)();
         let signature = creds.signature_hex();
         let pk = match &idem_key {
-            Some(k) => format!(
-                "{}_i_{}",
-                app.key,
-                hex::encode(Sha256::digest(k.as_bytes()))
-            ),
+            Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
             None => format!("{}_s_{signature}", app.key),
         };
         let message = Message {
@@ -193,12 +163,7 @@ impl Ingest {
             }],
         };
 
-        match self
-            .store
-            .create(&message, now)
-            .await
-            .map_err(unavailable)?
-        {
+        match self.store.create(&message, now).await.map_err(unavailable)? {
             Created::Created => {
                 let job = Job {
                     pk: pk.clone(),
@@ -229,16 +194,12 @@ impl Ingest {
                     return Err(unauthorized(AuthError::Replayed));
                 }
                 if old.body_hash != message.body_hash {
-                    return Err(Problem::new(
-                        422,
-                        "idempotency-key-reused",
-                        "Unprocessable Content",
-                    )
-                    .detail("this Idempotency-Key was used with a different body")
-                    .errors(vec![FieldError::new(
-                        "header:Idempotency-Key",
-                        "already used with a different body",
-                    )]));
+                    return Err(Problem::new(422, "idempotency-key-reused", "Unprocessable Content")
+                        .detail("this Idempotency-Key was used with a different body")
+                        .errors(vec![FieldError::new(
+                            "header:Idempotency-Key",
+                            "already used with a different body",
+                        )]));
                 }
                 if old.ingest_pending == Some(true) {
                     if now - old.created_at < IN_FLIGHT_MS {
@@ -315,9 +276,7 @@ fn accepted(id: &str, replayed: bool) -> Response<Body> {
         builder = builder.header(IDEMPOTENT_REPLAYED, "true");
     }
     builder
-        .body(Body::Text(
-            json!({"id": id, "status": "accepted"}).to_string(),
-        ))
+        .body(Body::Text(json!({"id": id, "status": "accepted"}).to_string()))
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
@@ -333,14 +292,9 @@ fn unavailable(e: impl std::fmt::Display) -> Problem {
 
 fn template_problem(e: TemplateError) -> Problem {
     match e {
-        TemplateError::UnknownTemplate(id) => {
-            Problem::new(422, "unknown-template", "Unprocessable Content")
-                .detail(format!("unknown template '{id}'"))
-                .errors(vec![FieldError::new(
-                    "/template",
-                    format!("unknown template '{id}'"),
-                )])
-        }
+        TemplateError::UnknownTemplate(id) => Problem::new(422, "unknown-template", "Unprocessable Content")
+            .detail(format!("unknown template '{id}'"))
+            .errors(vec![FieldError::new("/template", format!("unknown template '{id}'"))]),
         TemplateError::NoVariant(id, channel) => Problem::unprocessable(vec![FieldError::new(
             "/template",
             format!("template '{id}' has no {channel} variant"),

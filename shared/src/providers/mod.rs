@@ -5,8 +5,15 @@ use std::sync::Arc;
 use crate::apps::AppConfig;
 use crate::model::{Channel, Message};
 
+pub mod aliyun;
+pub mod dingtalk;
+pub mod feishu;
 pub mod ses;
+pub mod tencent;
+pub mod twilio;
 pub mod webhook;
+pub mod wechat;
+pub mod wecom;
 
 /// How a failed send should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +25,10 @@ pub enum ErrorClass {
     Ambiguous,
     /// Will not succeed on retry (rejected address, bad request).
     Permanent,
+    /// Rate-limited by the provider (throttle answer): try later, not a failed attempt.
+    Deferrable,
+    /// The account's quota or balance is spent: fail this message; others will too.
+    Quota,
 }
 
 /// A failed send, with the provider's own code and message.
@@ -27,6 +38,8 @@ pub struct ProviderError {
     pub class: ErrorClass,
     pub code: String,
     pub message: String,
+    /// When a deferred send may be tried again, if the provider said.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ProviderError {
@@ -35,7 +48,13 @@ impl ProviderError {
             class,
             code: code.into(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 }
 
@@ -68,7 +87,7 @@ pub trait Provider: Send + Sync {
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError>;
 }
 
-/// The providers in service, first match per channel.
+/// The providers in service.
 #[derive(Clone, Default)]
 pub struct Providers(Vec<Arc<dyn Provider>>);
 
@@ -77,7 +96,37 @@ impl Providers {
         Self(list)
     }
 
-    pub fn for_channel(&self, channel: Channel) -> Option<&Arc<dyn Provider>> {
+    /// The provider for a message of `channel` from `app`: for SMS the first of the
+    /// app's configured SMS providers that is in service, otherwise the channel's one.
+    pub fn select(&self, channel: Channel, app: &AppConfig) -> Option<&Arc<dyn Provider>> {
+        if channel == Channel::Sms {
+            return app
+                .providers
+                .sms_providers()
+                .into_iter()
+                .find_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name));
+        }
         self.0.iter().find(|p| p.channel() == channel)
+    }
+}
+
+/// A provider HTTP client: fixed endpoints from configuration, no redirects, bounded time.
+pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(3)))
+        .user_agent("Pushgate/1")
+        .build()
+}
+
+/// Classifies a transport error: refused connections never reached the provider.
+pub fn transport_error(e: &reqwest::Error) -> ProviderError {
+    if e.is_connect() {
+        ProviderError::new(ErrorClass::Retryable, "connect", "connection failed")
+    } else if e.is_timeout() {
+        ProviderError::new(ErrorClass::Ambiguous, "timeout", "no answer in time")
+    } else {
+        ProviderError::new(ErrorClass::Ambiguous, "transport", "request failed mid-way")
     }
 }

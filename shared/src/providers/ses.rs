@@ -3,9 +3,7 @@
 
 use aws_sdk_sesv2::error::SdkError;
 use aws_sdk_sesv2::operation::send_email::SendEmailError;
-use aws_sdk_sesv2::types::{
-    Body, Content, Destination, EmailContent, Message as SesMessage, MessageTag,
-};
+use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message as SesMessage, MessageTag};
 use aws_sdk_sesv2::Client;
 
 use super::{Ambiguity, ErrorClass, Provider, ProviderError, Sent};
@@ -53,8 +51,9 @@ fn tag(name: &str, value: &str) -> Result<MessageTag, ProviderError> {
 fn classify(e: SdkError<SendEmailError>) -> ProviderError {
     let class = match &e {
         SdkError::ServiceError(se) => match se.err() {
-            SendEmailError::TooManyRequestsException(_)
-            | SendEmailError::LimitExceededException(_) => ErrorClass::Retryable,
+            SendEmailError::TooManyRequestsException(_) | SendEmailError::LimitExceededException(_) => {
+                ErrorClass::Retryable
+            }
             SendEmailError::MessageRejected(_)
             | SendEmailError::SendingPausedException(_)
             | SendEmailError::AccountSuspendedException(_)

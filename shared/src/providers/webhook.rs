@@ -66,10 +66,7 @@ impl Webhook {
             .dns_resolver(guarded_resolver(allow_private))
             .user_agent("Pushgate-Webhooks/1")
             .build()?;
-        Ok(Self {
-            client,
-            allow_private,
-        })
+        Ok(Self { client, allow_private })
     }
 }
 

@@ -32,9 +32,7 @@ impl ApiClient {
 
     /// From the `PUSHGATE_*` environment variables.
     pub fn from_env() -> Result<Self, BoxError> {
-        let var = |k: &str| {
-            std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"))
-        };
+        let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"));
         Ok(Self::new(
             &var("PUSHGATE_URL")?,
             &var("PUSHGATE_APP_KEY")?,
@@ -43,13 +41,7 @@ impl ApiClient {
     }
 
     /// The three authentication headers for a request.
-    pub fn sign(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        body: &[u8],
-        timestamp: i64,
-    ) -> [(&'static str, String); 3] {
+    pub fn sign(&self, method: &str, path_and_query: &str, body: &[u8], timestamp: i64) -> [(&'static str, String); 3] {
         [
             ("X-App-Key", self.app_key.clone()),
             ("X-Timestamp", timestamp.to_string()),
@@ -68,10 +60,7 @@ impl ApiClient {
         body: Option<&serde_json::Value>,
         extra: &[(&str, &str)],
     ) -> Result<ApiResponse, BoxError> {
-        let bytes = body
-            .map(serde_json::to_vec)
-            .transpose()?
-            .unwrap_or_default();
+        let bytes = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
         let ts = pushgate::clock::now_ms() / 1000;
         let mut req = self
             .http
@@ -91,11 +80,7 @@ impl ApiClient {
         let headers = resp.headers().clone();
         let text = resp.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Ok(ApiResponse {
-            status,
-            headers,
-            body,
-        })
+        Ok(ApiResponse { status, headers, body })
     }
 
     /// `POST /v1/messages`.
@@ -104,17 +89,12 @@ impl ApiClient {
         message: &serde_json::Value,
         idempotency_key: Option<&str>,
     ) -> Result<ApiResponse, BoxError> {
-        let extra: Vec<(&str, &str)> = idempotency_key
-            .map(|k| ("Idempotency-Key", k))
-            .into_iter()
-            .collect();
-        self.request("POST", "/v1/messages", Some(message), &extra)
-            .await
+        let extra: Vec<(&str, &str)> = idempotency_key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.request("POST", "/v1/messages", Some(message), &extra).await
     }
 
     /// `GET /v1/messages/{id}`.
     pub async fn status(&self, id: &str) -> Result<ApiResponse, BoxError> {
-        self.request("GET", &format!("/v1/messages/{id}"), None, &[])
-            .await
+        self.request("GET", &format!("/v1/messages/{id}"), None, &[]).await
     }
 }

@@ -47,10 +47,7 @@ fn state_dir() -> PathBuf {
 
 /// Runs the stack until Ctrl-C.
 pub async fn run(opts: Options) -> Result<(), BoxError> {
-    println!(
-        "pushgate dev: starting moto server on 127.0.0.1:{}",
-        opts.moto_port
-    );
+    println!("pushgate dev: starting moto server on 127.0.0.1:{}", opts.moto_port);
     let moto = Moto::start(opts.moto_port)?;
     let endpoint = moto.endpoint();
     let sdk = resources::local_sdk(&endpoint).await;
@@ -96,10 +93,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
         ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
-        (
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        ),
+        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
     let env = DevEnv {
         vars: vec![
@@ -113,17 +107,10 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     };
     std::fs::create_dir_all(state_dir())?;
     let env_file = state_dir().join("dev.env");
-    let text: String = env
-        .vars
-        .iter()
-        .map(|(k, v)| format!("export {k}={v}\n"))
-        .collect();
+    let text: String = env.vars.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     std::fs::write(&env_file, text)?;
     // Functions read the same configuration when invoked by `cargo lambda invoke`.
-    let fn_env: String = function_env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
+    let fn_env: String = function_env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(state_dir().join("functions.env"), fn_env)?;
 
     println!("pushgate dev: starting the functions (cargo lambda watch on {api}); the first build takes a while");
@@ -147,11 +134,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             .await
     });
 
-    let mut sandbox = crate::sandbox::SesSandbox::new(
-        &endpoint,
-        aws_sdk_dynamodb::Client::new(&sdk),
-        res.messages_table(),
-    );
+    let mut sandbox =
+        crate::sandbox::SesSandbox::new(&endpoint, aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
     let callback_url = format!("{api}/v1/callbacks/ses?token={callback_token}");
     let sandbox_task = tokio::spawn(async move {
         let http = reqwest::Client::new();
@@ -182,9 +166,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         println!("  {k}={v}");
     }
     println!("\n  (also written to {})", env_file.display());
-    println!(
-        "\nSend a signed webhook message to the local receiver and watch it reach `delivered`:\n"
-    );
+    println!("\nSend a signed webhook message to the local receiver and watch it reach `delivered`:\n");
     println!(
         "  source .pushgate/dev.env && cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/demo\" --text 'Hello from Pushgate' --wait\n"
     );
@@ -207,20 +189,10 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
 
 fn spawn_watch(opts: &Options, env: &[(&str, String)]) -> Result<tokio::process::Child, BoxError> {
     let venv_bin = crate::workspace_root().join(".pushgate/venv/bin");
-    let path = format!(
-        "{}:{}",
-        venv_bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = tokio::process::Command::new("cargo");
     cmd.current_dir(crate::workspace_root())
-        .args([
-            "lambda",
-            "watch",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
+        .args(["lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port"])
         .arg(opts.api_port.to_string())
         .args(["--ignore-changes"])
         .args(opts.release.then_some("--release"))
@@ -256,10 +228,7 @@ async fn stop_group(child: &mut tokio::process::Child) {
 async fn wait_for_port(port: u16, limit: Duration) -> Result<(), BoxError> {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -274,10 +243,7 @@ async fn warm_up(api: &str) {
         .build()
         .unwrap_or_default();
     let _ = http.get(format!("{api}/v1/messages/warm-up")).send().await;
-    let _ = http
-        .post(format!("{api}/v1/callbacks/warm-up"))
-        .send()
-        .await;
+    let _ = http.post(format!("{api}/v1/callbacks/warm-up")).send().await;
     let _ = http
         .post(format!("{api}/2015-03-31/functions/dispatcher/invocations"))
         .json(&serde_json::json!({"Records": []}))

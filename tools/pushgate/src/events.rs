@@ -18,9 +18,7 @@ pub fn resign(
     callback_token: Option<&str>,
     now: i64,
 ) -> Result<bool, BoxError> {
-    if let (Some(token), Some(raw_path)) =
-        (callback_token, event.get("rawPath").and_then(Value::as_str))
-    {
+    if let (Some(token), Some(raw_path)) = (callback_token, event.get("rawPath").and_then(Value::as_str)) {
         if raw_path.starts_with("/v1/callbacks/") {
             event["rawQueryString"] = Value::String(format!("token={token}"));
             event["queryStringParameters"] = serde_json::json!({"token": token});
@@ -39,10 +37,7 @@ pub fn resign(
         .get("rawPath")
         .and_then(Value::as_str)
         .ok_or("event has no rawPath")?;
-    let query = event
-        .get("rawQueryString")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let query = event.get("rawQueryString").and_then(Value::as_str).unwrap_or_default();
     let path_and_query = if query.is_empty() {
         path.to_string()
     } else {
@@ -63,22 +58,14 @@ pub fn resign(
     headers.insert("x-app-key".into(), Value::String(key.into()));
     headers.insert("x-timestamp".into(), Value::String(now.to_string()));
     headers.insert("x-signature".into(), Value::String(signature));
-    if let Some(ctx) = event
-        .get_mut("requestContext")
-        .and_then(Value::as_object_mut)
-    {
+    if let Some(ctx) = event.get_mut("requestContext").and_then(Value::as_object_mut) {
         ctx.insert("timeEpoch".into(), Value::from(now * 1000));
     }
     Ok(true)
 }
 
 /// Re-signs every `*.json` event in `dir`; returns the files changed.
-pub fn resign_dir(
-    dir: &Path,
-    key: &str,
-    secret: &str,
-    callback_token: Option<&str>,
-) -> Result<Vec<String>, BoxError> {
+pub fn resign_dir(dir: &Path, key: &str, secret: &str, callback_token: Option<&str>) -> Result<Vec<String>, BoxError> {
     let now = pushgate::clock::now_ms() / 1000;
     let mut changed = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)?

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod dev;
 pub mod events;
+pub mod fakes;
 pub mod moto;
 pub mod poller;
 pub mod receiver;

@@ -110,10 +110,7 @@ async fn show_status(client: &ApiClient, id: &str, wait: bool) -> Result<bool, B
             println!("status: {status}");
             last = status.clone();
         }
-        let settled = matches!(
-            status.as_str(),
-            "delivered" | "failed" | "cancelled" | "unknown"
-        );
+        let settled = matches!(status.as_str(), "delivered" | "failed" | "cancelled" | "unknown");
         if !wait || settled || tokio::time::Instant::now() > deadline {
             println!("{}", serde_json::to_string_pretty(&resp.body)?);
             return Ok(status == "delivered" || !wait);
@@ -206,10 +203,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         Command::Events {
             command: EventsCommand::Resign { dir },
         } => {
-            let key =
-                std::env::var("PUSHGATE_APP_KEY").map_err(|_| "PUSHGATE_APP_KEY is not set")?;
-            let secret = std::env::var("PUSHGATE_APP_SECRET")
-                .map_err(|_| "PUSHGATE_APP_SECRET is not set")?;
+            let key = std::env::var("PUSHGATE_APP_KEY").map_err(|_| "PUSHGATE_APP_KEY is not set")?;
+            let secret = std::env::var("PUSHGATE_APP_SECRET").map_err(|_| "PUSHGATE_APP_SECRET is not set")?;
             let token = std::env::var("PUSHGATE_CALLBACK_TOKEN").ok();
             for f in pushgate_tool::events::resign_dir(&dir, &key, &secret, token.as_deref())? {
                 println!("re-signed {f}");
@@ -222,9 +217,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     match run(Cli::parse()).await {
         Ok(true) => {}

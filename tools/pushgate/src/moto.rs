@@ -56,29 +56,21 @@ impl Moto {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n");
                 let mut buf = [0u8; 12];
-                if std::io::Read::read(&mut s, &mut buf)
-                    .is_ok_and(|n| n >= 12 && buf.starts_with(b"HTTP/1."))
-                {
+                if std::io::Read::read(&mut s, &mut buf).is_ok_and(|n| n >= 12 && buf.starts_with(b"HTTP/1.")) {
                     return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(format!(
-            "moto server did not answer on port {} within {:?}",
-            self.port, limit
-        )
-        .into())
+        Err(format!("moto server did not answer on port {} within {:?}", self.port, limit).into())
     }
 
     /// Every model moto holds (`/moto-api/data.json`), for assertions on what was sent.
     pub async fn data(&self) -> Result<serde_json::Value, BoxError> {
-        Ok(
-            reqwest::get(format!("{}/moto-api/data.json", self.endpoint()))
-                .await?
-                .json()
-                .await?,
-        )
+        Ok(reqwest::get(format!("{}/moto-api/data.json", self.endpoint()))
+            .await?
+            .json()
+            .await?)
     }
 
     /// Emails moto's SES accepted, as (destinations, subject) pairs.

@@ -64,12 +64,7 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub fn new(
-        sqs: aws_sdk_sqs::Client,
-        queue_url: &str,
-        queue_arn: &str,
-        invoker: Arc<dyn Invoke>,
-    ) -> Self {
+    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: &str, queue_arn: &str, invoker: Arc<dyn Invoke>) -> Self {
         Self {
             sqs,
             queue_url: queue_url.to_string(),
@@ -95,12 +90,7 @@ impl Poller {
         if messages.is_empty() {
             return Ok(Polled::default());
         }
-        let region = self
-            .queue_arn
-            .split(':')
-            .nth(3)
-            .unwrap_or("us-east-1")
-            .to_string();
+        let region = self.queue_arn.split(':').nth(3).unwrap_or("us-east-1").to_string();
         let records: Vec<SqsMessage> = messages
             .iter()
             .map(|m| {
@@ -134,11 +124,7 @@ impl Poller {
         let entries: Vec<DeleteMessageBatchRequestEntry> = messages
             .iter()
             .enumerate()
-            .filter(|(_, m)| {
-                !m.message_id
-                    .as_deref()
-                    .is_some_and(|id| failed.contains(id))
-            })
+            .filter(|(_, m)| !m.message_id.as_deref().is_some_and(|id| failed.contains(id)))
             .filter_map(|(i, m)| {
                 DeleteMessageBatchRequestEntry::builder()
                     .id(i.to_string())

@@ -42,20 +42,14 @@ pub struct Receiver {
 
 impl Receiver {
     /// Serves on `addr` (port 0 = any free one) until the runtime stops.
-    pub async fn start(
-        addr: SocketAddr,
-        secret: &str,
-        verbose: bool,
-    ) -> Result<Receiver, BoxError> {
+    pub async fn start(addr: SocketAddr, secret: &str, verbose: bool) -> Result<Receiver, BoxError> {
         let log = Arc::new(Mutex::new(Vec::new()));
         let state = AppState {
             secret: secret.to_string(),
             log: log.clone(),
             verbose,
         };
-        let app = Router::new()
-            .route("/hooks/{hook}", post(hook))
-            .with_state(state);
+        let app = Router::new().route("/hooks/{hook}", post(hook)).with_state(state);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
@@ -82,17 +76,8 @@ async fn hook(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let verified = match (
-        get("webhook-id"),
-        get("webhook-timestamp"),
-        get("webhook-signature"),
-    ) {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let verified = match (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) {
         (Some(id), Some(ts), Some(sigs)) => ts.parse::<i64>().ok().is_some_and(|ts| {
             let fresh = (pushgate::clock::now_ms() / 1000 - ts).abs() <= 300;
             let expected = pushgate::providers::webhook::sign(&state.secret, &id, ts, &body).ok();

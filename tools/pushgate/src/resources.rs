@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_yaml::Value;
@@ -86,11 +86,7 @@ fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BoxError> {
 }
 
 /// Creates every DynamoDB table and SQS queue of the template, named `{prefix}{LogicalId}`.
-pub async fn create(
-    sdk: &aws_config::SdkConfig,
-    prefix: &str,
-    overrides: &Overrides,
-) -> Result<Resources, BoxError> {
+pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overrides) -> Result<Resources, BoxError> {
     let template = load_template()?;
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let sqs = aws_sdk_sqs::Client::new(sdk);
@@ -145,14 +141,8 @@ pub async fn create(
         }
         match req.send().await {
             Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => {
-                return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                    .to_string()
-                    .into())
-            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string().into()),
         }
         if let Some(ttl) = props.get("TimeToLiveSpecification") {
             ddb.update_time_to_live()
@@ -200,8 +190,7 @@ pub async fn create(
                 .get("maxReceiveCount")
                 .map(yaml_scalar)
                 .unwrap_or_else(|| "5".into());
-            let json =
-                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string();
+            let json = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string();
             req = req.attributes(QueueAttributeName::RedrivePolicy, json);
         }
         let url = req
@@ -231,19 +220,14 @@ fn yaml_scalar(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
     }
 }
 
 /// `!GetAtt Name.Arn` → `Name`.
 fn get_att_target(v: &Value) -> Option<&str> {
     match v {
-        Value::Tagged(t) if t.tag == "GetAtt" => {
-            t.value.as_str().and_then(|s| s.strip_suffix(".Arn"))
-        }
+        Value::Tagged(t) if t.tag == "GetAtt" => t.value.as_str().and_then(|s| s.strip_suffix(".Arn")),
         _ => None,
     }
 }
@@ -263,10 +247,7 @@ pub async fn put_secret(
         .await;
     match created {
         Ok(out) => Ok(out.arn.unwrap_or_else(|| name.to_string())),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_exists_exception()) =>
-        {
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
             let out = sm
                 .put_secret_value()
                 .secret_id(name)
@@ -276,31 +257,17 @@ pub async fn put_secret(
                 .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
             Ok(out.arn.unwrap_or_else(|| name.to_string()))
         }
-        Err(e) => Err(aws_sdk_secretsmanager::error::DisplayErrorContext(e)
-            .to_string()
-            .into()),
+        Err(e) => Err(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string().into()),
     }
 }
 
 /// Verifies a sender identity in SES (moto rejects mail from unverified senders, as SES does).
 pub async fn verify_sender(sdk: &aws_config::SdkConfig, address: &str) -> Result<(), BoxError> {
     let ses = aws_sdk_sesv2::Client::new(sdk);
-    match ses
-        .create_email_identity()
-        .email_identity(address)
-        .send()
-        .await
-    {
+    match ses.create_email_identity().email_identity(address).send().await {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_already_exists_exception()) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(aws_sdk_sesv2::error::DisplayErrorContext(e)
-            .to_string()
-            .into()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_already_exists_exception()) => Ok(()),
+        Err(e) => Err(aws_sdk_sesv2::error::DisplayErrorContext(e).to_string().into()),
     }
 }
 

@@ -1,0 +1,100 @@
+//! Local fakes of the third-party providers (the provider sandbox). One HTTP server
+//! serves them all, each under its own prefix (`/aliyun`, `/tencent`, `/twilio`,
+//! `/dingtalk`, `/wecom`, `/feishu`, `/wechat`); point the provider endpoints there
+//! (`Endpoints::all_at` with the prefix per provider, see [`Fakes::endpoints`]).
+//! Each fake checks the request shape and signature the provider documents
+//! (`../shared/providers.md`) and answers with the provider's documented success, error
+//! and rate-limit payloads. Every request is recorded for assertions.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+
+use crate::BoxError;
+
+pub mod aliyun;
+pub mod dingtalk;
+pub mod feishu;
+pub mod tencent;
+pub mod twilio;
+pub mod wechat;
+pub mod wecom;
+
+/// One request a fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `aliyun`, `tencent`, `twilio`, `dingtalk`, `wecom`, `feishu`, `wechat`.
+    pub provider: &'static str,
+    /// Which API (e.g. `SendSms`, `send`, `token`).
+    pub action: String,
+    /// Whether the signature/credentials checked out.
+    pub verified: bool,
+    /// The recipient(s) as the provider saw them.
+    pub to: String,
+    /// The parsed request (JSON, or form/query fields as a JSON object).
+    pub body: serde_json::Value,
+}
+
+/// Shared state of all fakes.
+#[derive(Clone, Default)]
+pub struct FakeLog(Arc<Mutex<Vec<Recorded>>>);
+
+impl FakeLog {
+    pub fn push(&self, r: Recorded) {
+        if let Ok(mut log) = self.0.lock() {
+            log.push(r);
+        }
+    }
+
+    pub fn all(&self) -> Vec<Recorded> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Requests to one provider.
+    pub fn of(&self, provider: &str) -> Vec<Recorded> {
+        self.all().into_iter().filter(|r| r.provider == provider).collect()
+    }
+}
+
+/// The running fakes.
+#[derive(Clone)]
+pub struct Fakes {
+    pub addr: SocketAddr,
+    pub log: FakeLog,
+}
+
+impl Fakes {
+    /// Serves every fake on `addr` (port 0 = a free one) until the runtime stops.
+    pub async fn start(addr: SocketAddr) -> Result<Fakes, BoxError> {
+        let log = FakeLog::default();
+        let app = Router::new()
+            .nest("/aliyun", aliyun::router(log.clone()))
+            .nest("/tencent", tencent::router(log.clone()))
+            .nest("/twilio", twilio::router(log.clone()))
+            .nest("/dingtalk", dingtalk::router(log.clone()))
+            .nest("/wecom", wecom::router(log.clone()))
+            .nest("/feishu", feishu::router(log.clone()))
+            .nest("/wechat", wechat::router(log.clone()));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Fakes { addr, log })
+    }
+
+    /// Provider endpoints pointing at these fakes.
+    pub fn endpoints(&self) -> pushgate::config::Endpoints {
+        let base = format!("http://{}", self.addr);
+        pushgate::config::Endpoints {
+            aliyun_sms: format!("{base}/aliyun"),
+            tencent_sms: format!("{base}/tencent"),
+            twilio: format!("{base}/twilio"),
+            dingtalk: format!("{base}/dingtalk"),
+            wecom: format!("{base}/wecom"),
+            feishu: format!("{base}/feishu"),
+            wechat: format!("{base}/wechat"),
+        }
+    }
+}
