@@ -27,6 +27,9 @@ pub struct AppConfig {
     /// Credentials of the providers this app sends through.
     #[serde(default)]
     pub providers: ProviderAccounts,
+    /// Sensitive-word filter applied at ingest.
+    #[serde(default)]
+    pub sensitive_words: Option<crate::filter::FilterConfig>,
 }
 
 /// An app's provider accounts. Robots are named: a message's `to` names the robot.

@@ -53,6 +53,7 @@ impl Ingest {
             templates: Arc::new(Templates::bundled()?),
             cfg,
             clock: crate::clock::system(),
+            filters: Default::default(),
         })
     }
 }

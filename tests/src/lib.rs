@@ -32,6 +32,10 @@ pub const APP: &str = "app-one";
 pub const APP_SECRETS: [&str; 2] = ["secret-old", "secret-new"];
 pub const OTHER_APP: &str = "app-two";
 pub const OTHER_SECRET: &str = "other-secret";
+/// An app rejecting sensitive words (signs with `OTHER_SECRET`).
+pub const STRICT_APP: &str = "app-strict";
+/// An app masking sensitive words (signs with `OTHER_SECRET`).
+pub const MASKING_APP: &str = "app-masking";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const CALLBACK_TOKEN: &str = "cb-token-123";
 pub const EMAIL_FROM: &str = "sender@pushgate.test";
@@ -145,6 +149,10 @@ impl Stack {
             "apps": [
                 {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET},
                 {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET},
+                {"key": STRICT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
+                {"key": MASKING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "sensitive_words": {"terms": ["casino"], "action": "mask"}},
             ],
             "callback_token": CALLBACK_TOKEN,
         });
@@ -196,6 +204,7 @@ impl Stack {
                 webhook_allow_private: true,
             },
             clock: pushgate::clock::system(),
+            filters: Default::default(),
         });
         let dispatch_cfg = config::Dispatch {
             email_from: EMAIL_FROM.into(),

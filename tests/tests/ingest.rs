@@ -284,3 +284,42 @@ async fn status_is_readable_by_its_app_only() {
     );
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn sensitive_words_are_rejected_or_masked_per_app() {
+    let stack = Stack::new().await;
+    let body = webhook_body(&stack, "Visit our Casino tonight");
+    let req = signed("POST", "/v1/messages", &body, STRICT_APP, OTHER_SECRET, now(), &[]);
+    let (status, _, problem) = parts(stack.ingest.handle(req).await);
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/content/text");
+    assert!(problem["errors"][0]["detail"].as_str().unwrap().contains("'casino'"));
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0, "nothing queued");
+
+    // Terms in template data are caught after rendering too.
+    let body = serde_json::to_vec(
+        &json!({"channel":"email","to":"a@example.com","template":"welcome","data":{"name":"赌博","product":"P"}}),
+    )
+    .unwrap();
+    let req = signed("POST", "/v1/messages", &body, STRICT_APP, OTHER_SECRET, now(), &[]);
+    assert_eq!(parts(stack.ingest.handle(req).await).0, 422);
+
+    let req = signed(
+        "POST",
+        "/v1/messages",
+        &webhook_body(&stack, "Visit our Casino tonight"),
+        MASKING_APP,
+        OTHER_SECRET,
+        now(),
+        &[],
+    );
+    let (status, _, accepted) = parts(stack.ingest.handle(req).await);
+    assert_eq!(status, 202);
+    let record = stack
+        .store
+        .get_by_id(accepted["id"].as_str().unwrap(), pushgate::clock::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.content.text.as_deref(), Some("Visit our ****** tonight"));
+}

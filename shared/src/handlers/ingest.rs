@@ -12,6 +12,7 @@ use crate::apps::{AppConfig, Apps};
 use crate::auth::{self, AuthError};
 use crate::clock::{rfc3339, Clock};
 use crate::config;
+use crate::filter::FilterCache;
 use crate::model::{self, check_content, Job, Message, RequestBody, Status};
 use crate::problem::{FieldError, Problem};
 use crate::queue::Queue;
@@ -34,6 +35,8 @@ pub struct Ingest {
     pub templates: Arc<Templates>,
     pub cfg: config::Ingest,
     pub clock: Clock,
+    /// Compiled sensitive-word filters, per app.
+    pub filters: FilterCache,
 }
 
 impl Ingest {
@@ -127,6 +130,15 @@ impl Ingest {
                 (Some(id), content)
             }
         };
+
+        let mut content = content;
+        if let Some(words) = &app.sensitive_words {
+            let filter = self.filters.get(&app.key, words).map_err(|e| {
+                tracing::error!(app = %app.key, error = %e, "sensitive-word filter invalid");
+                Problem::new(500, "filter-invalid", "Internal Server Error")
+            })?;
+            filter.apply(&mut content, "/content").map_err(Problem::unprocessable)?;
+        }
 
         let now = (self.clock)();
         let signature = creds.signature_hex();
