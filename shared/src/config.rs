@@ -72,6 +72,11 @@ pub struct Ingest {
     /// idempotency keys) are kept.
     pub retention_days: i64,
     pub webhook_allow_private: bool,
+    /// `PUSHGATE_TEMPLATES_TABLE` (optional): DynamoDB table of templates; without it
+    /// the templates bundled with the build are used.
+    pub templates_table: Option<String>,
+    /// `PUSHGATE_TEMPLATES_TTL_SECONDS` (60): how long templates are cached.
+    pub templates_ttl: Duration,
 }
 
 impl Ingest {
@@ -82,6 +87,8 @@ impl Ingest {
             max_body_bytes: number("PUSHGATE_MAX_BODY_BYTES", 65536)?,
             retention_days: number("PUSHGATE_RETENTION_DAYS", 7i64)?.max(1),
             webhook_allow_private: common.webhook_allow_private,
+            templates_table: var("PUSHGATE_TEMPLATES_TABLE"),
+            templates_ttl: Duration::from_secs(number("PUSHGATE_TEMPLATES_TTL_SECONDS", 60u64)?),
         })
     }
 }

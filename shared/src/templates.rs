@@ -3,6 +3,11 @@
 //! auto-escaped. Templates ship as config (`infra/templates.json`), one variant per channel.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use tokio::sync::RwLock;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Deserialize;
@@ -60,6 +65,8 @@ pub enum TemplateError {
     Data(Vec<FieldError>),
     #[error("template set is invalid: {0}")]
     Invalid(String),
+    #[error("template store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A compiled set of templates.
@@ -246,6 +253,126 @@ fn render_error(e: minijinja::Error, part: &str) -> TemplateError {
         "/data",
         format!("cannot render {part}: {}", e.kind()),
     )])
+}
+
+/// Where ingest gets templates: a DynamoDB table seeded from `infra/templates.json`
+/// (`pushgate templates seed`), re-read every `ttl`, or the bundled file when no table is
+/// configured.
+pub struct TemplateStore {
+    source: Source,
+    ttl: Duration,
+    cached: RwLock<Option<(Instant, Arc<Templates>)>>,
+}
+
+enum Source {
+    Bundled,
+    Table {
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+    },
+}
+
+impl TemplateStore {
+    /// The templates bundled with the build.
+    pub fn bundled() -> Self {
+        Self {
+            source: Source::Bundled,
+            ttl: Duration::MAX,
+            cached: RwLock::new(None),
+        }
+    }
+
+    /// Templates from a DynamoDB table (items `{id, definition}`), cached for `ttl`.
+    pub fn table(client: aws_sdk_dynamodb::Client, table: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            source: Source::Table {
+                client,
+                table: table.into(),
+            },
+            ttl,
+            cached: RwLock::new(None),
+        }
+    }
+
+    /// The current template set. A failed refresh keeps serving the last good set.
+    pub async fn current(&self) -> Result<Arc<Templates>, TemplateError> {
+        if let Some((at, t)) = self.cached.read().await.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(t.clone());
+            }
+        }
+        let mut slot = self.cached.write().await;
+        if let Some((at, t)) = slot.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(t.clone());
+            }
+        }
+        let loaded = match &self.source {
+            Source::Bundled => Templates::bundled(),
+            Source::Table { client, table } => load_table(client, table).await,
+        };
+        match loaded {
+            Ok(t) => {
+                let t = Arc::new(t);
+                *slot = Some((Instant::now(), t.clone()));
+                Ok(t)
+            }
+            Err(e) => match slot.as_ref() {
+                Some((_, t)) => {
+                    tracing::warn!(error = %e, "template refresh failed; serving cached set");
+                    Ok(t.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+async fn load_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Templates, TemplateError> {
+    let mut definitions = Map::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| TemplateError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+        for item in out.items() {
+            let field = |k: &str| item.get(k).and_then(|v| v.as_s().ok());
+            let (Some(id), Some(definition)) = (field("id"), field("definition")) else {
+                continue;
+            };
+            let value = serde_json::from_str(definition).map_err(|e| TemplateError::Invalid(format!("{id}: {e}")))?;
+            definitions.insert(id.clone(), value);
+        }
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => break,
+        }
+    }
+    Templates::parse(&Value::Object(definitions).to_string())
+}
+
+/// Writes every template of a set (JSON as in `infra/templates.json`) to the table,
+/// after checking that the whole set compiles. Returns how many were written.
+pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, json: &str) -> Result<usize, TemplateError> {
+    Templates::parse(json)?;
+    let set: Map<String, Value> = serde_json::from_str(json).map_err(|e| TemplateError::Invalid(e.to_string()))?;
+    let now = crate::clock::now_ms();
+    for (id, definition) in &set {
+        client
+            .put_item()
+            .table_name(table)
+            .item("id", AttributeValue::S(id.clone()))
+            .item("definition", AttributeValue::S(definition.to_string()))
+            .item("updated_at", AttributeValue::N(now.to_string()))
+            .send()
+            .await
+            .map_err(|e| TemplateError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+    }
+    Ok(set.len())
 }
 
 #[cfg(test)]

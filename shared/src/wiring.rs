@@ -8,7 +8,7 @@ use crate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
 use crate::providers::{ses::Ses, webhook::Webhook, Providers};
 use crate::queue::Queue;
 use crate::store::Store;
-use crate::templates::Templates;
+use crate::templates::TemplateStore;
 
 /// Errors while wiring a function at cold start (fatal: the runtime reports them).
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,12 @@ impl Ingest {
             queue: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), cfg.queue_url.clone()),
             store: s.store,
             apps: s.apps,
-            templates: Arc::new(Templates::bundled()?),
+            templates: match &cfg.templates_table {
+                Some(table) => {
+                    TemplateStore::table(aws_sdk_dynamodb::Client::new(&s.sdk), table.clone(), cfg.templates_ttl)
+                }
+                None => TemplateStore::bundled(),
+            },
             cfg,
             clock: crate::clock::system(),
             filters: Default::default(),

@@ -15,7 +15,7 @@ use pushgate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Inges
 use pushgate::providers::{ses::Ses, webhook::Webhook, Provider, Providers};
 use pushgate::queue::Queue;
 use pushgate::store::Store;
-use pushgate::templates::Templates;
+use pushgate::templates::TemplateStore;
 use pushgate_tool::moto::Moto;
 use pushgate_tool::poller::{Invoke, Poller};
 use pushgate_tool::receiver::Receiver;
@@ -160,6 +160,13 @@ impl Stack {
             .await
             .expect("secret");
         resources::verify_sender(&sdk, EMAIL_FROM).await.expect("verify sender");
+        pushgate::templates::seed(
+            &aws_sdk_dynamodb::Client::new(&sdk),
+            &res.tables["TemplatesTable"],
+            pushgate::templates::BUNDLED,
+        )
+        .await
+        .expect("seed templates");
         let receiver = Receiver::start(SocketAddr::from(([127, 0, 0, 1], 0)), WEBHOOK_SECRET, false)
             .await
             .expect("receiver");
@@ -195,13 +202,19 @@ impl Stack {
             store: store.clone(),
             queue: Queue::new(sqs, res.send_queue()),
             apps: apps.clone(),
-            templates: Arc::new(Templates::bundled().expect("templates")),
+            templates: TemplateStore::table(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                res.tables["TemplatesTable"].clone(),
+                Duration::from_secs(60),
+            ),
             cfg: config::Ingest {
                 queue_url: res.send_queue().to_string(),
                 clock_skew_secs: 300,
                 max_body_bytes: 65536,
                 retention_days: 7,
                 webhook_allow_private: true,
+                templates_table: Some(res.tables["TemplatesTable"].clone()),
+                templates_ttl: Duration::from_secs(60),
             },
             clock: pushgate::clock::system(),
             filters: Default::default(),

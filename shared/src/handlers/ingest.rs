@@ -17,7 +17,7 @@ use crate::model::{self, check_content, Job, Message, RequestBody, Status};
 use crate::problem::{FieldError, Problem};
 use crate::queue::Queue;
 use crate::store::{Created, Store};
-use crate::templates::{TemplateError, Templates};
+use crate::templates::{TemplateError, TemplateStore};
 
 /// Header carrying the client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -32,7 +32,7 @@ pub struct Ingest {
     pub store: Store,
     pub queue: Queue,
     pub apps: Arc<Apps>,
-    pub templates: Arc<Templates>,
+    pub templates: TemplateStore,
     pub cfg: config::Ingest,
     pub clock: Clock,
     /// Compiled sensitive-word filters, per app.
@@ -119,8 +119,8 @@ impl Ingest {
         let (template, content) = match request.body {
             RequestBody::Inline(c) => (None, c),
             RequestBody::Template { id, data } => {
-                let content = self
-                    .templates
+                let templates = self.templates.current().await.map_err(template_problem)?;
+                let content = templates
                     .render(&id, request.channel, &data)
                     .map_err(template_problem)?;
                 let errors = check_content(request.channel, &content, "/template");
@@ -315,6 +315,10 @@ fn template_problem(e: TemplateError) -> Problem {
         TemplateError::Invalid(why) => {
             tracing::error!(%why, "template set invalid");
             Problem::new(500, "template-invalid", "Internal Server Error")
+        }
+        TemplateError::Unavailable(why) => {
+            tracing::error!(%why, "templates unavailable");
+            Problem::unavailable("templates temporarily unavailable; retry")
         }
     }
 }

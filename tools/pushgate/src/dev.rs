@@ -74,6 +74,14 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     });
     let secret_arn = resources::put_secret(&sdk, "pushgate-dev/config", &doc).await?;
     resources::verify_sender(&sdk, &email_from).await?;
+    let templates_table = res.tables["TemplatesTable"].clone();
+    let seeded = pushgate::templates::seed(
+        &aws_sdk_dynamodb::Client::new(&sdk),
+        &templates_table,
+        &std::fs::read_to_string(crate::workspace_root().join("infra/templates.json"))?,
+    )
+    .await?;
+    println!("pushgate dev: seeded {seeded} templates from infra/templates.json");
 
     let receiver = Receiver::start(
         SocketAddr::from(([127, 0, 0, 1], opts.receiver_port)),
@@ -90,6 +98,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
         ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
+        ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
         ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
@@ -103,6 +112,10 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             ("PUSHGATE_CALLBACK_TOKEN", callback_token.clone()),
             ("PUSHGATE_RECEIVER", format!("http://{}", receiver.addr)),
             ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
         ],
     };
     std::fs::create_dir_all(state_dir())?;

@@ -76,10 +76,39 @@ enum Command {
         #[arg(long)]
         body_file: Option<PathBuf>,
     },
+    /// Templates: preview a rendering, or seed the templates table from the repo's file.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
     /// Sample events for `cargo lambda invoke` / `sam local invoke`.
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Render template ID for a channel with --data, as ingest would.
+    Render {
+        id: String,
+        #[arg(long, default_value = "email")]
+        channel: String,
+        /// Template data, a JSON object.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Template set (JSON).
+        #[arg(long, default_value = "infra/templates.json")]
+        file: PathBuf,
+    },
+    /// Write every template of --file to the DynamoDB table (uses the AWS environment,
+    /// e.g. AWS_ENDPOINT_URL for the local stack).
+    Seed {
+        #[arg(long, env = "PUSHGATE_TEMPLATES_TABLE")]
+        table: String,
+        #[arg(long, default_value = "infra/templates.json")]
+        file: PathBuf,
     },
 }
 
@@ -198,6 +227,48 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             for (k, v) in client.sign(&method.to_ascii_uppercase(), &path, &bytes, ts) {
                 println!("{k}: {v}");
             }
+            Ok(true)
+        }
+        Command::Template {
+            command:
+                TemplateCommand::Render {
+                    id,
+                    channel,
+                    data,
+                    file,
+                },
+        } => {
+            let templates = pushgate::templates::Templates::parse(&std::fs::read_to_string(&file)?)?;
+            let channel = pushgate::model::Channel::parse(&channel).ok_or("unknown --channel")?;
+            let data = match parse_json("data", &data)? {
+                Value::Object(m) => m,
+                _ => return Err("--data must be a JSON object".into()),
+            };
+            match templates.render(&id, channel, &data) {
+                Ok(content) => {
+                    println!("{}", serde_json::to_string_pretty(&content)?);
+                    Ok(true)
+                }
+                Err(pushgate::templates::TemplateError::Data(errors)) => {
+                    for e in errors {
+                        eprintln!("{}: {}", e.pointer, e.detail);
+                    }
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Template {
+            command: TemplateCommand::Seed { table, file },
+        } => {
+            let sdk = pushgate::aws::load().await;
+            let n = pushgate::templates::seed(
+                &aws_sdk_dynamodb::Client::new(&sdk),
+                &table,
+                &std::fs::read_to_string(&file)?,
+            )
+            .await?;
+            println!("seeded {n} templates into {table}");
             Ok(true)
         }
         Command::Events {
