@@ -53,6 +53,11 @@ pub struct ProviderAccounts {
     pub feishu: HashMap<String, RobotAccount>,
     #[serde(default)]
     pub wechat: Option<WechatAccount>,
+    /// Email providers in order of preference (default: ses, then smtp if configured).
+    #[serde(default)]
+    pub email_order: Vec<String>,
+    #[serde(default)]
+    pub smtp: Option<SmtpAccount>,
 }
 
 impl ProviderAccounts {
@@ -74,6 +79,49 @@ impl ProviderAccounts {
             })
             .collect()
     }
+}
+
+impl ProviderAccounts {
+    /// Email providers to try, in order: SES needs no per-app account.
+    pub fn email_providers(&self) -> Vec<&str> {
+        let default = ["ses", "smtp"];
+        let order: Vec<&str> = if self.email_order.is_empty() {
+            default.to_vec()
+        } else {
+            self.email_order.iter().map(String::as_str).collect()
+        };
+        order
+            .into_iter()
+            .filter(|p| match *p {
+                "ses" => true,
+                "smtp" => self.smtp.is_some(),
+                _ => false,
+            })
+            .collect()
+    }
+}
+
+/// An SMTP relay account (second email provider).
+#[derive(Clone, Deserialize)]
+pub struct SmtpAccount {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// `starttls` (default), `tls` (implicit, port 465) or `none` (local relays only).
+    #[serde(default = "default_smtp_security")]
+    pub security: String,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_smtp_security() -> String {
+    "starttls".into()
 }
 
 /// Alibaba Cloud SMS (dysmsapi) account.

@@ -35,6 +35,12 @@ fn flag(name: &'static str) -> Result<bool, ConfigError> {
     }
 }
 
+/// `PUSHGATE_PUBLIC_URL` (optional): this API's public base URL, which providers call
+/// back and sign over.
+pub fn public_url() -> Option<String> {
+    var("PUSHGATE_PUBLIC_URL").map(|v| v.trim_end_matches('/').to_string())
+}
+
 /// Settings common to all functions.
 #[derive(Debug, Clone)]
 pub struct Common {
@@ -197,7 +203,7 @@ impl Dispatch {
             webhook_allow_private: common.webhook_allow_private,
             provider_timeout: Duration::from_millis(number("PUSHGATE_PROVIDER_TIMEOUT_MS", 5000)?),
             endpoints: Endpoints::from_env(),
-            public_url: var("PUSHGATE_PUBLIC_URL").map(|v| v.trim_end_matches('/').to_string()),
+            public_url: public_url(),
         })
     }
 }

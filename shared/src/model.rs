@@ -243,7 +243,7 @@ pub struct SendRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestBody {
     Template { id: String, data: Map<String, Value> },
-    Inline(Content),
+    Inline(Box<Content>),
 }
 
 const TOP_LEVEL_FIELDS: [&str; 5] = ["channel", "to", "template", "data", "content"];
@@ -345,7 +345,7 @@ pub fn validate(value: &Value, allow_private_webhooks: bool) -> Result<SendReque
             if obj.contains_key("data") {
                 errors.push(FieldError::new("/data", "only allowed with template"));
             }
-            validate_content(c, channel, &mut errors).map(RequestBody::Inline)
+            validate_content(c, channel, &mut errors).map(|c| RequestBody::Inline(Box::new(c)))
         }
     };
 

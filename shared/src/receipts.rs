@@ -8,6 +8,8 @@ use crate::model::Status;
 /// One delivery report, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
+    /// The provider that sent it (`ses`, `twilio`, `aliyun`, `tencent`, `wechat`).
+    pub provider: &'static str,
     /// Our record key, when the provider echoes it (SES tags).
     pub pk: Option<String>,
     /// Our message id, when known.
@@ -93,12 +95,124 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
         _ => return Ok(None),
     };
     Ok(Some(Receipt {
+        provider: "ses",
         pk: tag(crate::providers::ses::TAG_PK),
         id: tag(crate::providers::ses::TAG_ID),
         provider_message_id: mail.get("messageId").and_then(Value::as_str).map(str::to_string),
         status,
         note,
     }))
+}
+
+/// Twilio StatusCallback (form fields). Intermediate statuses give no receipt.
+pub fn parse_twilio(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptError> {
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let sid = get("MessageSid")
+        .or_else(|| get("SmsSid"))
+        .ok_or(ReceiptError::Unrecognised("no MessageSid"))?;
+    let status = get("MessageStatus")
+        .or_else(|| get("SmsStatus"))
+        .ok_or(ReceiptError::Unrecognised("no MessageStatus"))?;
+    let (status, note) = match status {
+        "delivered" | "read" => (Status::Delivered, format!("twilio: {status}")),
+        "undelivered" | "failed" => (
+            Status::Failed,
+            format!("twilio: {status} (error {})", get("ErrorCode").unwrap_or("?")),
+        ),
+        "sent" => (Status::Sent, "twilio: sent".to_string()),
+        _ => return Ok(None),
+    };
+    Ok(Some(Receipt {
+        provider: "twilio",
+        pk: None,
+        id: None,
+        provider_message_id: Some(sid.to_string()),
+        status,
+        note,
+    }))
+}
+
+/// Aliyun SmsReport push: a JSON array; `out_id` is our message id.
+pub fn parse_aliyun(body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
+    let reports: Vec<Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
+    reports
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+            let success = r
+                .get("success")
+                .and_then(Value::as_bool)
+                .ok_or(ReceiptError::Unrecognised("report without success"))?;
+            Ok(Receipt {
+                provider: "aliyun",
+                pk: None,
+                id: text("out_id").filter(|s| !s.is_empty()),
+                provider_message_id: text("biz_id"),
+                status: if success { Status::Delivered } else { Status::Failed },
+                note: format!("aliyun: {}", text("err_code").unwrap_or_default()),
+            })
+        })
+        .collect()
+}
+
+/// Tencent SMS status callback: a JSON array; `sid` is the send's `SerialNo`.
+pub fn parse_tencent(body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
+    let reports: Vec<Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
+    reports
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+            let status = match text("report_status").as_deref() {
+                Some("SUCCESS") => Status::Delivered,
+                Some("FAIL") => Status::Failed,
+                _ => return Err(ReceiptError::Unrecognised("report_status must be SUCCESS or FAIL")),
+            };
+            Ok(Receipt {
+                provider: "tencent",
+                pk: None,
+                id: None,
+                provider_message_id: Some(text("sid").ok_or(ReceiptError::Unrecognised("report without sid"))?),
+                status,
+                note: format!("tencent: {}", text("errmsg").unwrap_or_default()),
+            })
+        })
+        .collect()
+}
+
+/// WeChat `TEMPLATESENDJOBFINISH` event (XML). Other events give no receipt.
+pub fn parse_wechat(body: &[u8]) -> Result<Option<Receipt>, ReceiptError> {
+    let xml = std::str::from_utf8(body).map_err(|_| ReceiptError::Unrecognised("not UTF-8"))?;
+    if xml_field(xml, "Event").as_deref() != Some("TEMPLATESENDJOBFINISH") {
+        return Ok(None);
+    }
+    let msg_id = xml_field(xml, "MsgID").ok_or(ReceiptError::Unrecognised("no MsgID"))?;
+    let status = xml_field(xml, "Status").ok_or(ReceiptError::Unrecognised("no Status"))?;
+    Ok(Some(Receipt {
+        provider: "wechat",
+        pk: None,
+        id: None,
+        provider_message_id: Some(msg_id),
+        status: if status == "success" {
+            Status::Delivered
+        } else {
+            Status::Failed
+        },
+        note: format!("wechat: {status}"),
+    }))
+}
+
+/// The text of `<name>…</name>`, CDATA unwrapped (WeChat's flat event XML).
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    let raw = xml[start..end].trim();
+    let raw = raw
+        .strip_prefix("<![CDATA[")
+        .and_then(|r| r.strip_suffix("]]>"))
+        .unwrap_or(raw);
+    Some(raw.to_string())
 }
 
 #[cfg(test)]
@@ -132,6 +246,45 @@ mod tests {
             parse_ses(&sns(json!({"eventType":"Open","mail":mail}))).unwrap(),
             SesCallback::Event(None)
         );
+    }
+
+    #[test]
+    fn sms_and_wechat_receipts_parse() {
+        let fields = vec![
+            ("MessageSid".to_string(), "SM1".to_string()),
+            ("MessageStatus".to_string(), "undelivered".to_string()),
+            ("ErrorCode".to_string(), "30003".to_string()),
+        ];
+        let r = parse_twilio(&fields).unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.provider_message_id.as_deref()),
+            (Status::Failed, Some("SM1"))
+        );
+        assert!(r.note.contains("30003"));
+        let queued = vec![
+            ("MessageSid".to_string(), "SM1".to_string()),
+            ("MessageStatus".to_string(), "queued".to_string()),
+        ];
+        assert_eq!(parse_twilio(&queued).unwrap(), None);
+
+        let a = parse_aliyun(
+            br#"[{"phone_number":"138","success":true,"err_code":"DELIVERED","biz_id":"b1","out_id":"01ID"}]"#,
+        )
+        .unwrap();
+        assert_eq!((a[0].status, a[0].id.as_deref()), (Status::Delivered, Some("01ID")));
+        let t = parse_tencent(br#"[{"mobile":"138","report_status":"FAIL","errmsg":"MK:0001","sid":"s-1"}]"#).unwrap();
+        assert_eq!(
+            (t[0].status, t[0].provider_message_id.as_deref()),
+            (Status::Failed, Some("s-1"))
+        );
+
+        let xml = b"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>200163836</MsgID><Status><![CDATA[failed:user block]]></Status></xml>";
+        let w = parse_wechat(xml).unwrap().unwrap();
+        assert_eq!(
+            (w.status, w.provider_message_id.as_deref()),
+            (Status::Failed, Some("200163836"))
+        );
+        assert_eq!(parse_wechat(b"<xml><Event>subscribe</Event></xml>").unwrap(), None);
     }
 
     #[test]

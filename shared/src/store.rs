@@ -11,6 +11,9 @@ use crate::model::{HistoryEntry, Message, Status};
 
 /// Name of the GSI that maps a message id to its key.
 pub const BY_ID_INDEX: &str = "by_id";
+/// Name of the sparse GSI that maps `{provider}#{provider message id}` to the key, for
+/// receipts that carry only the provider's id.
+pub const BY_PROVIDER_REF_INDEX: &str = "by_provider_ref";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -199,6 +202,31 @@ impl Store {
         Ok(self.get(pk, now_ms).await?.filter(|m| m.id == id))
     }
 
+    /// Finds a record's key by the provider's message id (`by_provider_ref` index).
+    pub async fn key_by_provider_ref(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_PROVIDER_REF_INDEX)
+            .key_condition_expression("provider_ref = :r")
+            .expression_attribute_values(":r", s(format!("{provider}#{provider_message_id}")))
+            .limit(1)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(out
+            .items()
+            .first()
+            .and_then(|i| i.get("pk"))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
+
     /// Claims a record for sending with a lease (one conditional UpdateItem). Succeeds
     /// for a fresh record, or one in `sending` whose lease was released or has expired.
     pub async fn claim(
@@ -303,6 +331,10 @@ impl Store {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":entry", history(entry)?);
+        if let (Some(provider), Some(provider_id)) = (&finish.provider, &finish.provider_message_id) {
+            sets.push("provider_ref = :provider_ref");
+            req = req.expression_attribute_values(":provider_ref", s(format!("{provider}#{provider_id}")));
+        }
         for (name, value) in [
             ("provider", finish.provider),
             ("provider_message_id", finish.provider_message_id),
@@ -327,20 +359,37 @@ impl Store {
 
     /// Gives the lease back after a failed attempt that certainly did not send, so the
     /// next delivery of the job may claim at once. The note marks the attempt as closed.
-    pub async fn release(&self, pk: &str, owner: &str, note: &str, now_ms: i64) -> Result<(), StoreError> {
+    /// `refund` gives the attempt back (a deferral by the provider's rate limit is not a
+    /// failed attempt).
+    pub async fn release(
+        &self,
+        pk: &str,
+        owner: &str,
+        note: &str,
+        refund: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let entry = HistoryEntry {
             at: now_ms,
             status: Status::Sending,
             note: Some(note.to_string()),
         };
-        let result = self
+        let expression = if refund {
+            "SET updated_at = :now, history = list_append(history, :entry), attempts = attempts - :one \
+             REMOVE lease_until, lease_owner"
+        } else {
+            "SET updated_at = :now, history = list_append(history, :entry) REMOVE lease_until, lease_owner"
+        };
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression(
-                "SET updated_at = :now, history = list_append(history, :entry) REMOVE lease_until, lease_owner",
-            )
+            .update_expression(expression);
+        if refund {
+            req = req.expression_attribute_values(":one", n(1));
+        }
+        let result = req
             .condition_expression("lease_owner = :owner")
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":now", n(now_ms))

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use crate::apps::{Apps, SecretsManagerSource};
 use crate::config::{self, ConfigError};
 use crate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
-use crate::providers::{ses::Ses, webhook::Webhook, Providers};
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::templates::TemplateStore;
@@ -67,15 +66,15 @@ impl Dispatcher {
     pub async fn from_env() -> Result<Self, WiringError> {
         let s = shared().await?;
         let cfg = config::Dispatch::from_env(&s.common)?;
-        let ses = Ses::new(
+        let providers = crate::providers::standard(
+            &cfg,
             aws_sdk_sesv2::Client::new(&s.sdk),
-            cfg.email_from.clone(),
-            cfg.ses_configuration_set.clone(),
-        );
-        let webhook = Webhook::new(cfg.webhook_timeout, cfg.webhook_allow_private)?;
+            aws_sdk_dynamodb::Client::new(&s.sdk),
+            &s.common.messages_table,
+        )?;
         Ok(Self {
             store: s.store,
-            providers: Providers::new(vec![Arc::new(ses), Arc::new(webhook)]),
+            providers,
             apps: s.apps,
             cfg,
             clock: crate::clock::system(),
@@ -90,6 +89,7 @@ impl Callback {
             store: s.store,
             apps: s.apps,
             clock: crate::clock::system(),
+            public_url: config::public_url(),
         })
     }
 }

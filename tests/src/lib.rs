@@ -12,10 +12,10 @@ use lambda_http::{Body, Request};
 use pushgate::apps::{Apps, SecretsManagerSource};
 use pushgate::config;
 use pushgate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
-use pushgate::providers::{ses::Ses, webhook::Webhook, Provider, Providers};
 use pushgate::queue::Queue;
 use pushgate::store::Store;
 use pushgate::templates::TemplateStore;
+use pushgate_tool::fakes::Fakes;
 use pushgate_tool::moto::Moto;
 use pushgate_tool::poller::{Invoke, Poller};
 use pushgate_tool::receiver::Receiver;
@@ -39,6 +39,8 @@ pub const MASKING_APP: &str = "app-masking";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const CALLBACK_TOKEN: &str = "cb-token-123";
 pub const EMAIL_FROM: &str = "sender@pushgate.test";
+/// The public base URL the test stack claims (providers sign callbacks over it).
+pub const PUBLIC_URL: &str = "https://pushgate.test";
 
 /// Counts AWS API round trips by `Service.Operation`, for budget assertions and benches.
 #[derive(Debug, Clone, Default)]
@@ -95,8 +97,6 @@ pub struct StackOptions {
     pub webhook_timeout: Duration,
     /// Dispatcher concurrency within a batch.
     pub concurrency: usize,
-    /// Provider endpoints (point them at fakes).
-    pub endpoints: config::Endpoints,
 }
 
 impl Default for StackOptions {
@@ -107,7 +107,6 @@ impl Default for StackOptions {
             visibility_timeout: 1,
             webhook_timeout: Duration::from_secs(2),
             concurrency: 10,
-            endpoints: config::Endpoints::default(),
         }
     }
 }
@@ -125,6 +124,9 @@ pub struct Stack {
     pub store: Store,
     /// Round trips the handlers (not the harness) made to AWS.
     pub calls: CallCounter,
+    /// The fake providers this stack's app is configured for.
+    pub fakes: Fakes,
+    pub smtp: pushgate_tool::fakes::smtp::SmtpFake,
 }
 
 impl Stack {
@@ -145,9 +147,16 @@ impl Stack {
         )
         .await
         .expect("create resources");
+        let fakes = Fakes::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("provider fakes");
+        let smtp = pushgate_tool::fakes::smtp::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("smtp fake");
+        let accounts = pushgate_tool::fakes::sandbox_accounts(smtp.addr);
         let doc = serde_json::json!({
             "apps": [
-                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET},
+                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET, "providers": accounts},
                 {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET},
                 {"key": STRICT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
@@ -193,6 +202,7 @@ impl Stack {
                 .interceptor(calls.clone())
                 .build(),
         );
+        let ddb_for_providers = ddb.clone();
         let store = Store::new(ddb, res.messages_table());
         let apps = Arc::new(Apps::new(
             Arc::new(SecretsManagerSource::new(sm, secret_id.clone())),
@@ -228,16 +238,14 @@ impl Stack {
             webhook_timeout: opts.webhook_timeout,
             webhook_allow_private: true,
             provider_timeout: opts.webhook_timeout,
-            endpoints: opts.endpoints.clone(),
-            public_url: Some("https://pushgate.test".into()),
+            endpoints: fakes.endpoints(),
+            public_url: Some(PUBLIC_URL.into()),
         };
-        let providers: Vec<Arc<dyn Provider>> = vec![
-            Arc::new(Ses::new(ses, EMAIL_FROM.into(), None)),
-            Arc::new(Webhook::new(opts.webhook_timeout, true).expect("http client")),
-        ];
+        let providers = pushgate::providers::standard(&dispatch_cfg, ses, ddb_for_providers, res.messages_table())
+            .expect("providers");
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
-            providers: Providers::new(providers),
+            providers,
             apps: apps.clone(),
             cfg: dispatch_cfg,
             clock: pushgate::clock::system(),
@@ -246,6 +254,7 @@ impl Stack {
             store: store.clone(),
             apps,
             clock: pushgate::clock::system(),
+            public_url: Some(PUBLIC_URL.into()),
         });
         let harness_store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
         Stack {
@@ -259,6 +268,8 @@ impl Stack {
             receiver,
             store: harness_store,
             calls,
+            fakes,
+            smtp,
         }
     }
 

@@ -105,7 +105,7 @@ impl Dispatcher {
             Ok(None) => return self.finish(message, owner, fail("unknown_app".into())).await,
             Err(e) => {
                 tracing::error!(error = %e, "service secret unavailable");
-                return self.release(message, owner, "config unavailable").await;
+                return self.release(message, owner, "config unavailable", true).await;
             }
         };
         let Some(provider) = self.providers.select(message.channel, &app).cloned() else {
@@ -160,17 +160,17 @@ impl Dispatcher {
                         finish.status = Status::Unknown;
                         self.finish(message, owner, finish).await
                     }
-                    _ if message.attempts >= self.cfg.max_attempts => {
+                    (ErrorClass::Retryable | ErrorClass::Ambiguous, _) if message.attempts >= self.cfg.max_attempts => {
                         finish.reason = Some(format!("attempts_exhausted: {e}"));
                         self.finish(message, owner, finish).await
                     }
+                    (ErrorClass::Deferrable, _) => {
+                        let note = format!("deferred by {}: {}", provider.name(), e.code);
+                        self.release(message, owner, &note, true).await
+                    }
                     _ => {
-                        self.release(
-                            message,
-                            owner,
-                            &format!("attempt {} failed: {}", message.attempts, e.code),
-                        )
-                        .await
+                        let note = format!("attempt {} failed: {}", message.attempts, e.code);
+                        self.release(message, owner, &note, false).await
                     }
                 }
             }
@@ -193,8 +193,12 @@ impl Dispatcher {
         }
     }
 
-    async fn release(&self, message: &Message, owner: &str, note: &str) -> Outcome {
-        if let Err(e) = self.store.release(&message.pk, owner, note, (self.clock)()).await {
+    async fn release(&self, message: &Message, owner: &str, note: &str, refund: bool) -> Outcome {
+        if let Err(e) = self
+            .store
+            .release(&message.pk, owner, note, refund, (self.clock)())
+            .await
+        {
             tracing::warn!(error = %e, id = %message.id, "release failed; lease will expire");
         }
         Outcome::Retry("retryable")

@@ -117,7 +117,7 @@ impl Ingest {
         };
         let request = model::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
         let (template, content) = match request.body {
-            RequestBody::Inline(c) => (None, c),
+            RequestBody::Inline(c) => (None, *c),
             RequestBody::Template { id, data } => {
                 let templates = self.templates.current().await.map_err(template_problem)?;
                 let content = templates

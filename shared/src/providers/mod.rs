@@ -9,6 +9,7 @@ pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
 pub mod ses;
+pub mod smtp;
 pub mod tencent;
 pub mod twilio;
 pub mod webhook;
@@ -96,18 +97,50 @@ impl Providers {
         Self(list)
     }
 
-    /// The provider for a message of `channel` from `app`: for SMS the first of the
-    /// app's configured SMS providers that is in service, otherwise the channel's one.
+    /// The provider for a message of `channel` from `app`: for SMS and email the first of
+    /// the app's configured providers that is in service, otherwise the channel's one.
     pub fn select(&self, channel: Channel, app: &AppConfig) -> Option<&Arc<dyn Provider>> {
-        if channel == Channel::Sms {
-            return app
-                .providers
-                .sms_providers()
-                .into_iter()
-                .find_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name));
-        }
-        self.0.iter().find(|p| p.channel() == channel)
+        let preferred = match channel {
+            Channel::Sms => app.providers.sms_providers(),
+            Channel::Email => app.providers.email_providers(),
+            _ => return self.0.iter().find(|p| p.channel() == channel),
+        };
+        preferred
+            .into_iter()
+            .find_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name))
     }
+}
+
+/// Every provider in service, built once per cold start. Adding a provider is its file
+/// plus one line here.
+pub fn standard(
+    cfg: &crate::config::Dispatch,
+    ses: aws_sdk_sesv2::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Providers, reqwest::Error> {
+    let http = http_client(cfg.provider_timeout)?;
+    let e = &cfg.endpoints;
+    Ok(Providers::new(vec![
+        Arc::new(ses::Ses::new(
+            ses,
+            cfg.email_from.clone(),
+            cfg.ses_configuration_set.clone(),
+        )),
+        Arc::new(smtp::Smtp::new(cfg.email_from.clone(), cfg.provider_timeout)),
+        Arc::new(webhook::Webhook::new(cfg.webhook_timeout, cfg.webhook_allow_private)?),
+        Arc::new(aliyun::Aliyun::new(http.clone(), e.aliyun_sms.clone())),
+        Arc::new(tencent::Tencent::new(http.clone(), e.tencent_sms.clone())),
+        Arc::new(twilio::Twilio::new(
+            http.clone(),
+            e.twilio.clone(),
+            cfg.public_url.clone(),
+        )),
+        Arc::new(dingtalk::DingTalk::new(http.clone(), e.dingtalk.clone())),
+        Arc::new(wecom::WeCom::new(http.clone(), e.wecom.clone())),
+        Arc::new(feishu::Feishu::new(http.clone(), e.feishu.clone())),
+        Arc::new(wechat::Wechat::new(http, e.wechat.clone(), ddb, table.to_string())),
+    ]))
 }
 
 /// A provider HTTP client: fixed endpoints from configuration, no redirects, bounded time.

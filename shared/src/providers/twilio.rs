@@ -1,1 +1,288 @@
-//! Placeholder: being written.
+//! SMS through Twilio Programmable Messaging: a form POST to `Messages.json` with Basic
+//! auth. Twilio answers with the message `sid`, which its status callbacks carry as
+//! `MessageSid`; delivery is only known from those callbacks.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use subtle::ConstantTimeEq;
+
+use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use crate::apps::AppConfig;
+use crate::model::{Channel, Message};
+
+/// Wait used when Twilio throttles without a `Retry-After` header.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Upper bound on a `Retry-After` we honour, so a bogus header cannot park a message for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `X-Twilio-Signature` of a request: base64(HMAC-SHA1(auth token, full URL + every POST
+/// parameter's name and value, sorted by name)). Pairs are sorted as (name, value) so
+/// repeated names come out in a stable order.
+pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    B64.encode(mac.finalize().into_bytes())
+}
+
+/// Checks an `X-Twilio-Signature` in constant time. Twilio may sign an https URL with or
+/// without the default port, so both forms are accepted.
+pub fn verify_signature(auth_token: &str, url: &str, params: &[(String, String)], given: &str) -> bool {
+    url_variants(url)
+        .iter()
+        .any(|u| bool::from(signature(auth_token, u, params).as_bytes().ct_eq(given.as_bytes())))
+}
+
+/// `url` as given plus the same URL with the scheme's default port added or removed.
+/// Works on the string, since Twilio signs the exact text of the URL it called.
+fn url_variants(url: &str) -> Vec<String> {
+    let mut out = vec![url.to_string()];
+    let Some(scheme_end) = url.find("://") else {
+        return out;
+    };
+    let default_port = match url[..scheme_end].to_ascii_lowercase().as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return out,
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let authority = &url[authority_start..authority_end];
+    // A port follows the last ':' that comes after any userinfo and IPv6 brackets.
+    let host_start = authority.rfind(['@', ']']).map_or(0, |i| i + 1);
+    let (prefix, rest) = (&url[..authority_start], &url[authority_end..]);
+    let variant = match authority[host_start..].rfind(':') {
+        Some(i) if &authority[host_start + i + 1..] == default_port => {
+            format!("{prefix}{}{rest}", &authority[..host_start + i])
+        }
+        Some(_) => return out,
+        None => format!("{prefix}{authority}:{default_port}{rest}"),
+    };
+    out.push(variant);
+    out
+}
+
+pub struct Twilio {
+    http: reqwest::Client,
+    endpoint: String,
+    status_callback_base: Option<String>,
+}
+
+impl Twilio {
+    /// `endpoint` is the API base (`https://api.twilio.com`); with `status_callback_base`
+    /// (our public URL) every message asks for status callbacks at
+    /// `{base}/v1/callbacks/twilio?app={app key}` (the app names the token that signs them).
+    pub fn new(http: reqwest::Client, endpoint: String, status_callback_base: Option<String>) -> Self {
+        Self {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            status_callback_base: status_callback_base.map(|b| b.trim_end_matches('/').to_string()),
+        }
+    }
+}
+
+/// Maps a Twilio error answer to a class (providers.md): throttles defer, rejected numbers
+/// and bad credentials are final, server errors retry.
+fn classify(status: u16, code: Option<i64>) -> ErrorClass {
+    match (status, code) {
+        (429, _) | (_, Some(20429)) => ErrorClass::Deferrable,
+        (_, Some(21211 | 21610 | 21614 | 21606 | 21608 | 20003)) => ErrorClass::Permanent,
+        (500..=599, _) => ErrorClass::Retryable,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Twilio).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+        .unwrap_or(DEFAULT_RETRY_AFTER)
+}
+
+#[async_trait::async_trait]
+impl Provider for Twilio {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    fn on_ambiguous(&self) -> Ambiguity {
+        // Message creation is not idempotent: a second POST is a second SMS. The status
+        // callback may still settle an unknown outcome.
+        Ambiguity::MarkUnknown
+    }
+
+    async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
+        let account =
+            app.providers.twilio.as_ref().ok_or_else(|| {
+                ProviderError::new(ErrorClass::Permanent, "no_account", "the app has no Twilio account")
+            })?;
+        let text = message
+            .content
+            .text
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ProviderError::new(ErrorClass::Permanent, "no_text", "Twilio SMS needs content.text"))?;
+        let mut form: Vec<(&str, &str)> = vec![("To", message.to.as_str()), ("Body", text)];
+        match (&account.messaging_service_sid, &account.from) {
+            (Some(service), _) => form.push(("MessagingServiceSid", service)),
+            (None, Some(from)) => form.push(("From", from)),
+            (None, None) => {
+                return Err(ProviderError::new(
+                    ErrorClass::Permanent,
+                    "no_sender",
+                    "the Twilio account has neither from nor messaging_service_sid",
+                ))
+            }
+        }
+        // `?app=` tells the callback handler whose auth token signed the callback.
+        let callback = self.status_callback_base.as_ref().map(|base| {
+            let app_key: String = url::form_urlencoded::byte_serialize(app.key.as_bytes()).collect();
+            format!("{base}/v1/callbacks/twilio?app={app_key}")
+        });
+        if let Some(cb) = &callback {
+            form.push(("StatusCallback", cb));
+        }
+        let sid_segment =
+            percent_encoding::utf8_percent_encode(&account.account_sid, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("{}/2010-04-01/Accounts/{sid_segment}/Messages.json", self.endpoint);
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(&account.account_sid, Some(&account.auth_token))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e.without_url()))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body: Option<serde_json::Value> = response.json().await.ok();
+        let field = |name: &str| body.as_ref().and_then(|b| b.get(name));
+        if (200..300).contains(&status) {
+            return Ok(Sent {
+                provider_message_id: field("sid").and_then(|v| v.as_str()).map(str::to_string),
+                delivered: false,
+            });
+        }
+        let code = field("code").and_then(|v| v.as_i64());
+        let class = classify(status, code);
+        let text = field("message")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("Twilio answered HTTP {status}"));
+        let code = code.map(|c| c.to_string()).unwrap_or_else(|| format!("http_{status}"));
+        let error = ProviderError::new(class, code, text);
+        Err(if class == ErrorClass::Deferrable {
+            error.retry_after(retry_after(&headers))
+        } else {
+            error
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector_params() -> Vec<(String, String)> {
+        [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+            ("Caller", "+14158675309"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// twilio-python request validator vectors.
+    #[test]
+    fn signature_matches_published_vectors() {
+        let params = vector_params();
+        assert_eq!(
+            signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &params),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
+        assert_eq!(
+            signature("12345", "https://mycompany.com:443/myapp.php?foo=1&bar=2", &params),
+            "kvajT1Ptam85bY51eRf/AJRuM3w="
+        );
+    }
+
+    #[test]
+    fn verification_accepts_either_port_form_only_with_the_right_token() {
+        let params = vector_params();
+        for url in [
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            "https://mycompany.com:443/myapp.php?foo=1&bar=2",
+        ] {
+            assert!(verify_signature("12345", url, &params, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
+            assert!(verify_signature("12345", url, &params, "kvajT1Ptam85bY51eRf/AJRuM3w="));
+            assert!(!verify_signature("54321", url, &params, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
+        }
+        let mut tampered = params.clone();
+        tampered[1].1 = "9999".into();
+        assert!(!verify_signature(
+            "12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            &tampered,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+    }
+
+    #[test]
+    fn url_variants_toggle_the_default_port() {
+        assert_eq!(
+            url_variants("https://a.example/cb?x=1"),
+            ["https://a.example/cb?x=1", "https://a.example:443/cb?x=1"]
+        );
+        assert_eq!(
+            url_variants("https://u:p@a.example:443"),
+            ["https://u:p@a.example:443", "https://u:p@a.example"]
+        );
+        assert_eq!(url_variants("https://a.example:8443/x"), ["https://a.example:8443/x"]);
+        assert_eq!(url_variants("http://[::1]/x"), ["http://[::1]/x", "http://[::1]:80/x"]);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert_eq!(classify(429, None), ErrorClass::Deferrable);
+        assert_eq!(classify(429, Some(20429)), ErrorClass::Deferrable);
+        for code in [21211, 21610, 21614, 21606, 21608] {
+            assert_eq!(classify(400, Some(code)), ErrorClass::Permanent);
+        }
+        assert_eq!(classify(401, Some(20003)), ErrorClass::Permanent);
+        assert_eq!(classify(500, None), ErrorClass::Retryable);
+        assert_eq!(classify(503, Some(20500)), ErrorClass::Retryable);
+        assert_eq!(classify(400, Some(21602)), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_bounded() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), DEFAULT_RETRY_AFTER);
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Duration::from_secs(7));
+        h.insert(reqwest::header::RETRY_AFTER, "999999".parse().unwrap());
+        assert_eq!(retry_after(&h), MAX_RETRY_AFTER);
+    }
+}

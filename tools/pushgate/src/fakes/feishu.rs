@@ -1,10 +1,180 @@
-//! Placeholder: being written.
+//! Fake Feishu custom bot: `POST /open-apis/bot/v2/hook/{token}` (mounted under `/feishu`).
+//! One bot, [`TOKEN`] (any other: `19001`), with signature verification on and secret
+//! [`SECRET`]: the body's `timestamp` (a string, seconds) must be within an hour and `sign`
+//! must be base64(HMAC-SHA256(key = "{timestamp}\n{secret}", message = "")), checked here
+//! with the fake's own code (else `19021`). Serves `text` (`content.text`), `post`
+//! (`content.post.<lang>` with optional string `title` and `content`, an array of
+//! paragraphs of `{"tag":…}` elements), `image`, `share_chat` and `interactive`; answers
+//! `{"code":0,"msg":"success","data":{}}`, or:
+//! - a malformed message or a body over 20 KB: HTTP 400 `9499` (the fake's choice);
+//! - more than [`PER_SECOND`] posts a second or [`PER_MINUTE`] a minute: `11232`.
+//!
+//! Magic content (anywhere in the body): [`THROTTLE`] `#throttle` → `11232`;
+//! [`BOOM`] `#boom` → HTTP 500.
 
-use axum::Router;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::FakeLog;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use super::{FakeLog, Recorded};
+
+pub const TOKEN: &str = "fake-feishu-hook-token";
+pub const SECRET: &str = "fake-feishu-sign-secret";
+pub const THROTTLE: &str = "#throttle";
+pub const BOOM: &str = "#boom";
+/// Posts a second a bot accepts.
+pub const PER_SECOND: usize = 5;
+/// Posts a minute a bot accepts.
+pub const PER_MINUTE: usize = 100;
+/// Largest body accepted.
+pub const MAX_BODY_BYTES: usize = 20 * 1024;
+
+#[derive(Clone)]
+struct Fake {
+    log: FakeLog,
+    /// Accepted posts per bot, for the rate limits.
+    posts: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+}
 
 /// The fake's routes (mounted under its prefix).
-pub fn router(_log: FakeLog) -> Router {
+pub fn router(log: FakeLog) -> Router {
+    let fake = Fake {
+        log,
+        posts: Arc::default(),
+    };
     Router::new()
+        .route("/open-apis/bot/v2/hook/{token}", post(hook))
+        .with_state(fake)
+}
+
+fn answer(code: i64, msg: &str) -> Response {
+    Json(json!({"code": code, "msg": msg, "data": {}})).into_response()
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The credential check: `Err` carries Feishu's refusal.
+fn check_sign(token: &str, body: &Value) -> Result<(), (i64, &'static str)> {
+    if token != TOKEN {
+        return Err((19001, "param invalid: incoming webhook access token invalid"));
+    }
+    const SIGN_FAIL: (i64, &str) = (
+        19021,
+        "sign match fail or timestamp is not within one hour from current time",
+    );
+    let timestamp = body.get("timestamp").and_then(Value::as_str).ok_or(SIGN_FAIL)?;
+    let seconds: i64 = timestamp.parse().map_err(|_| SIGN_FAIL)?;
+    if (now_secs() - seconds).abs() > 3600 {
+        return Err(SIGN_FAIL);
+    }
+    let given = body.get("sign").and_then(Value::as_str).ok_or(SIGN_FAIL)?;
+    let key = [timestamp.as_bytes(), b"\n", SECRET.as_bytes()].concat();
+    let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| SIGN_FAIL)?;
+    if given != B64.encode(mac.finalize().into_bytes()) {
+        return Err(SIGN_FAIL);
+    }
+    Ok(())
+}
+
+/// A `post` language block: optional string title, paragraphs of tagged elements.
+fn valid_post_block(block: &Value) -> bool {
+    let title_ok = block.get("title").is_none_or(Value::is_string);
+    let content_ok = block
+        .get("content")
+        .and_then(Value::as_array)
+        .is_some_and(|paragraphs| {
+            paragraphs.iter().all(|p| {
+                p.as_array()
+                    .is_some_and(|els| els.iter().all(|e| e.get("tag").is_some_and(Value::is_string)))
+            })
+        });
+    title_ok && content_ok
+}
+
+/// The documented message shape.
+fn check_shape(body: &Value) -> bool {
+    let content = body.get("content");
+    match body.get("msg_type").and_then(Value::as_str) {
+        Some("text") => content
+            .and_then(|c| c.get("text"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty()),
+        Some("post") => content
+            .and_then(|c| c.get("post"))
+            .and_then(Value::as_object)
+            .is_some_and(|langs| !langs.is_empty() && langs.values().all(valid_post_block)),
+        Some("image") => content.and_then(|c| c.get("image_key")).is_some_and(Value::is_string),
+        Some("share_chat") => content
+            .and_then(|c| c.get("share_chat_id"))
+            .is_some_and(Value::is_string),
+        Some("interactive") => body.get("card").is_some_and(Value::is_object),
+        _ => false,
+    }
+}
+
+/// Whether another post fits in the bot's last second and minute; counts it if so.
+fn admit(fake: &Fake, token: &str) -> bool {
+    let Ok(mut posts) = fake.posts.lock() else {
+        return true;
+    };
+    let now = Instant::now();
+    let window = posts.entry(token.to_string()).or_default();
+    while window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+    {
+        window.pop_front();
+    }
+    let last_second = window
+        .iter()
+        .filter(|t| now.duration_since(**t) < Duration::from_secs(1))
+        .count();
+    if window.len() >= PER_MINUTE || last_second >= PER_SECOND {
+        return false;
+    }
+    window.push_back(now);
+    true
+}
+
+async fn hook(State(fake): State<Fake>, Path(token): Path<String>, raw: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let verified = check_sign(&token, &body);
+    fake.log.push(Recorded {
+        provider: "feishu",
+        action: "send".into(),
+        verified: verified.is_ok(),
+        to: token,
+        body: body.clone(),
+    });
+    if let Err((code, msg)) = verified {
+        return answer(code, msg);
+    }
+    if raw.len() > MAX_BODY_BYTES || !check_shape(&body) {
+        return (StatusCode::BAD_REQUEST, answer(9499, "Bad Request")).into_response();
+    }
+    let text = body.to_string();
+    if text.contains(BOOM) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+    }
+    if text.contains(THROTTLE) || !admit(&fake, TOKEN) {
+        return answer(11232, "frequency limited psm[lark.oapi.app_platform_runtime]appID[0]");
+    }
+    answer(0, "success")
 }

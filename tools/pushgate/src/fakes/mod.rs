@@ -16,6 +16,7 @@ use crate::BoxError;
 pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
+pub mod smtp;
 pub mod tencent;
 pub mod twilio;
 pub mod wechat;
@@ -97,4 +98,19 @@ impl Fakes {
             wechat: format!("{base}/wechat"),
         }
     }
+}
+
+/// Provider accounts that authenticate against these fakes (and the fake SMTP relay at
+/// `smtp`), as an app's `providers` document. Robots are named `ops`.
+pub fn sandbox_accounts(smtp: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "aliyun": {"access_key_id": aliyun::ACCESS_KEY_ID, "access_key_secret": aliyun::ACCESS_KEY_SECRET, "sign_name": "Pushgate"},
+        "tencent": {"secret_id": tencent::SECRET_ID, "secret_key": tencent::SECRET_KEY, "sdk_app_id": tencent::SDK_APP_ID, "sign_name": "Pushgate"},
+        "twilio": {"account_sid": twilio::ACCOUNT_SID, "auth_token": twilio::AUTH_TOKEN, "from": twilio::FROM},
+        "dingtalk": {"ops": {"token": dingtalk::TOKEN, "secret": dingtalk::SECRET}},
+        "wecom": {"ops": {"token": wecom::KEY}},
+        "feishu": {"ops": {"token": feishu::TOKEN, "secret": feishu::SECRET}},
+        "wechat": {"appid": wechat::APPID, "secret": wechat::SECRET},
+        "smtp": {"host": smtp.ip().to_string(), "port": smtp.port(), "username": smtp::USERNAME, "password": smtp::PASSWORD, "security": "none"},
+    })
 }

@@ -1,0 +1,325 @@
+//! The Aliyun and Tencent SMS providers against their local fakes: signatures the fakes
+//! verify independently, the fields sent, and every error class.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pushgate::apps::AppConfig;
+use pushgate::model::{AliyunSmsTemplate, Channel, Content, Message, SmsTemplates, TencentSmsTemplate};
+use pushgate::providers::aliyun::Aliyun;
+use pushgate::providers::tencent::Tencent;
+use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use pushgate_tool::fakes::{aliyun as fake_aliyun, tencent as fake_tencent, Fakes};
+use serde_json::json;
+
+const TO: &str = "+8613800138000";
+
+async fn fakes() -> Fakes {
+    Fakes::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+fn app(aliyun_secret: &str, tencent_key: &str) -> AppConfig {
+    serde_json::from_value(json!({
+        "key": pushgate_tests::APP,
+        "secrets": ["s"],
+        "providers": {
+            "aliyun": {
+                "access_key_id": fake_aliyun::ACCESS_KEY_ID,
+                "access_key_secret": aliyun_secret,
+                "sign_name": "Pushgate",
+            },
+            "tencent": {
+                "secret_id": fake_tencent::SECRET_ID,
+                "secret_key": tencent_key,
+                "sdk_app_id": fake_tencent::SDK_APP_ID,
+                "sign_name": "Pushgate",
+                "region": "ap-guangzhou",
+            },
+        },
+    }))
+    .unwrap()
+}
+
+fn good_app() -> AppConfig {
+    app(fake_aliyun::ACCESS_KEY_SECRET, fake_tencent::SECRET_KEY)
+}
+
+fn no_accounts() -> AppConfig {
+    serde_json::from_value(json!({"key": pushgate_tests::APP, "secrets": ["s"]})).unwrap()
+}
+
+fn content() -> Content {
+    Content {
+        sms: Some(SmsTemplates {
+            aliyun: Some(AliyunSmsTemplate {
+                template_code: "SMS_154950909".into(),
+                params: BTreeMap::from([("code".to_string(), "1234".to_string())]),
+            }),
+            tencent: Some(TencentSmsTemplate {
+                template_id: "449739".into(),
+                params: vec!["1234".into(), "5".into()],
+            }),
+        }),
+        ..Content::default()
+    }
+}
+
+fn sms(to: &str) -> Message {
+    pushgate_tests::message(Channel::Sms, to, content())
+}
+
+/// A mainland number ending in the fake's magic suffix.
+fn magic(suffix: &str) -> String {
+    format!("+86138000{suffix}")
+}
+
+fn aliyun(f: &Fakes) -> Aliyun {
+    Aliyun::new(http_client(Duration::from_secs(2)).unwrap(), f.endpoints().aliyun_sms)
+}
+
+fn tencent(f: &Fakes) -> Tencent {
+    Tencent::new(http_client(Duration::from_secs(2)).unwrap(), f.endpoints().tencent_sms)
+}
+
+fn expect_err(result: Result<Sent, ProviderError>) -> ProviderError {
+    match result {
+        Ok(sent) => panic!("expected an error, got {sent:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn providers_describe_themselves() {
+    let http = http_client(Duration::from_secs(2)).unwrap();
+    let a = Aliyun::new(http.clone(), "http://127.0.0.1:1".into());
+    let t = Tencent::new(http, "http://127.0.0.1:1".into());
+    assert_eq!(
+        (a.name(), a.channel(), a.on_ambiguous()),
+        ("aliyun", Channel::Sms, Ambiguity::MarkUnknown)
+    );
+    assert_eq!(
+        (t.name(), t.channel(), t.on_ambiguous()),
+        ("tencent", Channel::Sms, Ambiguity::MarkUnknown)
+    );
+}
+
+#[tokio::test]
+async fn aliyun_sends_a_signed_template() {
+    let f = fakes().await;
+    let message = sms(TO);
+    let sent = aliyun(&f).send(&message, &good_app()).await.unwrap();
+    assert!(!sent.delivered);
+    let biz_id = sent.provider_message_id.expect("BizId");
+    assert!(!biz_id.is_empty());
+
+    let log = f.log.of("aliyun");
+    assert_eq!(log.len(), 1);
+    let r = &log[0];
+    assert!(r.verified, "{:?}", r.body);
+    assert_eq!(r.action, "SendSms");
+    assert_eq!(r.to, "8613800138000");
+    assert_eq!(r.body["TemplateCode"], "SMS_154950909");
+    assert_eq!(r.body["SignName"], "Pushgate");
+    assert_eq!(r.body["OutId"], message.id.as_str());
+    assert_eq!(r.body["Format"], "JSON");
+    assert_eq!(r.body["Version"], "2017-05-25");
+    let params: serde_json::Value = serde_json::from_str(r.body["TemplateParam"].as_str().unwrap()).unwrap();
+    assert_eq!(params, json!({"code": "1234"}));
+}
+
+#[tokio::test]
+async fn aliyun_nonces_are_fresh_per_send() {
+    let f = fakes().await;
+    let provider = aliyun(&f);
+    provider.send(&sms(TO), &good_app()).await.unwrap();
+    provider.send(&sms(TO), &good_app()).await.unwrap();
+    let log = f.log.of("aliyun");
+    assert_eq!(log.len(), 2);
+    assert_ne!(log[0].body["SignatureNonce"], log[1].body["SignatureNonce"]);
+}
+
+#[tokio::test]
+async fn aliyun_throttle_is_deferrable_with_retry_after() {
+    let f = fakes().await;
+    let e = expect_err(
+        aliyun(&f)
+            .send(&sms(&magic(fake_aliyun::SUFFIX_THROTTLE)), &good_app())
+            .await,
+    );
+    assert_eq!(e.class, ErrorClass::Deferrable);
+    assert_eq!(e.code, "isv.BUSINESS_LIMIT_CONTROL");
+    assert_eq!(e.retry_after, Some(Duration::from_secs(60)));
+    assert!(f.log.of("aliyun")[0].verified);
+}
+
+#[tokio::test]
+async fn aliyun_quota_permanent_and_server_errors_are_classified() {
+    let f = fakes().await;
+    let provider = aliyun(&f);
+    for (suffix, class, code) in [
+        (fake_aliyun::SUFFIX_QUOTA, ErrorClass::Quota, "isv.AMOUNT_NOT_ENOUGH"),
+        (
+            fake_aliyun::SUFFIX_PERMANENT,
+            ErrorClass::Permanent,
+            "isv.MOBILE_NUMBER_ILLEGAL",
+        ),
+        (
+            fake_aliyun::SUFFIX_SERVER_ERROR,
+            ErrorClass::Retryable,
+            "isp.SYSTEM_ERROR",
+        ),
+    ] {
+        let e = expect_err(provider.send(&sms(&magic(suffix)), &good_app()).await);
+        assert_eq!((e.class, e.code.as_str()), (class, code), "suffix {suffix}");
+        assert_eq!(e.retry_after, None);
+    }
+    assert!(f.log.of("aliyun").iter().all(|r| r.verified));
+}
+
+#[tokio::test]
+async fn aliyun_wrong_secret_is_refused() {
+    let f = fakes().await;
+    let e = expect_err(
+        aliyun(&f)
+            .send(&sms(TO), &app("not-the-secret", fake_tencent::SECRET_KEY))
+            .await,
+    );
+    assert_eq!(e.class, ErrorClass::Permanent);
+    assert_eq!(e.code, "SignatureDoesNotMatch");
+    let log = f.log.of("aliyun");
+    assert_eq!(log.len(), 1);
+    assert!(!log[0].verified);
+}
+
+#[tokio::test]
+async fn aliyun_needs_an_account_and_a_template() {
+    let f = fakes().await;
+    let provider = aliyun(&f);
+    let e = expect_err(provider.send(&sms(TO), &no_accounts()).await);
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_account"));
+
+    let mut message = sms(TO);
+    message.content.sms.as_mut().unwrap().aliyun = None;
+    let e = expect_err(provider.send(&message, &good_app()).await);
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_template"));
+    message.content = Content {
+        text: Some("hello".into()),
+        ..Content::default()
+    };
+    let e = expect_err(provider.send(&message, &good_app()).await);
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_template"));
+    assert!(f.log.of("aliyun").is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn tencent_sends_a_signed_template() {
+    let f = fakes().await;
+    let message = sms(TO);
+    let sent = tencent(&f).send(&message, &good_app()).await.unwrap();
+    assert!(!sent.delivered);
+    let serial = sent.provider_message_id.expect("SerialNo");
+    assert!(!serial.is_empty());
+
+    let log = f.log.of("tencent");
+    assert_eq!(log.len(), 1);
+    let r = &log[0];
+    assert!(r.verified, "{:?}", r.body);
+    assert_eq!(r.action, "SendSms");
+    assert_eq!(r.to, TO);
+    assert_eq!(r.body["PhoneNumberSet"], json!([TO]));
+    assert_eq!(r.body["SmsSdkAppId"], fake_tencent::SDK_APP_ID);
+    assert_eq!(r.body["TemplateId"], "449739");
+    assert_eq!(r.body["SignName"], "Pushgate");
+    assert_eq!(r.body["TemplateParamSet"], json!(["1234", "5"]));
+    assert_eq!(r.body["SessionContext"], message.id.as_str());
+}
+
+#[tokio::test]
+async fn tencent_throttle_is_deferrable_with_retry_after() {
+    let f = fakes().await;
+    let e = expect_err(
+        tencent(&f)
+            .send(&sms(&magic(fake_tencent::SUFFIX_THROTTLE)), &good_app())
+            .await,
+    );
+    assert_eq!(e.class, ErrorClass::Deferrable);
+    assert_eq!(e.code, "LimitExceeded.PhoneNumberThirtySecondLimit");
+    assert_eq!(e.retry_after, Some(Duration::from_secs(30)));
+    assert!(f.log.of("tencent")[0].verified);
+}
+
+#[tokio::test]
+async fn tencent_quota_permanent_server_and_ambiguous_errors_are_classified() {
+    let f = fakes().await;
+    let provider = tencent(&f);
+    for (suffix, class, code) in [
+        (
+            fake_tencent::SUFFIX_QUOTA,
+            ErrorClass::Quota,
+            "FailedOperation.InsufficientBalanceInSmsPackage",
+        ),
+        (
+            fake_tencent::SUFFIX_PERMANENT,
+            ErrorClass::Permanent,
+            "InvalidParameterValue.IncorrectPhoneNumber",
+        ),
+        (fake_tencent::SUFFIX_SERVER_ERROR, ErrorClass::Retryable, "http_502"),
+        (
+            fake_tencent::SUFFIX_AMBIGUOUS,
+            ErrorClass::Ambiguous,
+            "InternalError.SendAndRecvFail",
+        ),
+    ] {
+        let e = expect_err(provider.send(&sms(&magic(suffix)), &good_app()).await);
+        assert_eq!((e.class, e.code.as_str()), (class, code), "suffix {suffix}");
+        assert_eq!(e.retry_after, None);
+    }
+    assert!(f.log.of("tencent").iter().all(|r| r.verified));
+}
+
+#[tokio::test]
+async fn tencent_wrong_key_is_refused() {
+    let f = fakes().await;
+    let e = expect_err(
+        tencent(&f)
+            .send(&sms(TO), &app(fake_aliyun::ACCESS_KEY_SECRET, "not-the-key"))
+            .await,
+    );
+    assert_eq!(e.class, ErrorClass::Permanent);
+    assert_eq!(e.code, "AuthFailure.SignatureFailure");
+    let log = f.log.of("tencent");
+    assert_eq!(log.len(), 1);
+    assert!(!log[0].verified);
+}
+
+#[tokio::test]
+async fn tencent_needs_an_account_and_a_template() {
+    let f = fakes().await;
+    let provider = tencent(&f);
+    let e = expect_err(provider.send(&sms(TO), &no_accounts()).await);
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_account"));
+
+    let mut message = sms(TO);
+    message.content.sms.as_mut().unwrap().tencent = None;
+    let e = expect_err(provider.send(&message, &good_app()).await);
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_template"));
+    assert!(f.log.of("tencent").is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn unreachable_endpoints_are_retryable() {
+    // Bind then drop a listener: its port now refuses connections.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = http_client(Duration::from_secs(2)).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let a = Aliyun::new(http.clone(), endpoint.clone());
+    let t = Tencent::new(http, endpoint);
+    let e = expect_err(a.send(&sms(TO), &good_app()).await);
+    assert_eq!(e.class, ErrorClass::Retryable);
+    let e = expect_err(t.send(&sms(TO), &good_app()).await);
+    assert_eq!(e.class, ErrorClass::Retryable);
+}

@@ -1,0 +1,170 @@
+//! The Twilio provider against the local fake: request shape and Basic auth as the fake
+//! checks them, and every answer class (throttle with Retry-After, rejected numbers, auth,
+//! server errors, refused connections).
+
+use std::time::Duration;
+
+use pushgate::apps::AppConfig;
+use pushgate::model::{Channel, Content};
+use pushgate::providers::twilio::Twilio;
+use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider};
+use pushgate_tests::message;
+use pushgate_tool::fakes::{twilio as fake, Fakes};
+use serde_json::json;
+
+const PUBLIC_URL: &str = "https://push.example.com";
+
+async fn fakes() -> Fakes {
+    Fakes::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+fn provider(f: &Fakes, callback_base: Option<&str>) -> Twilio {
+    let http = http_client(Duration::from_secs(2)).unwrap();
+    Twilio::new(http, f.endpoints().twilio, callback_base.map(str::to_string))
+}
+
+fn app(account: serde_json::Value) -> AppConfig {
+    serde_json::from_value(json!({
+        "key": "app-one",
+        "secrets": ["s"],
+        "providers": {"twilio": account}
+    }))
+    .unwrap()
+}
+
+fn account() -> AppConfig {
+    app(json!({"account_sid": fake::ACCOUNT_SID, "auth_token": fake::AUTH_TOKEN, "from": fake::FROM}))
+}
+
+fn sms(to: &str, text: &str) -> pushgate::model::Message {
+    message(
+        Channel::Sms,
+        to,
+        Content {
+            text: Some(text.into()),
+            ..Content::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn sends_the_documented_form_and_returns_the_sid() {
+    let f = fakes().await;
+    let p = provider(&f, Some(PUBLIC_URL));
+    assert_eq!(
+        (p.name(), p.channel(), p.on_ambiguous()),
+        ("twilio", Channel::Sms, Ambiguity::MarkUnknown)
+    );
+    let sent = p
+        .send(&sms("+14155550100", "Your code is 1234"), &account())
+        .await
+        .unwrap();
+    let sid = sent.provider_message_id.expect("message sid");
+    assert!(sid.starts_with("SM") && sid.len() == 34, "{sid}");
+    assert!(!sent.delivered, "delivery is only known from the status callback");
+    let log = f.log.of("twilio");
+    assert_eq!(log.len(), 1);
+    let r = &log[0];
+    assert!(r.verified);
+    assert_eq!(r.to, "+14155550100");
+    assert_eq!(r.body["From"], fake::FROM);
+    assert_eq!(r.body["Body"], "Your code is 1234");
+    assert_eq!(
+        r.body["StatusCallback"],
+        format!("{PUBLIC_URL}/v1/callbacks/twilio?app=app-one")
+    );
+    assert!(r.body.get("MessagingServiceSid").is_none());
+}
+
+#[tokio::test]
+async fn a_messaging_service_replaces_from_and_no_public_url_means_no_callback() {
+    let f = fakes().await;
+    let app = app(json!({
+        "account_sid": fake::ACCOUNT_SID,
+        "auth_token": fake::AUTH_TOKEN,
+        "messaging_service_sid": fake::MESSAGING_SERVICE_SID,
+    }));
+    provider(&f, None).send(&sms("+14155550100", "hi"), &app).await.unwrap();
+    let r = &f.log.of("twilio")[0];
+    assert!(r.verified);
+    assert_eq!(r.body["MessagingServiceSid"], fake::MESSAGING_SERVICE_SID);
+    assert!(r.body.get("From").is_none());
+    assert!(r.body.get("StatusCallback").is_none());
+}
+
+#[tokio::test]
+async fn a_throttle_defers_for_the_retry_after() {
+    let f = fakes().await;
+    let to = format!("+1415555{}", fake::THROTTLED_SUFFIX);
+    let e = provider(&f, None).send(&sms(&to, "hi"), &account()).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Deferrable);
+    assert_eq!(e.code, "20429");
+    assert_eq!(e.retry_after, Some(Duration::from_secs(fake::RETRY_AFTER_SECS)));
+}
+
+#[tokio::test]
+async fn rejected_numbers_are_permanent() {
+    let f = fakes().await;
+    let p = provider(&f, None);
+    for (suffix, code) in [(fake::INVALID_SUFFIX, "21211"), (fake::UNSUBSCRIBED_SUFFIX, "21610")] {
+        let e = p
+            .send(&sms(&format!("+1415555{suffix}"), "hi"), &account())
+            .await
+            .unwrap_err();
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, code));
+        assert!(e.retry_after.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_server_error_is_retryable() {
+    let f = fakes().await;
+    let to = format!("+1415555{}", fake::SERVER_ERROR_SUFFIX);
+    let e = provider(&f, None).send(&sms(&to, "hi"), &account()).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Retryable);
+}
+
+#[tokio::test]
+async fn a_wrong_auth_token_is_refused_and_permanent() {
+    let f = fakes().await;
+    let app = app(json!({"account_sid": fake::ACCOUNT_SID, "auth_token": "wrong", "from": fake::FROM}));
+    let e = provider(&f, None)
+        .send(&sms("+14155550100", "hi"), &app)
+        .await
+        .unwrap_err();
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "20003"));
+    assert!(!e.to_string().contains("wrong"));
+    let log = f.log.of("twilio");
+    assert_eq!(log.len(), 1);
+    assert!(!log[0].verified);
+}
+
+#[tokio::test]
+async fn missing_text_or_account_fails_before_any_request() {
+    let f = fakes().await;
+    let p = provider(&f, None);
+    let no_text = message(Channel::Sms, "+14155550100", Content::default());
+    let e = p.send(&no_text, &account()).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_text"));
+    let no_account: AppConfig = serde_json::from_value(json!({"key": "app-one", "secrets": ["s"]})).unwrap();
+    let e = p.send(&sms("+14155550100", "hi"), &no_account).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent);
+    assert!(f.log.of("twilio").is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retryable() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = Twilio::new(
+        http_client(Duration::from_secs(2)).unwrap(),
+        format!("http://127.0.0.1:{port}"),
+        None,
+    );
+    let e = p.send(&sms("+14155550100", "hi"), &account()).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Retryable);
+}
