@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 export PUSHGATE_MOTO_PORT=$(free_port) PUSHGATE_API_PORT=$(free_port) PUSHGATE_RECEIVER_PORT=$(free_port)
+export PUSHGATE_FAKES_PORT=$(free_port) PUSHGATE_SMTP_PORT=$(free_port)
 log=$(mktemp)
 fail() { echo "smoke: FAIL: $*"; echo "--- make dev output ---"; tail -n 60 "$log"; exit 1; }
 
@@ -30,6 +31,17 @@ out=$(bash -c "$example" 2>&1) || fail "example command failed: $out"
 echo "$out" | grep -q '^status: delivered$' || fail "example did not reach delivered: $out"
 echo "smoke: example reached delivered"
 
+# Every other channel, through the provider sandbox, as the banner prints them.
+channels=0
+while IFS= read -r line; do
+  cmd=$(echo "$line" | sed -e 's/^ *//')
+  out=$(bash -c "source .pushgate/dev.env && $cmd" 2>&1) || fail "channel example failed: $cmd: $out"
+  echo "$out" | grep -q '^status: delivered$' || fail "channel example did not reach delivered: $cmd: $out"
+  channels=$((channels + 1))
+done < <(grep -E '^  cargo run -q -p pushgate -- send --channel ' "$log")
+[ "$channels" -ge 6 ] || fail "expected 6 channel examples, ran $channels"
+echo "smoke: $channels channel examples reached delivered"
+
 # The events/ samples through cargo lambda invoke, re-signed as the README says.
 tmp=$(mktemp -d)
 cp events/*.json "$tmp/"
@@ -44,8 +56,8 @@ kill -INT -- -"$pid"
 for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
 kill -0 "$pid" 2>/dev/null && fail "make dev still running 30 s after Ctrl-C"
 trap - EXIT
-for port in "$PUSHGATE_MOTO_PORT" "$PUSHGATE_API_PORT" "$PUSHGATE_RECEIVER_PORT"; do
+for port in "$PUSHGATE_MOTO_PORT" "$PUSHGATE_API_PORT" "$PUSHGATE_RECEIVER_PORT" "$PUSHGATE_FAKES_PORT" "$PUSHGATE_SMTP_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port still served after Ctrl-C"; fi
 done
 echo "smoke: Ctrl-C stopped everything"
-echo "smoke: 3 passed, 0 failed"
+echo "smoke: 4 passed, 0 failed"

@@ -344,23 +344,42 @@ async fn a_bounce_fails_the_message() {
 }
 
 #[tokio::test]
-async fn the_ses_sandbox_turns_accepted_mail_into_delivery_and_bounce_receipts() {
+async fn the_receipt_sandbox_settles_sent_messages_through_the_callback() {
     let stack = Stack::new().await;
     let ok = accept(&stack, email("sandbox-ok@example.com")).await;
     let bounced = accept(&stack, email(pushgate_tool::sandbox::BOUNCE_ADDRESS)).await;
+    let sms = accept(&stack, json!({"channel":"sms","to":"+8613800138000","content":{"text":"t","sms":{"aliyun":{"template_code":"SMS_1","params":{}}}}})).await;
+    let wechat = accept(
+        &stack,
+        json!({"channel":"wechat","to":"oUser1","content":{"wechat":{"template_id":"T","data":{"a":"b"}}}}),
+    )
+    .await;
     stack.drain(Duration::from_secs(10)).await;
-    let mut sandbox = pushgate_tool::sandbox::SesSandbox::new(
-        &moto().endpoint(),
+    let mut sandbox = pushgate_tool::sandbox::ReceiptSandbox::new(
         aws_sdk_dynamodb::Client::new(&stack.sdk),
         stack.res.messages_table(),
+        CALLBACK_TOKEN,
+        PUBLIC_URL,
     );
-    let path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
-    let events = sandbox.pending_events().await.unwrap();
-    assert_eq!(events.len(), 2, "one receipt per email of this stack");
-    for body in events {
-        assert_eq!(parts(stack.callback.handle(callback(&path, &body)).await).0, 200);
+    let callbacks = sandbox.pending().await.unwrap();
+    assert_eq!(callbacks.len(), 4, "one receipt per sent message");
+    for cb in callbacks {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(&cb.path)
+            .header("content-type", cb.content_type);
+        for (k, v) in &cb.headers {
+            req = req.header(*k, v);
+        }
+        let resp = stack
+            .callback
+            .handle(req.body(lambda_http::Body::Binary(cb.body)).unwrap())
+            .await;
+        assert_eq!(resp.status(), 200, "{}", cb.path);
     }
-    assert!(sandbox.pending_events().await.unwrap().is_empty(), "each email once");
+    assert!(sandbox.pending().await.unwrap().is_empty(), "each message once");
     assert_eq!(record(&stack, &ok).await.status, Status::Delivered);
     assert_eq!(record(&stack, &bounced).await.status, Status::Failed);
+    assert_eq!(record(&stack, &sms).await.status, Status::Delivered);
+    assert_eq!(record(&stack, &wechat).await.status, Status::Delivered);
 }

@@ -23,6 +23,10 @@ pub struct Options {
     pub receiver_port: u16,
     /// Visibility timeout of the local queue, seconds (retries show up this fast).
     pub visibility_timeout: u32,
+    /// Port of the fake provider APIs.
+    pub fakes_port: u16,
+    /// Port of the fake SMTP relay.
+    pub smtp_port: u16,
     /// Run release builds of the functions (for footprint measurements).
     pub release: bool,
 }
@@ -68,8 +72,13 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     );
     let callback_token = random_token(16);
     let email_from = "noreply@pushgate.local".to_string();
+    // The provider sandbox: fakes of every third-party API, and an SMTP relay.
+    let fakes = crate::fakes::Fakes::start_verbose(SocketAddr::from(([127, 0, 0, 1], opts.fakes_port))).await?;
+    let smtp = crate::fakes::smtp::start(SocketAddr::from(([127, 0, 0, 1], opts.smtp_port))).await?;
+    let endpoints = fakes.endpoints();
     let doc = serde_json::json!({
-        "apps": [{"key": app_key, "name": "Local development", "secrets": [app_secret], "webhook_secret": webhook_secret}],
+        "apps": [{"key": app_key, "name": "Local development", "secrets": [app_secret], "webhook_secret": webhook_secret,
+                  "providers": crate::fakes::sandbox_accounts(smtp.addr)}],
         "callback_token": callback_token,
     });
     let secret_arn = resources::put_secret(&sdk, "pushgate-dev/config", &doc).await?;
@@ -102,6 +111,14 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
         ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        ("PUSHGATE_PUBLIC_URL", api.clone()),
+        ("PUSHGATE_ALIYUN_SMS_ENDPOINT", endpoints.aliyun_sms.clone()),
+        ("PUSHGATE_TENCENT_SMS_ENDPOINT", endpoints.tencent_sms.clone()),
+        ("PUSHGATE_TWILIO_ENDPOINT", endpoints.twilio.clone()),
+        ("PUSHGATE_DINGTALK_ENDPOINT", endpoints.dingtalk.clone()),
+        ("PUSHGATE_WECOM_ENDPOINT", endpoints.wecom.clone()),
+        ("PUSHGATE_FEISHU_ENDPOINT", endpoints.feishu.clone()),
+        ("PUSHGATE_WECHAT_ENDPOINT", endpoints.wechat.clone()),
         ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
     let env = DevEnv {
@@ -147,29 +164,33 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             .await
     });
 
-    let mut sandbox =
-        crate::sandbox::SesSandbox::new(&endpoint, aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
-    let callback_url = format!("{api}/v1/callbacks/ses?token={callback_token}");
+    let mut sandbox = crate::sandbox::ReceiptSandbox::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        res.messages_table(),
+        &callback_token,
+        &api,
+    );
+    let callback_base = api.clone();
     let sandbox_task = tokio::spawn(async move {
         let http = reqwest::Client::new();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            match sandbox.pending_events().await {
-                Ok(events) => {
-                    for body in events {
-                        let sent = http
-                            .post(&callback_url)
-                            .header("content-type", "text/plain; charset=UTF-8")
-                            .header("x-amz-sns-message-type", "Notification")
-                            .body(body)
-                            .send()
-                            .await;
-                        if let Err(e) = sent {
-                            tracing::warn!(error = %e, "SES sandbox could not reach the callback");
+            match sandbox.pending().await {
+                Ok(callbacks) => {
+                    for cb in callbacks {
+                        let mut req = http
+                            .post(format!("{callback_base}{}", cb.path))
+                            .header("content-type", cb.content_type)
+                            .body(cb.body);
+                        for (k, v) in cb.headers {
+                            req = req.header(k, v);
+                        }
+                        if let Err(e) = req.send().await {
+                            tracing::warn!(error = %e, "receipt sandbox could not reach the callback");
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "SES sandbox poll failed"),
+                Err(e) => tracing::warn!(error = %e, "receipt sandbox poll failed"),
             }
         }
     });
@@ -183,7 +204,18 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     println!(
         "  source .pushgate/dev.env && cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/demo\" --text 'Hello from Pushgate' --wait\n"
     );
-    println!("Ctrl-C stops everything.\n");
+    println!("Every other channel goes to a local fake of its provider, which prints what it received:\n");
+    for example in [
+        "--channel email --to ann@example.com --template order_shipped --data '{\"name\":\"Ann\",\"order_id\":\"A-1\"}'",
+        "--channel sms --to '+86 138 0013 8000' --template verification_code --data '{\"code\":\"1234\",\"minutes\":5}'",
+        "--channel dingtalk --to ops --template alert --data '{\"severity\":\"P1\",\"title\":\"DB down\",\"detail\":\"primary unreachable\"}'",
+        "--channel wecom --to ops --markdown '**deploy** done'",
+        "--channel feishu --to ops --text 'hello from Pushgate'",
+        "--channel wechat --to oUser123 --template order_shipped --data '{\"name\":\"Ann\",\"order_id\":\"A-1\"}'",
+    ] {
+        println!("  cargo run -q -p pushgate -- send {example} --wait");
+    }
+    println!("\nCtrl-C stops everything.\n");
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

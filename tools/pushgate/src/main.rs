@@ -25,6 +25,10 @@ enum Command {
         api_port: u16,
         #[arg(long, env = "PUSHGATE_RECEIVER_PORT", default_value_t = 9100)]
         receiver_port: u16,
+        #[arg(long, env = "PUSHGATE_FAKES_PORT", default_value_t = 9200)]
+        fakes_port: u16,
+        #[arg(long, env = "PUSHGATE_SMTP_PORT", default_value_t = 2525)]
+        smtp_port: u16,
         /// Local queue visibility timeout (seconds): how soon a retry is attempted.
         #[arg(long, default_value_t = 5)]
         visibility_timeout: u32,
@@ -50,6 +54,9 @@ enum Command {
         text: Option<String>,
         #[arg(long)]
         html: Option<String>,
+        /// Markdown (chat robots).
+        #[arg(long)]
+        markdown: Option<String>,
         /// Webhook body, any JSON.
         #[arg(long)]
         body: Option<String>,
@@ -154,6 +161,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             moto_port,
             api_port,
             receiver_port,
+            fakes_port,
+            smtp_port,
             visibility_timeout,
             release,
         } => {
@@ -161,6 +170,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                 moto_port,
                 api_port,
                 receiver_port,
+                fakes_port,
+                smtp_port,
                 visibility_timeout,
                 release,
             })
@@ -175,6 +186,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             subject,
             text,
             html,
+            markdown,
             body,
             idempotency_key,
             wait,
@@ -189,7 +201,12 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                     .unwrap_or_else(|| json!({}));
             } else {
                 let mut content = json!({});
-                for (k, v) in [("subject", subject), ("text", text), ("html", html)] {
+                for (k, v) in [
+                    ("subject", subject),
+                    ("text", text),
+                    ("html", html),
+                    ("markdown", markdown),
+                ] {
                     if let Some(v) = v {
                         content[k] = json!(v);
                     }

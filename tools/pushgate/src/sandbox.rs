@@ -1,100 +1,185 @@
-//! The SES provider sandbox: moto's SES keeps the mail it accepts but emits no events,
-//! so locally this stands in for SES event publishing → SNS → the callback route. For
-//! every email moto accepted, it finds our record by SES message id and produces the
-//! SNS-wrapped SES event AWS would send: a Bounce for the SES mailbox simulator's
-//! bounce address, a Delivery otherwise.
+//! The receipt sandbox: locally no provider sends delivery reports (moto's SES emits no
+//! events; the fakes only answer sends), so this stands in for them. For every message
+//! a provider accepted (`sent`), it produces the receipt that provider would post to the
+//! callback route, authenticated the way that provider authenticates: an SNS-wrapped SES
+//! event, an Aliyun SmsReport, a Tencent status report, a Twilio StatusCallback with
+//! `X-Twilio-Signature`, a WeChat `TEMPLATESENDJOBFINISH` with its signature. Mail to the
+//! SES mailbox simulator's bounce address bounces; everything else is delivered.
 
 use std::collections::HashSet;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::BoxError;
 
 /// SES mailbox-simulator address that bounces.
 pub const BOUNCE_ADDRESS: &str = "bounce@simulator.amazonses.com";
 
-pub struct SesSandbox {
-    moto_endpoint: String,
-    ddb: aws_sdk_dynamodb::Client,
-    table: String,
-    seen: HashSet<String>,
-    http: reqwest::Client,
+/// A receipt ready to post to the callback function.
+#[derive(Debug, Clone)]
+pub struct SimulatedCallback {
+    /// Path and query, e.g. `/v1/callbacks/ses?token=…`.
+    pub path: String,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
 }
 
-impl SesSandbox {
-    pub fn new(moto_endpoint: &str, ddb: aws_sdk_dynamodb::Client, table: &str) -> Self {
+pub struct ReceiptSandbox {
+    ddb: aws_sdk_dynamodb::Client,
+    table: String,
+    callback_token: String,
+    /// Base URL the callback function is reached at (Twilio signs over it).
+    public_url: String,
+    seen: HashSet<String>,
+}
+
+struct Sent {
+    pk: String,
+    id: String,
+    app: String,
+    provider: String,
+    provider_message_id: Option<String>,
+    to: String,
+}
+
+impl ReceiptSandbox {
+    pub fn new(ddb: aws_sdk_dynamodb::Client, table: &str, callback_token: &str, public_url: &str) -> Self {
         Self {
-            moto_endpoint: moto_endpoint.to_string(),
             ddb,
             table: table.to_string(),
+            callback_token: callback_token.to_string(),
+            public_url: public_url.trim_end_matches('/').to_string(),
             seen: HashSet::new(),
-            http: reqwest::Client::new(),
         }
     }
 
-    /// SNS notification bodies for emails accepted since the last call. An email whose
-    /// record is not found yet (its outcome not recorded) is tried again next time.
-    pub async fn pending_events(&mut self) -> Result<Vec<Vec<u8>>, BoxError> {
-        let data: Value = self
-            .http
-            .get(format!("{}/moto-api/data.json", self.moto_endpoint))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let mails = data
-            .pointer("/ses/Message")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut events = Vec::new();
-        for mail in mails {
-            let Some(ses_id) = mail.get("id").and_then(Value::as_str) else {
-                continue;
-            };
-            if self.seen.contains(ses_id) {
-                continue;
+    /// Receipts for messages sent since the last call (each message once).
+    pub async fn pending(&mut self) -> Result<Vec<SimulatedCallback>, BoxError> {
+        let mut out = Vec::new();
+        for sent in self.sent().await? {
+            if self.seen.insert(sent.pk.clone()) {
+                if let Some(cb) = self.receipt(&sent) {
+                    out.push(cb);
+                }
             }
-            let Some((pk, id)) = self.find(ses_id).await? else {
-                continue;
-            };
-            self.seen.insert(ses_id.to_string());
-            let bounced = mail.to_string().contains(BOUNCE_ADDRESS);
-            let mut event = json!({
-                "eventType": if bounced { "Bounce" } else { "Delivery" },
-                "mail": {"messageId": ses_id, "tags": {"pushgate_pk": [pk], "pushgate_id": [id]}},
-            });
-            if bounced {
-                event["bounce"] = json!({"bounceType": "Permanent", "bounceSubType": "General"});
-            }
-            let envelope = json!({
-                "Type": "Notification",
-                "MessageId": ulid::Ulid::new().to_string(),
-                "TopicArn": "arn:aws:sns:us-east-1:123456789012:pushgate-ses-events",
-                "Message": event.to_string(),
-            });
-            events.push(serde_json::to_vec(&envelope)?);
         }
-        Ok(events)
+        Ok(out)
     }
 
-    async fn find(&self, ses_id: &str) -> Result<Option<(String, String)>, BoxError> {
-        // The local table is small; on AWS, SES events carry the tags and need no lookup.
+    async fn sent(&self) -> Result<Vec<Sent>, BoxError> {
+        // The local table is small; a scan is the simplest faithful lookup.
         let out = self
             .ddb
             .scan()
             .table_name(&self.table)
-            .filter_expression("provider_message_id = :m")
-            .expression_attribute_values(":m", AttributeValue::S(ses_id.to_string()))
-            .projection_expression("pk, id")
+            .filter_expression("#st = :sent")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":sent", AttributeValue::S("sent".into()))
             .send()
             .await
             .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
-        Ok(out.items().first().and_then(|item| {
-            let pk = item.get("pk")?.as_s().ok()?.clone();
-            let id = item.get("id")?.as_s().ok()?.clone();
-            Some((pk, id))
-        }))
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|item| {
+                let get = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+                Some(Sent {
+                    pk: get("pk")?,
+                    id: get("id")?,
+                    app: get("app")?,
+                    provider: get("provider")?,
+                    provider_message_id: get("provider_message_id"),
+                    to: get("to")?,
+                })
+            })
+            .collect())
+    }
+
+    fn receipt(&self, m: &Sent) -> Option<SimulatedCallback> {
+        let token = &self.callback_token;
+        let json_cb = |provider: &str, body: serde_json::Value| SimulatedCallback {
+            path: format!("/v1/callbacks/{provider}?token={token}"),
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.to_string().into_bytes(),
+        };
+        match m.provider.as_str() {
+            "ses" => {
+                let bounced = m.to.eq_ignore_ascii_case(BOUNCE_ADDRESS);
+                let mut event = json!({
+                    "eventType": if bounced { "Bounce" } else { "Delivery" },
+                    "mail": {"messageId": m.provider_message_id, "tags": {"pushgate_pk": [m.pk], "pushgate_id": [m.id]}},
+                });
+                if bounced {
+                    event["bounce"] = json!({"bounceType": "Permanent", "bounceSubType": "General"});
+                }
+                let envelope = json!({
+                    "Type": "Notification",
+                    "MessageId": ulid::Ulid::new().to_string(),
+                    "TopicArn": "arn:aws:sns:us-east-1:123456789012:pushgate-ses-events",
+                    "Message": event.to_string(),
+                });
+                Some(SimulatedCallback {
+                    content_type: "text/plain; charset=UTF-8",
+                    headers: vec![("x-amz-sns-message-type", "Notification".into())],
+                    ..json_cb("ses", envelope)
+                })
+            }
+            "aliyun" => Some(json_cb(
+                "aliyun",
+                json!([{"phone_number": m.to.trim_start_matches('+'), "success": true, "err_code": "DELIVERED",
+                        "err_msg": "用户接收成功", "biz_id": m.provider_message_id, "out_id": m.id}]),
+            )),
+            "tencent" => Some(json_cb(
+                "tencent",
+                json!([{"mobile": m.to, "report_status": "SUCCESS", "errmsg": "DELIVRD", "description": "用户短信送达成功",
+                        "sid": m.provider_message_id.clone()?}]),
+            )),
+            "twilio" => {
+                let fields = vec![
+                    ("MessageSid".to_string(), m.provider_message_id.clone()?),
+                    ("MessageStatus".to_string(), "delivered".to_string()),
+                    ("To".to_string(), m.to.clone()),
+                ];
+                let path = format!("/v1/callbacks/twilio?app={}", m.app);
+                let signature = pushgate::providers::twilio::signature(
+                    crate::fakes::twilio::AUTH_TOKEN,
+                    &format!("{}{path}", self.public_url),
+                    &fields,
+                );
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(fields.iter())
+                    .finish();
+                Some(SimulatedCallback {
+                    path,
+                    content_type: "application/x-www-form-urlencoded",
+                    headers: vec![("x-twilio-signature", signature)],
+                    body: body.into_bytes(),
+                })
+            }
+            "wechat" => {
+                let ts = (pushgate::clock::now_ms() / 1000).to_string();
+                let nonce = ulid::Ulid::new().to_string();
+                let signature = pushgate::handlers::callback::wechat_signature(token, &ts, &nonce);
+                let xml = format!(
+                    "<xml><ToUserName><![CDATA[gh_pushgate]]></ToUserName><FromUserName><![CDATA[{}]]></FromUserName>\
+                     <CreateTime>{ts}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+                     <Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{}</MsgID>\
+                     <Status><![CDATA[success]]></Status></xml>",
+                    m.to,
+                    m.provider_message_id.clone()?
+                );
+                Some(SimulatedCallback {
+                    path: format!("/v1/callbacks/wechat?signature={signature}&timestamp={ts}&nonce={nonce}"),
+                    content_type: "text/xml",
+                    headers: Vec::new(),
+                    body: xml.into_bytes(),
+                })
+            }
+            // SMTP has no delivery reports; robots and webhooks settle synchronously.
+            _ => None,
+        }
     }
 }

@@ -39,17 +39,31 @@ pub struct Recorded {
 
 /// Shared state of all fakes.
 #[derive(Clone, Default)]
-pub struct FakeLog(Arc<Mutex<Vec<Recorded>>>);
+pub struct FakeLog {
+    entries: Arc<Mutex<Vec<Recorded>>>,
+    /// Print each request as it arrives (the dev stack shows what providers received).
+    verbose: bool,
+}
 
 impl FakeLog {
     pub fn push(&self, r: Recorded) {
-        if let Ok(mut log) = self.0.lock() {
+        if self.verbose {
+            println!(
+                "fake {}: {} to {} (credentials {}): {}",
+                r.provider,
+                r.action,
+                r.to,
+                if r.verified { "verified" } else { "REFUSED" },
+                r.body
+            );
+        }
+        if let Ok(mut log) = self.entries.lock() {
             log.push(r);
         }
     }
 
     pub fn all(&self) -> Vec<Recorded> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+        self.entries.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Requests to one provider.
@@ -68,7 +82,22 @@ pub struct Fakes {
 impl Fakes {
     /// Serves every fake on `addr` (port 0 = a free one) until the runtime stops.
     pub async fn start(addr: SocketAddr) -> Result<Fakes, BoxError> {
-        let log = FakeLog::default();
+        Self::serve(addr, FakeLog::default()).await
+    }
+
+    /// As [`Fakes::start`], printing every request received.
+    pub async fn start_verbose(addr: SocketAddr) -> Result<Fakes, BoxError> {
+        Self::serve(
+            addr,
+            FakeLog {
+                verbose: true,
+                ..FakeLog::default()
+            },
+        )
+        .await
+    }
+
+    async fn serve(addr: SocketAddr, log: FakeLog) -> Result<Fakes, BoxError> {
         let app = Router::new()
             .nest("/aliyun", aliyun::router(log.clone()))
             .nest("/tencent", tencent::router(log.clone()))
