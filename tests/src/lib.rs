@@ -347,6 +347,24 @@ impl Stack {
         }
     }
 
+    /// Sends a message through ingest as the test app; returns its id (asserts 202).
+    pub async fn accept(&self, message: serde_json::Value) -> String {
+        let body = serde_json::to_vec(&message).expect("json");
+        let req = signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]);
+        let (status, _, b) = parts(self.ingest.handle(req).await);
+        assert_eq!(status, 202, "{b}");
+        b["id"].as_str().expect("id").to_string()
+    }
+
+    /// The stored record of message `id`.
+    pub async fn record(&self, id: &str) -> pushgate::model::Message {
+        self.store
+            .get_by_id(id, pushgate::clock::now_ms())
+            .await
+            .expect("store")
+            .expect("record")
+    }
+
     /// Emails SES (moto) accepted to `to`.
     pub async fn emails_to(&self, to: &str) -> usize {
         moto()

@@ -8,27 +8,6 @@ use pushgate::model::Status;
 use pushgate_tests::*;
 use serde_json::{json, Value};
 
-async fn accept(stack: &Stack, message: Value) -> String {
-    let body = serde_json::to_vec(&message).unwrap();
-    let (status, _, b) = parts(
-        stack
-            .ingest
-            .handle(signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]))
-            .await,
-    );
-    assert_eq!(status, 202, "{b}");
-    b["id"].as_str().unwrap().to_string()
-}
-
-async fn record(stack: &Stack, id: &str) -> pushgate::model::Message {
-    stack
-        .store
-        .get_by_id(id, pushgate::clock::now_ms())
-        .await
-        .unwrap()
-        .expect("record")
-}
-
 fn post(path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> lambda_http::Request {
     let mut b = http::Request::builder()
         .method("POST")
@@ -44,14 +23,14 @@ fn post(path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -
 #[tokio::test]
 async fn sms_goes_through_aliyun_and_its_receipt_delivers_it() {
     let stack = Stack::new().await;
-    let id = accept(&stack, json!({"channel":"sms","to":"+86 138 0013 8000","template":"verification_code","data":{"code":"4321","minutes":5}})).await;
+    let id = stack.accept(json!({"channel":"sms","to":"+86 138 0013 8000","template":"verification_code","data":{"code":"4321","minutes":5}})).await;
     stack.drain(Duration::from_secs(10)).await;
     let sent = stack.fakes.log.of("aliyun");
     assert_eq!(sent.len(), 1);
     assert!(sent[0].verified, "the fake verified the RPC signature");
     assert_eq!(sent[0].body["TemplateCode"], "SMS_154950909");
     assert_eq!(sent[0].body["OutId"], id.as_str());
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
 
     let receipt = json!([{"phone_number":"8613800138000","success":true,"err_code":"DELIVERED","biz_id": m.provider_message_id,"out_id": id}]);
@@ -63,7 +42,7 @@ async fn sms_goes_through_aliyun_and_its_receipt_delivers_it() {
             .await,
     );
     assert_eq!((status, reply["code"].as_i64()), (200, Some(0)));
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
     let (status, _, _) = parts(
         stack
             .callback
@@ -113,16 +92,14 @@ async fn with_app_providers(extra: Value) -> Stack {
 #[tokio::test]
 async fn sms_goes_through_tencent_and_its_receipt_is_found_by_serial_number() {
     let stack = with_app_providers(json!({"sms_order": ["tencent"]})).await;
-    let id = accept(
-        &stack,
-        json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"9","minutes":1}}),
+    let id = stack.accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"9","minutes":1}}),
     )
     .await;
     stack.drain(Duration::from_secs(10)).await;
     let sent = stack.fakes.log.of("tencent");
     assert_eq!(sent.len(), 1);
     assert!(sent[0].verified, "the fake verified TC3-HMAC-SHA256");
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
     let serial = m.provider_message_id.clone().unwrap();
 
@@ -135,7 +112,7 @@ async fn sms_goes_through_tencent_and_its_receipt_is_found_by_serial_number() {
             .await,
     );
     assert_eq!((status, reply["result"].as_i64()), (200, Some(0)));
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Failed);
     assert_eq!(m.reason.as_deref(), Some("tencent: MK:0001"));
 }
@@ -143,16 +120,14 @@ async fn sms_goes_through_tencent_and_its_receipt_is_found_by_serial_number() {
 #[tokio::test]
 async fn sms_goes_through_twilio_and_its_signed_status_callback_delivers_it() {
     let stack = with_app_providers(json!({"sms_order": ["twilio"]})).await;
-    let id = accept(
-        &stack,
-        json!({"channel":"sms","to":"+14155552671","template":"verification_code","data":{"code":"77","minutes":3}}),
+    let id = stack.accept(json!({"channel":"sms","to":"+14155552671","template":"verification_code","data":{"code":"77","minutes":3}}),
     )
     .await;
     stack.drain(Duration::from_secs(10)).await;
     let sent = stack.fakes.log.of("twilio");
     assert_eq!(sent.len(), 1);
     assert!(sent[0].verified);
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("twilio")));
     let sid = m.provider_message_id.clone().unwrap();
 
@@ -184,7 +159,7 @@ async fn sms_goes_through_twilio_and_its_signed_status_callback_delivers_it() {
         .0,
         401
     );
-    assert_eq!(record(&stack, &id).await.status, Status::Sent);
+    assert_eq!(stack.record(&id).await.status, Status::Sent);
     assert_eq!(
         parts(
             stack
@@ -200,7 +175,7 @@ async fn sms_goes_through_twilio_and_its_signed_status_callback_delivers_it() {
         .0,
         200
     );
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
 }
 
 #[tokio::test]
@@ -210,14 +185,12 @@ async fn robots_post_to_their_groups() {
     let mut ids = Vec::new();
     for channel in ["dingtalk", "wecom", "feishu"] {
         ids.push(
-            accept(
-                &stack,
-                json!({"channel": channel, "to": "ops", "template": "order_shipped", "data": data}),
-            )
-            .await,
+            stack
+                .accept(json!({"channel": channel, "to": "ops", "template": "order_shipped", "data": data}))
+                .await,
         );
     }
-    let mention = accept(&stack, json!({"channel":"dingtalk","to":"ops","content":{"text":"deploy done","mentions":{"mobiles":["+8613800138000"],"all":false}}})).await;
+    let mention = stack.accept(json!({"channel":"dingtalk","to":"ops","content":{"text":"deploy done","mentions":{"mobiles":["+8613800138000"],"all":false}}})).await;
     stack.drain(Duration::from_secs(10)).await;
     for provider in ["dingtalk", "wecom", "feishu"] {
         let got = stack.fakes.log.of(provider);
@@ -232,7 +205,7 @@ async fn robots_post_to_their_groups() {
         .any(|r| r.body["at"]["atMobiles"][0] == "+8613800138000"));
     for id in ids.iter().chain([&mention]) {
         assert_eq!(
-            record(&stack, id).await.status,
+            stack.record(id).await.status,
             Status::Delivered,
             "robots answer synchronously"
         );
@@ -242,15 +215,13 @@ async fn robots_post_to_their_groups() {
 #[tokio::test]
 async fn a_robot_throttle_defers_without_spending_an_attempt() {
     let stack = Stack::new().await;
-    let id = accept(
-        &stack,
-        json!({"channel":"wecom","to":"ops","content":{"text":"slow down #throttle"}}),
-    )
-    .await;
+    let id = stack
+        .accept(json!({"channel":"wecom","to":"ops","content":{"text":"slow down #throttle"}}))
+        .await;
     let event = stack.receive_event(10).await;
     let response = stack.dispatcher.handle(event).await;
     assert_eq!(response.batch_item_failures.len(), 1, "deferred, so left on the queue");
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(
         (m.status, m.attempts),
         (Status::Sending, 0),
@@ -269,9 +240,7 @@ async fn a_robot_throttle_defers_without_spending_an_attempt() {
 #[tokio::test]
 async fn wechat_template_message_and_its_receipt() {
     let stack = Stack::new().await;
-    let id = accept(
-        &stack,
-        json!({"channel":"wechat","to":"oUser123","template":"order_shipped","data":{"name":"Ann","order_id":"A-9"}}),
+    let id = stack.accept(json!({"channel":"wechat","to":"oUser123","template":"order_shipped","data":{"name":"Ann","order_id":"A-9"}}),
     )
     .await;
     stack.drain(Duration::from_secs(10)).await;
@@ -285,7 +254,7 @@ async fn wechat_template_message_and_its_receipt() {
     assert_eq!(sends.len(), 1);
     assert!(sends[0].verified, "a valid access token");
     assert_eq!(sends[0].body["data"]["keyword1"]["value"], "A-9");
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("wechat")));
     let msg_id = m.provider_message_id.clone().unwrap();
 
@@ -304,7 +273,7 @@ async fn wechat_template_message_and_its_receipt() {
         .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.body(), &lambda_http::Body::Text("success".into()));
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
 
     // The URL check WeChat makes before it posts events.
     let check = http::Request::builder()
@@ -321,13 +290,13 @@ async fn wechat_template_message_and_its_receipt() {
 #[tokio::test]
 async fn email_fails_over_to_smtp_when_the_app_prefers_it() {
     let stack = with_app_providers(json!({"email_order": ["smtp", "ses"]})).await;
-    let id = accept(&stack, json!({"channel":"email","to":"carol@example.com","content":{"subject":"Hi","text":"via smtp","html":"<p>via smtp</p>"}})).await;
+    let id = stack.accept(json!({"channel":"email","to":"carol@example.com","content":{"subject":"Hi","text":"via smtp","html":"<p>via smtp</p>"}})).await;
     stack.drain(Duration::from_secs(10)).await;
     let mails = stack.smtp.received();
     assert_eq!(mails.len(), 1);
     assert!(mails[0].authenticated);
     assert!(mails[0].data.contains(&format!("<{id}@pushgate>")));
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("smtp")));
     assert_eq!(stack.emails_to("carol@example.com").await, 0, "not through SES");
 }

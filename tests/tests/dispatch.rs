@@ -8,27 +8,6 @@ use pushgate::store::Claim;
 use pushgate_tests::*;
 use serde_json::{json, Value};
 
-async fn accept(stack: &Stack, message: Value) -> String {
-    let body = serde_json::to_vec(&message).unwrap();
-    let (status, _, b) = parts(
-        stack
-            .ingest
-            .handle(signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]))
-            .await,
-    );
-    assert_eq!(status, 202, "{b}");
-    b["id"].as_str().unwrap().to_string()
-}
-
-async fn record(stack: &Stack, id: &str) -> pushgate::model::Message {
-    stack
-        .store
-        .get_by_id(id, pushgate::clock::now_ms())
-        .await
-        .unwrap()
-        .expect("record")
-}
-
 fn email(to: &str) -> Value {
     json!({"channel":"email","to": to,"template":"order_shipped","data":{"name":"Ann","order_id":"A-1"}})
 }
@@ -37,7 +16,7 @@ fn email(to: &str) -> Value {
 async fn the_same_sqs_message_delivered_twice_sends_one_email() {
     let stack = Stack::new().await;
     let to = "twice@example.com";
-    let id = accept(&stack, email(to)).await;
+    let id = stack.accept(email(to)).await;
     let event = stack.receive_event(10).await;
     assert_eq!(event.records.len(), 1);
 
@@ -58,7 +37,7 @@ async fn the_same_sqs_message_delivered_twice_sends_one_email() {
     assert!(a.batch_item_failures.is_empty() && b.batch_item_failures.is_empty());
 
     assert_eq!(stack.emails_to(to).await, 1, "exactly one SES send");
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Sent);
     assert_eq!(m.provider.as_deref(), Some("ses"));
     assert!(m.provider_message_id.is_some());
@@ -68,11 +47,9 @@ async fn the_same_sqs_message_delivered_twice_sends_one_email() {
 #[tokio::test]
 async fn concurrent_duplicate_jobs_send_one_webhook() {
     let stack = Stack::new().await;
-    let id = accept(
-        &stack,
-        json!({"channel":"webhook","to": stack.receiver.url("dup"),"content":{"text":"x"}}),
-    )
-    .await;
+    let id = stack
+        .accept(json!({"channel":"webhook","to": stack.receiver.url("dup"),"content":{"text":"x"}}))
+        .await;
     let event = stack.receive_event(10).await;
     let mut doubled = event.clone();
     doubled.records.push(event.records[0].clone());
@@ -82,13 +59,13 @@ async fn concurrent_duplicate_jobs_send_one_webhook() {
     assert!(retried <= 2);
     stack.drain(Duration::from_secs(10)).await;
     assert_eq!(stack.receiver.received().len(), 1);
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
 }
 
 #[tokio::test]
 async fn webhook_flows_end_to_end_through_the_poller_signed() {
     let stack = Stack::new().await;
-    let id = accept(&stack, json!({"channel":"webhook","to": stack.receiver.url("e2e"),"template":"order_shipped","data":{"name":"Bo","order_id":"9"}})).await;
+    let id = stack.accept(json!({"channel":"webhook","to": stack.receiver.url("e2e"),"template":"order_shipped","data":{"name":"Bo","order_id":"9"}})).await;
     stack.drain(Duration::from_secs(10)).await;
     let got = stack.receiver.received();
     assert_eq!(got.len(), 1);
@@ -98,7 +75,7 @@ async fn webhook_flows_end_to_end_through_the_poller_signed() {
         got[0].body["data"]["body"],
         json!({"event":"order_shipped","order_id":"9"})
     );
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Delivered);
     let statuses: Vec<Status> = m.history.iter().map(|h| h.status).collect();
     assert_eq!(statuses, vec![Status::Accepted, Status::Sending, Status::Delivered]);
@@ -109,8 +86,8 @@ async fn webhook_flows_end_to_end_through_the_poller_signed() {
 async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
     let stack = Stack::new().await;
     let to = "crash@example.com";
-    let id = accept(&stack, email(to)).await;
-    let m = record(&stack, &id).await;
+    let id = stack.accept(email(to)).await;
+    let m = stack.record(&id).await;
     // A dispatcher claimed it, then died before calling SES; its lease runs out.
     let now = pushgate::clock::now_ms();
     assert!(matches!(
@@ -124,7 +101,7 @@ async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     stack.drain(Duration::from_secs(10)).await;
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Unknown, "policy for SES: never risk a second email");
     assert_eq!(m.reason.as_deref(), Some("interrupted_send"));
     assert_eq!(stack.emails_to(to).await, 0);
@@ -133,12 +110,10 @@ async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
 #[tokio::test]
 async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
     let stack = Stack::new().await;
-    let id = accept(
-        &stack,
-        json!({"channel":"webhook","to": stack.receiver.url("crash"),"content":{"text":"x"}}),
-    )
-    .await;
-    let m = record(&stack, &id).await;
+    let id = stack
+        .accept(json!({"channel":"webhook","to": stack.receiver.url("crash"),"content":{"text":"x"}}))
+        .await;
+    let m = stack.record(&id).await;
     // Claimed and sent, then the worker died before recording the outcome.
     let now = pushgate::clock::now_ms();
     let Claim::Claimed { message, .. } = stack
@@ -164,32 +139,28 @@ async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
         got.iter().all(|r| r.webhook_id == id && r.verified),
         "same webhook-id, so the receiver can drop the duplicate"
     );
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
 }
 
 #[tokio::test]
 async fn a_batch_with_one_retryable_failure_reports_only_that_record() {
     let stack = Stack::new().await;
-    let ok1 = accept(
-        &stack,
-        json!({"channel":"webhook","to": stack.receiver.url("a"),"content":{"text":"1"}}),
-    )
-    .await;
-    let bad = accept(
-        &stack,
-        json!({"channel":"webhook","to": format!("{}?status=503", stack.receiver.url("b")),"content":{"text":"2"}}),
-    )
-    .await;
-    let gone = accept(
-        &stack,
-        json!({"channel":"webhook","to": format!("{}?status=410", stack.receiver.url("c")),"content":{"text":"3"}}),
-    )
-    .await;
-    let ok2 = accept(
-        &stack,
-        json!({"channel":"webhook","to": stack.receiver.url("d"),"content":{"text":"4"}}),
-    )
-    .await;
+    let ok1 = stack
+        .accept(json!({"channel":"webhook","to": stack.receiver.url("a"),"content":{"text":"1"}}))
+        .await;
+    let bad = stack
+        .accept(
+            json!({"channel":"webhook","to": format!("{}?status=503", stack.receiver.url("b")),"content":{"text":"2"}}),
+        )
+        .await;
+    let gone = stack
+        .accept(
+            json!({"channel":"webhook","to": format!("{}?status=410", stack.receiver.url("c")),"content":{"text":"3"}}),
+        )
+        .await;
+    let ok2 = stack
+        .accept(json!({"channel":"webhook","to": stack.receiver.url("d"),"content":{"text":"4"}}))
+        .await;
 
     let mut event = stack.receive_event(10).await;
     while event.records.len() < 4 {
@@ -210,12 +181,12 @@ async fn a_batch_with_one_retryable_failure_reports_only_that_record() {
         .collect();
     assert_eq!(failed, vec![bad_sqs_id.as_str()]);
 
-    assert_eq!(record(&stack, &ok1).await.status, Status::Delivered);
-    assert_eq!(record(&stack, &ok2).await.status, Status::Delivered);
-    let g = record(&stack, &gone).await;
+    assert_eq!(stack.record(&ok1).await.status, Status::Delivered);
+    assert_eq!(stack.record(&ok2).await.status, Status::Delivered);
+    let g = stack.record(&gone).await;
     assert_eq!(g.status, Status::Failed, "410 is permanent: recorded and acknowledged");
     assert!(g.reason.unwrap().contains("http_410"));
-    let b = record(&stack, &bad).await;
+    let b = stack.record(&bad).await;
     assert_eq!(b.status, Status::Sending);
     assert!(b.lease_until.is_none(), "lease released so the retry can claim at once");
 }
@@ -227,13 +198,11 @@ async fn retryable_failures_end_failed_after_max_attempts() {
         ..StackOptions::default()
     })
     .await;
-    let id = accept(
-        &stack,
-        json!({"channel":"webhook","to": format!("{}?status=500", stack.receiver.url("down")),"content":{"text":"x"}}),
+    let id = stack.accept(json!({"channel":"webhook","to": format!("{}?status=500", stack.receiver.url("down")),"content":{"text":"x"}}),
     )
     .await;
     stack.drain(Duration::from_secs(15)).await;
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Failed);
     assert!(m.reason.unwrap().starts_with("attempts_exhausted"));
     assert_eq!(m.attempts, 2);
@@ -247,11 +216,11 @@ async fn a_webhook_timeout_is_retried_not_failed() {
         ..StackOptions::default()
     })
     .await;
-    let id = accept(&stack, json!({"channel":"webhook","to": format!("{}?delay_ms=1500", stack.receiver.url("slow")),"content":{"text":"x"}})).await;
+    let id = stack.accept(json!({"channel":"webhook","to": format!("{}?delay_ms=1500", stack.receiver.url("slow")),"content":{"text":"x"}})).await;
     let event = stack.receive_event(10).await;
     let response = stack.dispatcher.handle(event).await;
     assert_eq!(response.batch_item_failures.len(), 1);
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Sending);
     assert!(m.history.last().unwrap().note.as_deref().unwrap().contains("timeout"));
 }
@@ -274,9 +243,9 @@ fn callback(path: &str, body: &[u8]) -> lambda_http::Request {
 #[tokio::test]
 async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
     let stack = Stack::new().await;
-    let id = accept(&stack, email("receipt@example.com")).await;
+    let id = stack.accept(email("receipt@example.com")).await;
     stack.drain(Duration::from_secs(10)).await;
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Sent);
 
     let delivered = ses_event("Delivery", &m.pk, &id);
@@ -290,7 +259,7 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
     let (status, _, _) = parts(stack.callback.handle(callback("/v1/callbacks/ses", &delivered)).await);
     assert_eq!(status, 401);
     assert_eq!(
-        record(&stack, &id).await.status,
+        stack.record(&id).await.status,
         Status::Sent,
         "unauthenticated receipts change nothing"
     );
@@ -298,7 +267,7 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
     let ok_path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
     let (status, _, body) = parts(stack.callback.handle(callback(&ok_path, &delivered)).await);
     assert_eq!((status, body["applied"].as_u64()), (200, Some(1)));
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
 
     // Late, duplicate and contradicting events do not move it back.
     for kind in ["Send", "Delivery", "Bounce"] {
@@ -310,7 +279,7 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
         );
         assert_eq!((status, body["applied"].as_u64()), (200, Some(0)), "{kind}");
     }
-    assert_eq!(record(&stack, &id).await.status, Status::Delivered);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
 
     let (status, _, _) = parts(stack.callback.handle(callback(&ok_path, b"not json")).await);
     assert_eq!(status, 400);
@@ -329,16 +298,16 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
 #[tokio::test]
 async fn a_bounce_fails_the_message() {
     let stack = Stack::new().await;
-    let id = accept(&stack, email("bounce@example.com")).await;
+    let id = stack.accept(email("bounce@example.com")).await;
     stack.drain(Duration::from_secs(10)).await;
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     let path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
     let bounce = {
         let event = json!({"eventType":"Bounce","bounce":{"bounceType":"Permanent","bounceSubType":"General"},"mail":{"messageId":"x","tags":{"pushgate_pk":[m.pk],"pushgate_id":[id]}}});
         serde_json::to_vec(&json!({"Type":"Notification","Message": event.to_string()})).unwrap()
     };
     assert_eq!(parts(stack.callback.handle(callback(&path, &bounce)).await).0, 200);
-    let m = record(&stack, &id).await;
+    let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Failed);
     assert_eq!(m.reason.as_deref(), Some("ses: bounce Permanent/General"));
 }
@@ -346,14 +315,12 @@ async fn a_bounce_fails_the_message() {
 #[tokio::test]
 async fn the_receipt_sandbox_settles_sent_messages_through_the_callback() {
     let stack = Stack::new().await;
-    let ok = accept(&stack, email("sandbox-ok@example.com")).await;
-    let bounced = accept(&stack, email(pushgate_tool::sandbox::BOUNCE_ADDRESS)).await;
-    let sms = accept(&stack, json!({"channel":"sms","to":"+8613800138000","content":{"text":"t","sms":{"aliyun":{"template_code":"SMS_1","params":{}}}}})).await;
-    let wechat = accept(
-        &stack,
-        json!({"channel":"wechat","to":"oUser1","content":{"wechat":{"template_id":"T","data":{"a":"b"}}}}),
-    )
-    .await;
+    let ok = stack.accept(email("sandbox-ok@example.com")).await;
+    let bounced = stack.accept(email(pushgate_tool::sandbox::BOUNCE_ADDRESS)).await;
+    let sms = stack.accept(json!({"channel":"sms","to":"+8613800138000","content":{"text":"t","sms":{"aliyun":{"template_code":"SMS_1","params":{}}}}})).await;
+    let wechat = stack
+        .accept(json!({"channel":"wechat","to":"oUser1","content":{"wechat":{"template_id":"T","data":{"a":"b"}}}}))
+        .await;
     stack.drain(Duration::from_secs(10)).await;
     let mut sandbox = pushgate_tool::sandbox::ReceiptSandbox::new(
         aws_sdk_dynamodb::Client::new(&stack.sdk),
@@ -378,8 +345,8 @@ async fn the_receipt_sandbox_settles_sent_messages_through_the_callback() {
         assert_eq!(resp.status(), 200, "{}", cb.path);
     }
     assert!(sandbox.pending().await.unwrap().is_empty(), "each message once");
-    assert_eq!(record(&stack, &ok).await.status, Status::Delivered);
-    assert_eq!(record(&stack, &bounced).await.status, Status::Failed);
-    assert_eq!(record(&stack, &sms).await.status, Status::Delivered);
-    assert_eq!(record(&stack, &wechat).await.status, Status::Delivered);
+    assert_eq!(stack.record(&ok).await.status, Status::Delivered);
+    assert_eq!(stack.record(&bounced).await.status, Status::Failed);
+    assert_eq!(stack.record(&sms).await.status, Status::Delivered);
+    assert_eq!(stack.record(&wechat).await.status, Status::Delivered);
 }

@@ -124,13 +124,7 @@ impl Provider for DingTalk {
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = app.providers.dingtalk.get(&message.to).ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Permanent,
-                "unknown_robot",
-                format!("the app has no DingTalk robot named {:?}", message.to),
-            )
-        })?;
+        let robot = super::robot(&app.providers.dingtalk, &message.to, "DingTalk")?;
         let body = payload(&message.content)?;
         let mut query = vec![("access_token", robot.token.clone())];
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
@@ -147,15 +141,8 @@ impl Provider for DingTalk {
             .send()
             .await
             .map_err(|e| transport_error(&e.without_url()))?;
-        let status = response.status().as_u16();
-        let answer: Option<serde_json::Value> = response.json().await.ok();
-        let errcode = answer.as_ref().and_then(|a| a.get("errcode")).and_then(|v| v.as_i64());
-        let errmsg = answer
-            .as_ref()
-            .and_then(|a| a.get("errmsg"))
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        outcome(status, errcode, errmsg)
+        let (status, errcode, errmsg) = super::errcode_answer(response).await;
+        outcome(status, errcode, &errmsg)
     }
 }
 

@@ -139,13 +139,7 @@ impl Provider for Feishu {
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = app.providers.feishu.get(&message.to).ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Permanent,
-                "unknown_robot",
-                format!("the app has no Feishu bot named {:?}", message.to),
-            )
-        })?;
+        let robot = super::robot(&app.providers.feishu, &message.to, "Feishu")?;
         let mut body = payload(&message.content)?;
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
             let timestamp = crate::clock::now_ms() / 1000;

@@ -153,6 +153,31 @@ pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqw
         .build()
 }
 
+/// The app's robot named `name` (a message's `to`), or a permanent error.
+pub(crate) fn robot<'a>(
+    robots: &'a std::collections::HashMap<String, crate::apps::RobotAccount>,
+    name: &str,
+    vendor: &str,
+) -> Result<&'a crate::apps::RobotAccount, ProviderError> {
+    robots.get(name).ok_or_else(|| {
+        ProviderError::new(
+            ErrorClass::Permanent,
+            "unknown_robot",
+            format!("the app has no {vendor} robot named {name:?}"),
+        )
+    })
+}
+
+/// Reads an `{"errcode", "errmsg"}` answer (DingTalk, WeCom): HTTP status, code, message.
+pub(crate) async fn errcode_answer(response: reqwest::Response) -> (u16, Option<i64>, String) {
+    let status = response.status().as_u16();
+    let answer: Option<serde_json::Value> = response.json().await.ok();
+    let field = |k: &str| answer.as_ref().and_then(|a| a.get(k));
+    let errcode = field("errcode").and_then(|v| v.as_i64());
+    let errmsg = field("errmsg").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    (status, errcode, errmsg)
+}
+
 /// Classifies a transport error: refused connections never reached the provider.
 pub fn transport_error(e: &reqwest::Error) -> ProviderError {
     if e.is_connect() {

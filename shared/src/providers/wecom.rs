@@ -130,13 +130,7 @@ impl Provider for WeCom {
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = app.providers.wecom.get(&message.to).ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Permanent,
-                "unknown_robot",
-                format!("the app has no WeCom robot named {:?}", message.to),
-            )
-        })?;
+        let robot = super::robot(&app.providers.wecom, &message.to, "WeCom")?;
         let body = payload(&message.content)?;
         let response = self
             .http
@@ -147,15 +141,8 @@ impl Provider for WeCom {
             .await
             // `transport_error` only reads the error's kind, and the URL is dropped first anyway.
             .map_err(|e| transport_error(&e.without_url()))?;
-        let status = response.status().as_u16();
-        let answer: Option<serde_json::Value> = response.json().await.ok();
-        let errcode = answer.as_ref().and_then(|a| a.get("errcode")).and_then(|v| v.as_i64());
-        let errmsg = answer
-            .as_ref()
-            .and_then(|a| a.get("errmsg"))
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        outcome(status, errcode, errmsg, &robot.token)
+        let (status, errcode, errmsg) = super::errcode_answer(response).await;
+        outcome(status, errcode, &errmsg, &robot.token)
     }
 }
 
