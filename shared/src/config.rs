@@ -102,6 +102,10 @@ impl Ingest {
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
+    /// `PUSHGATE_QUEUE_URL`: the send queue (retry delays).
+    pub queue_url: String,
+    /// `PUSHGATE_DLQ_URL`: the dead-letter queue.
+    pub dlq_url: String,
     /// `PUSHGATE_EMAIL_FROM`: default sender.
     pub email_from: String,
     /// `PUSHGATE_SES_CONFIGURATION_SET` (optional): SES events for delivery receipts.
@@ -194,6 +198,8 @@ impl Endpoints {
 impl Dispatch {
     pub fn from_env(common: &Common) -> Result<Self, ConfigError> {
         Ok(Self {
+            queue_url: required("PUSHGATE_QUEUE_URL")?,
+            dlq_url: required("PUSHGATE_DLQ_URL")?,
             email_from: var("PUSHGATE_EMAIL_FROM").unwrap_or_else(|| "noreply@example.com".into()),
             ses_configuration_set: var("PUSHGATE_SES_CONFIGURATION_SET"),
             lease_secs: number("PUSHGATE_LEASE_SECONDS", 60)?,

@@ -26,6 +26,33 @@ impl Queue {
         }
     }
 
+    /// Makes received messages visible again after their delays (one
+    /// `ChangeMessageVisibilityBatch` call per 10). Delays are capped at SQS's 12 hours.
+    pub async fn change_visibility(&self, delays: &[(String, std::time::Duration)]) -> Result<(), QueueError> {
+        for (chunk_no, chunk) in delays.chunks(10).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (handle, after))| {
+                    aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(format!("{chunk_no}-{i}"))
+                        .receipt_handle(handle)
+                        .visibility_timeout(after.as_secs().min(43_200) as i32)
+                        .build()
+                        .map_err(|e| QueueError::Aws(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| QueueError::Aws(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Sends one job (one SendMessage call).
     pub async fn send(&self, job: &Job) -> Result<(), QueueError> {
         let body = serde_json::to_string(job).map_err(|e| QueueError::Aws(e.to_string()))?;

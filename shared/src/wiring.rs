@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use crate::apps::{Apps, SecretsManagerSource};
 use crate::config::{self, ConfigError};
-use crate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
+use crate::handlers::{
+    callback::Callback,
+    dispatch::{DispatchQueues, Dispatcher},
+    ingest::Ingest,
+};
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::templates::TemplateStore;
@@ -66,6 +70,7 @@ impl Dispatcher {
     pub async fn from_env() -> Result<Self, WiringError> {
         let s = shared().await?;
         let cfg = config::Dispatch::from_env(&s.common)?;
+        let sqs = aws_sdk_sqs::Client::new(&s.sdk);
         let providers = crate::providers::standard(
             &cfg,
             aws_sdk_sesv2::Client::new(&s.sdk),
@@ -76,6 +81,10 @@ impl Dispatcher {
             store: s.store,
             providers,
             apps: s.apps,
+            queues: DispatchQueues {
+                send: Queue::new(sqs.clone(), cfg.queue_url.clone()),
+                dead_letter: Queue::new(sqs, cfg.dlq_url.clone()),
+            },
             cfg,
             clock: crate::clock::system(),
         })

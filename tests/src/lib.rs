@@ -11,7 +11,11 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use lambda_http::{Body, Request};
 use pushgate::apps::{Apps, SecretsManagerSource};
 use pushgate::config;
-use pushgate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
+use pushgate::handlers::{
+    callback::Callback,
+    dispatch::{DispatchQueues, Dispatcher},
+    ingest::Ingest,
+};
 use pushgate::queue::Queue;
 use pushgate::store::Store;
 use pushgate::templates::TemplateStore;
@@ -210,7 +214,7 @@ impl Stack {
         ));
         let ingest = Arc::new(Ingest {
             store: store.clone(),
-            queue: Queue::new(sqs, res.send_queue()),
+            queue: Queue::new(sqs.clone(), res.send_queue()),
             apps: apps.clone(),
             templates: TemplateStore::table(
                 aws_sdk_dynamodb::Client::new(&sdk),
@@ -230,6 +234,8 @@ impl Stack {
             filters: Default::default(),
         });
         let dispatch_cfg = config::Dispatch {
+            queue_url: res.send_queue().to_string(),
+            dlq_url: res.dead_letter_queue().to_string(),
             email_from: EMAIL_FROM.into(),
             ses_configuration_set: None,
             lease_secs: opts.lease_secs,
@@ -249,6 +255,10 @@ impl Stack {
             apps: apps.clone(),
             cfg: dispatch_cfg,
             clock: pushgate::clock::system(),
+            queues: DispatchQueues {
+                send: Queue::new(sqs.clone(), res.send_queue()),
+                dead_letter: Queue::new(sqs.clone(), res.dead_letter_queue()),
+            },
         });
         let callback = Arc::new(Callback {
             store: store.clone(),

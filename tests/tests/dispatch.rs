@@ -204,9 +204,14 @@ async fn retryable_failures_end_failed_after_max_attempts() {
     stack.drain(Duration::from_secs(15)).await;
     let m = stack.record(&id).await;
     assert_eq!(m.status, Status::Failed);
-    assert!(m.reason.unwrap().starts_with("attempts_exhausted"));
+    assert!(m.reason.unwrap().starts_with("dead_lettered"), "attempts spent");
     assert_eq!(m.attempts, 2);
     assert_eq!(stack.receiver.received().len(), 2);
+    assert_eq!(
+        stack.queue_count(stack.res.dead_letter_queue()).await,
+        1,
+        "its job waits in the DLQ"
+    );
 }
 
 #[tokio::test]

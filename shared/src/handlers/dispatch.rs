@@ -2,9 +2,15 @@
 //! outcome, and reports exactly the retryable failures back to SQS.
 //!
 //! Per message: one claim (conditional UpdateItem returning the record), one provider
-//! call, one finish (conditional UpdateItem): two DynamoDB round trips.
+//! call, one finish (conditional UpdateItem): two DynamoDB round trips. Records left for
+//! another attempt get their next visibility set in one `ChangeMessageVisibilityBatch`
+//! per batch: exponential backoff with jitter for failures, the provider's own delay for
+//! deferrals. A message whose attempts are spent is recorded `failed` (`dead_lettered`)
+//! and moved to the DLQ with its job, from where `pushgate dlq redrive` can bring it back.
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::stream::{self, StreamExt};
@@ -14,6 +20,7 @@ use crate::clock::Clock;
 use crate::config;
 use crate::model::{Job, Message, Status};
 use crate::providers::{Ambiguity, ErrorClass, Providers};
+use crate::queue::Queue;
 use crate::store::{Claim, Finish, Store};
 
 /// Everything the dispatcher needs; built once per cold start.
@@ -23,6 +30,15 @@ pub struct Dispatcher {
     pub apps: Arc<Apps>,
     pub cfg: config::Dispatch,
     pub clock: Clock,
+    /// The send queue (visibility changes) and the dead-letter queue.
+    pub queues: DispatchQueues,
+}
+
+/// The queues the dispatcher writes to besides acknowledging.
+#[derive(Clone, Debug)]
+pub struct DispatchQueues {
+    pub send: Queue,
+    pub dead_letter: Queue,
 }
 
 /// What became of one record.
@@ -30,13 +46,30 @@ pub struct Dispatcher {
 pub enum Outcome {
     /// Acknowledge: the message reached a settled state or there is nothing to do.
     Ack(&'static str),
-    /// Leave on the queue for another attempt.
-    Retry(&'static str),
+    /// Leave on the queue for another attempt, visible again after the delay (else after
+    /// the queue's visibility timeout).
+    Retry(&'static str, Option<Duration>),
+}
+
+/// Backoff before retry `attempt` (1-based): 2^attempt seconds capped at 15 minutes,
+/// with "equal jitter" (half fixed, half random) so retries of a failed batch spread out.
+pub fn backoff(attempt: u32, seed: &str) -> Duration {
+    let cap = 900u64;
+    let full = 2u64.saturating_pow(attempt.min(20)).min(cap);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(seed.as_bytes());
+    let jitter = h.finish() % (full / 2 + 1);
+    Duration::from_secs(full / 2 + jitter)
 }
 
 impl Dispatcher {
     /// Handles one SQS batch; records run concurrently (bounded).
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let handles: std::collections::HashMap<String, String> = event
+            .records
+            .iter()
+            .filter_map(|r| Some((r.message_id.clone()?, r.receipt_handle.clone()?)))
+            .collect();
         let outcomes: Vec<(String, Outcome)> = stream::iter(event.records)
             .map(|record| async move {
                 let id = record.message_id.clone().unwrap_or_default();
@@ -45,10 +78,23 @@ impl Dispatcher {
             .buffer_unordered(self.cfg.concurrency)
             .collect()
             .await;
+        let delays: Vec<(String, Duration)> = outcomes
+            .iter()
+            .filter_map(|(id, o)| match o {
+                Outcome::Retry(_, Some(after)) => handles.get(id).map(|h| (h.clone(), *after)),
+                _ => None,
+            })
+            .collect();
+        if !delays.is_empty() {
+            // Without this the retry still happens, only after the full visibility timeout.
+            if let Err(e) = self.queues.send.change_visibility(&delays).await {
+                tracing::warn!(error = %e, "could not set retry delays");
+            }
+        }
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = outcomes
             .into_iter()
-            .filter(|(_, o)| matches!(o, Outcome::Retry(_)))
+            .filter(|(_, o)| matches!(o, Outcome::Retry(..)))
             .map(|(id, _)| {
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id;
@@ -75,7 +121,7 @@ impl Dispatcher {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, id = %job.id, "claim failed");
-                return Outcome::Retry("store");
+                return Outcome::Retry("store", Some(Duration::from_secs(5)));
             }
         };
         match claim {
@@ -87,7 +133,12 @@ impl Dispatcher {
                 tracing::info!(id = %job.id, status = status.as_str(), "duplicate delivery acknowledged");
                 Outcome::Ack("duplicate")
             }
-            Claim::Leased => Outcome::Retry("leased"),
+            // The holder normally finishes within seconds; look again soon, not after the
+            // whole visibility timeout.
+            Claim::Leased => Outcome::Retry(
+                "leased",
+                Some(Duration::from_secs(self.cfg.lease_secs.clamp(1, 5) as u64)),
+            ),
             Claim::Claimed { message, takeover } => self.send(&message, &owner, takeover).await,
         }
     }
@@ -105,7 +156,9 @@ impl Dispatcher {
             Ok(None) => return self.finish(message, owner, fail("unknown_app".into())).await,
             Err(e) => {
                 tracing::error!(error = %e, "service secret unavailable");
-                return self.release(message, owner, "config unavailable", true).await;
+                return self
+                    .release(message, owner, "config unavailable", true, Duration::from_secs(5))
+                    .await;
             }
         };
         let Some(provider) = self.providers.select(message.channel, &app).cloned() else {
@@ -128,7 +181,7 @@ impl Dispatcher {
             return self.finish(message, owner, finish).await;
         }
         if message.attempts > self.cfg.max_attempts {
-            return self.finish(message, owner, fail("attempts_exhausted".into())).await;
+            return self.dead_letter(message, owner, fail("dead_lettered".into())).await;
         }
         match provider.send(message, &app).await {
             Ok(sent) => {
@@ -161,16 +214,18 @@ impl Dispatcher {
                         self.finish(message, owner, finish).await
                     }
                     (ErrorClass::Retryable | ErrorClass::Ambiguous, _) if message.attempts >= self.cfg.max_attempts => {
-                        finish.reason = Some(format!("attempts_exhausted: {e}"));
-                        self.finish(message, owner, finish).await
+                        finish.reason = Some(format!("dead_lettered: {e}"));
+                        self.dead_letter(message, owner, finish).await
                     }
                     (ErrorClass::Deferrable, _) => {
                         let note = format!("deferred by {}: {}", provider.name(), e.code);
-                        self.release(message, owner, &note, true).await
+                        let after = e.retry_after.unwrap_or(Duration::from_secs(60));
+                        self.release(message, owner, &note, true, after).await
                     }
                     _ => {
                         let note = format!("attempt {} failed: {}", message.attempts, e.code);
-                        self.release(message, owner, &note, false).await
+                        let after = backoff(message.attempts, &message.id);
+                        self.release(message, owner, &note, false, after).await
                     }
                 }
             }
@@ -188,12 +243,12 @@ impl Dispatcher {
                 // The send already happened (or was decided); the lease keeps a redelivery
                 // from sending again, and its expiry resolves by the provider's policy.
                 tracing::error!(error = %e, id = %message.id, "could not record outcome");
-                Outcome::Retry("record")
+                Outcome::Retry("record", Some(Duration::from_secs(5)))
             }
         }
     }
 
-    async fn release(&self, message: &Message, owner: &str, note: &str, refund: bool) -> Outcome {
+    async fn release(&self, message: &Message, owner: &str, note: &str, refund: bool, after: Duration) -> Outcome {
         if let Err(e) = self
             .store
             .release(&message.pk, owner, note, refund, (self.clock)())
@@ -201,6 +256,38 @@ impl Dispatcher {
         {
             tracing::warn!(error = %e, id = %message.id, "release failed; lease will expire");
         }
-        Outcome::Retry("retryable")
+        Outcome::Retry("retryable", Some(after))
+    }
+
+    /// Records the message `failed` and moves its job to the DLQ, where it stays with its
+    /// record for inspection and redrive.
+    async fn dead_letter(&self, message: &Message, owner: &str, finish: Finish) -> Outcome {
+        let job = Job {
+            pk: message.pk.clone(),
+            id: message.id.clone(),
+        };
+        if let Err(e) = self.queues.dead_letter.send(&job).await {
+            // Leave it on the queue: SQS's own redrive is the backstop.
+            tracing::error!(error = %e, id = %message.id, "could not dead-letter");
+            return self
+                .release(message, owner, "dead-letter failed", false, Duration::from_secs(30))
+                .await;
+        }
+        self.finish(message, owner, finish).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_jittered_bounds_and_is_capped() {
+        for (attempt, full) in [(1u32, 2u64), (3, 8), (6, 64), (12, 900), (40, 900)] {
+            for seed in ["a", "b", "c", "d"] {
+                let d = backoff(attempt, seed).as_secs();
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d}s not in [{}, {full}]", full / 2);
+            }
+        }
     }
 }

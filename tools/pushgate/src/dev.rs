@@ -107,6 +107,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
         ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
+        ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
         ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
