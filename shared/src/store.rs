@@ -403,6 +403,41 @@ impl Store {
         }
     }
 
+    /// Reopens a dead-lettered message for an operator's redrive: the one transition
+    /// against the forward-only rule, allowed only from `failed` with a `dead_lettered`
+    /// reason (never from a message a provider accepted). Returns whether it applied.
+    pub async fn reopen(&self, pk: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status: Status::Accepted,
+            note: Some("redriven from the DLQ".into()),
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(
+                "SET #st = :accepted, status_rank = :zero, attempts = :zero, updated_at = :now, \
+                 history = list_append(history, :entry) REMOVE reason, lease_until, lease_owner",
+            )
+            .condition_expression("#st = :failed AND begins_with(reason, :dead)")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":accepted", s(Status::Accepted.as_str()))
+            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+            .expression_attribute_values(":dead", s("dead_lettered"))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":entry", history(entry)?)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
     /// Applies a provider receipt: moves the status forward only (a late or duplicate
     /// receipt changes nothing). Returns whether it applied.
     pub async fn apply_receipt(

@@ -286,7 +286,11 @@ mod tests {
         for (attempt, full) in [(1u32, 2u64), (3, 8), (6, 64), (12, 900), (40, 900)] {
             for seed in ["a", "b", "c", "d"] {
                 let d = backoff(attempt, seed).as_secs();
-                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d}s not in [{}, {full}]", full / 2);
+                assert!(
+                    (full / 2..=full).contains(&d),
+                    "attempt {attempt}: {d}s not in [{}, {full}]",
+                    full / 2
+                );
             }
         }
     }

@@ -134,6 +134,9 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
             ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
+            ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
+            ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
+            ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
         ],
     };
     std::fs::create_dir_all(state_dir())?;

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod dlq;
 pub mod events;
 pub mod fakes;
 pub mod moto;

@@ -88,6 +88,12 @@ enum Command {
         #[command(subcommand)]
         command: TemplateCommand,
     },
+    /// The dead-letter queue (uses the AWS environment and PUSHGATE_DLQ_URL,
+    /// PUSHGATE_QUEUE_URL, PUSHGATE_MESSAGES_TABLE; `.pushgate/dev.env` sets them locally).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Sample events for `cargo lambda invoke` / `sam local invoke`.
     Events {
         #[command(subcommand)]
@@ -116,6 +122,21 @@ enum TemplateCommand {
         table: String,
         #[arg(long, default_value = "infra/templates.json")]
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List the dead-lettered messages with their records.
+    List,
+    /// Queue dead-lettered messages again (a message that was in fact sent is not resent).
+    Redrive {
+        /// Only this app's messages.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only messages created since this time (RFC 3339, or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -288,6 +309,64 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             println!("seeded {n} templates into {table}");
             Ok(true)
         }
+        Command::Dlq { command } => {
+            let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"));
+            let sdk = pushgate::aws::load().await;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            let dlq = pushgate_tool::dlq::Dlq {
+                dlq_url: var("PUSHGATE_DLQ_URL")?,
+                queue: pushgate::queue::Queue::new(sqs.clone(), var("PUSHGATE_QUEUE_URL")?),
+                store: pushgate::store::Store::new(
+                    aws_sdk_dynamodb::Client::new(&sdk),
+                    var("PUSHGATE_MESSAGES_TABLE")?,
+                ),
+                sqs,
+            };
+            match command {
+                DlqCommand::List => {
+                    let letters = dlq.list(30).await?;
+                    println!("{:<28} {:<16} {:<10} {:>8}  reason", "id", "app", "status", "receives");
+                    for l in &letters {
+                        let (id, app, status, reason) = match &l.record {
+                            Some(m) => (
+                                m.id.as_str(),
+                                m.app.as_str(),
+                                m.status.as_str(),
+                                m.reason.as_deref().unwrap_or(""),
+                            ),
+                            None => (
+                                l.job.as_ref().map(|j| j.id.as_str()).unwrap_or("?"),
+                                "?",
+                                "no record",
+                                "",
+                            ),
+                        };
+                        println!("{id:<28} {app:<16} {status:<10} {:>8}  {reason}", l.receive_count);
+                    }
+                    println!("{} dead-lettered", letters.len());
+                }
+                DlqCommand::Redrive { app, since } => {
+                    let since_ms = since.as_deref().map(parse_since).transpose()?;
+                    let bar = indicatif::ProgressBar::new(0);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} redriven")
+                            .map_err(|e| e.to_string())?,
+                    );
+                    let report = dlq
+                        .redrive(&pushgate_tool::dlq::Filter { app, since_ms }, |done, total| {
+                            bar.set_length(total as u64);
+                            bar.set_position(done as u64);
+                        })
+                        .await?;
+                    bar.finish();
+                    println!(
+                        "requeued {}, already settled {}, without record {}, skipped {}",
+                        report.requeued, report.settled, report.orphaned, report.skipped
+                    );
+                }
+            }
+            Ok(true)
+        }
         Command::Events {
             command: EventsCommand::Resign { dir },
         } => {
@@ -300,6 +379,16 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             Ok(true)
         }
     }
+}
+
+/// `--since`: RFC 3339 or Unix seconds, as Unix milliseconds.
+fn parse_since(s: &str) -> Result<i64, BoxError> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs * 1000);
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("--since: {e}"))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 #[tokio::main]

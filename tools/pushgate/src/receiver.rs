@@ -1,8 +1,9 @@
 //! A local webhook receiver (the provider sandbox for the webhook channel). It checks
 //! every request the way a Standard Webhooks consumer must: all three headers, a fresh
 //! timestamp and a signature over the exact body bytes; it answers 401 otherwise.
-//! `?status=NNN` and `?delay_ms=N` on the target URL make it answer differently, so
-//! tests and demos can provoke failures and timeouts.
+//! `?status=NNN`, `?delay_ms=N` and `?fail_times=N` (503 for the first N requests to
+//! that hook) on the target URL make it answer differently, so tests and demos can
+//! provoke failures, timeouts and recoveries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -103,6 +104,18 @@ async fn hook(
     }
     if !verified {
         return StatusCode::UNAUTHORIZED;
+    }
+    let seen = state
+        .log
+        .lock()
+        .map(|l| l.iter().filter(|r| r.hook == hook && r.verified).count())
+        .unwrap_or(0);
+    if query
+        .get("fail_times")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| seen <= n)
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
     }
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
