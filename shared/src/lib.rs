@@ -11,6 +11,7 @@ pub mod auth;
 pub mod aws;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod filter;
 pub mod handlers;
 pub mod model;

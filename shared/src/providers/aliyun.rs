@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
-use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
@@ -48,10 +46,11 @@ pub fn string_to_sign_v1(method: &str, params: &BTreeMap<String, String>) -> Str
 
 /// RPC signature v1: Base64(HMAC-SHA1(secret + "&", string to sign)).
 pub fn sign_rpc_v1(method: &str, params: &BTreeMap<String, String>, access_key_secret: &str) -> String {
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(format!("{access_key_secret}&").as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(string_to_sign_v1(method, params).as_bytes());
-    B64.encode(mac.finalize().into_bytes())
+    let key = format!("{access_key_secret}&");
+    B64.encode(crate::crypto::hmac_sha1(
+        key.as_bytes(),
+        &[string_to_sign_v1(method, params).as_bytes()],
+    ))
 }
 
 /// The inputs of an ACS3-HMAC-SHA256 signature. `headers` are the signed headers (names
@@ -97,10 +96,10 @@ pub fn sign_acs3(req: &Acs3Request<'_>, access_key_id: &str, access_key_secret: 
         "ACS3-HMAC-SHA256\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(access_key_secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(to_sign.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
+    let signature = hex::encode(crate::crypto::hmac_sha256(
+        access_key_secret.as_bytes(),
+        &[to_sign.as_bytes()],
+    ));
     let authorization =
         format!("ACS3-HMAC-SHA256 Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}");
     (signature, authorization)

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
 use crate::apps::AppConfig;
@@ -19,9 +17,8 @@ const THROTTLE_WAIT: Duration = Duration::from_secs(600);
 /// The robot signature: base64(HMAC-SHA256(key = secret, msg = "{timestamp_ms}\n{secret}")).
 /// Not URL-encoded: it goes through the query encoder like any other value.
 pub fn sign(timestamp_ms: i64, secret: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(format!("{timestamp_ms}\n{secret}").as_bytes());
-    B64.encode(mac.finalize().into_bytes())
+    let message = format!("{timestamp_ms}\n{secret}");
+    B64.encode(crate::crypto::hmac_sha256(secret.as_bytes(), &[message.as_bytes()]))
 }
 
 /// The robot message: markdown when given (title = subject, else its first line), else text.

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
 use crate::apps::AppConfig;
@@ -24,8 +22,7 @@ const MAX_BODY_BYTES: usize = 20 * 1024;
 /// The bot signature: base64(HMAC-SHA256(key = "{timestamp_secs}\n{secret}", message = "")).
 pub fn sign(timestamp_secs: i64, secret: &str) -> String {
     let key = format!("{timestamp_secs}\n{secret}");
-    let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
-    B64.encode(mac.finalize().into_bytes())
+    B64.encode(crate::crypto::hmac_sha256(key.as_bytes(), &[]))
 }
 
 /// The bot message (without `timestamp`/`sign`): a rich-text `post` for markdown (title =

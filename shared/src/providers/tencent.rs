@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -17,9 +16,7 @@ pub const API_VERSION: &str = "2021-01-11";
 pub const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    crate::crypto::hmac_sha256(key, &[data]).to_vec()
 }
 
 /// UTC `yyyy-MM-dd` of a unix timestamp (the credential scope date).

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
 use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
@@ -25,13 +23,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key length");
-    mac.update(url.as_bytes());
+    let mut parts: Vec<&[u8]> = vec![url.as_bytes()];
     for (name, value) in sorted {
-        mac.update(name.as_bytes());
-        mac.update(value.as_bytes());
+        parts.push(name.as_bytes());
+        parts.push(value.as_bytes());
     }
-    B64.encode(mac.finalize().into_bytes())
+    B64.encode(crate::crypto::hmac_sha1(auth_token.as_bytes(), &parts))
 }
 
 /// Checks an `X-Twilio-Signature` in constant time. Twilio may sign an https URL with or

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::{Ambiguity, ErrorClass, Provider, ProviderError, Sent};
 use crate::apps::AppConfig;
@@ -26,13 +24,9 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
                 "webhook secret is not whsec_<base64>",
             )
         })?;
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    Ok(format!("v1,{}", B64.encode(mac.finalize().into_bytes())))
+    let ts = timestamp.to_string();
+    let mac = crate::crypto::hmac_sha256(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+    Ok(format!("v1,{}", B64.encode(mac)))
 }
 
 /// The JSON posted to the target.
