@@ -24,6 +24,8 @@ pub struct Received {
     pub hook: String,
     pub webhook_id: String,
     pub verified: bool,
+    /// What the receiver answered.
+    pub status: u16,
     pub body: serde_json::Value,
 }
 
@@ -86,43 +88,49 @@ async fn hook(
         }),
         _ => false,
     };
+    // Requests to this hook so far (for `fail_times`), this one included.
+    let seen = 1 + state
+        .log
+        .lock()
+        .map(|l| l.iter().filter(|r| r.hook == hook && r.verified).count())
+        .unwrap_or(0);
+    let status = if !verified {
+        StatusCode::UNAUTHORIZED
+    } else if query
+        .get("fail_times")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| seen <= n)
+    {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        query
+            .get("status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::NO_CONTENT)
+    };
     let entry = Received {
         hook: hook.clone(),
         webhook_id: get("webhook-id").unwrap_or_default(),
         verified,
+        status: status.as_u16(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     };
     if state.verbose {
         println!(
-            "receiver: webhook {} on /hooks/{hook}: signature {}",
+            "receiver: webhook {} on /hooks/{hook}: signature {}, answered {}",
             entry.webhook_id,
-            if verified { "verified" } else { "INVALID" }
+            if verified { "verified" } else { "INVALID" },
+            status.as_u16()
         );
     }
     if let Ok(mut log) = state.log.lock() {
         log.push(entry);
     }
-    if !verified {
-        return StatusCode::UNAUTHORIZED;
+    if verified {
+        if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
-    let seen = state
-        .log
-        .lock()
-        .map(|l| l.iter().filter(|r| r.hook == hook && r.verified).count())
-        .unwrap_or(0);
-    if query
-        .get("fail_times")
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| seen <= n)
-    {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    query
-        .get("status")
-        .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::NO_CONTENT)
+    status
 }
