@@ -30,6 +30,19 @@ pub struct AppConfig {
     /// Sensitive-word filter applied at ingest.
     #[serde(default)]
     pub sensitive_words: Option<crate::filter::FilterConfig>,
+    /// Request limits enforced at ingest.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Per-app request limits.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Messages accepted per calendar minute (all Lambda instances together); over it,
+    /// ingest answers 429 with `Retry-After` and queues nothing.
+    #[serde(default)]
+    pub per_minute: Option<u32>,
 }
 
 /// An app's provider accounts. Robots are named: a message's `to` names the robot.

@@ -403,6 +403,34 @@ impl Store {
         }
     }
 
+    /// Counts one request against `app`'s limit for the calendar minute containing
+    /// `now_ms` (one conditional UpdateItem on a counter item that expires with its
+    /// window). Returns `None` when allowed, else how long until the window ends.
+    pub async fn hit_rate_limit(&self, app: &str, limit: u32, now_ms: i64) -> Result<Option<u64>, StoreError> {
+        let window = now_ms / 60_000;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            // '.' never occurs in message keys, so counters cannot collide with them.
+            .key("pk", s(format!("_rate.{app}.{window}")))
+            .update_expression("SET expires_at = :ttl ADD hits :one")
+            .condition_expression("attribute_not_exists(hits) OR hits < :limit")
+            .expression_attribute_values(":ttl", n((window + 2) * 60))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(limit))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) if is_condition_failure(&e) => {
+                let window_end = (window + 1) * 60_000;
+                Ok(Some(((window_end - now_ms + 999) / 1000).max(1) as u64))
+            }
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
     /// Reopens a dead-lettered message for an operator's redrive: the one transition
     /// against the forward-only rule, allowed only from `failed` with a `dead_lettered`
     /// reason (never from a message a provider accepted). Returns whether it applied.

@@ -38,6 +38,8 @@ pub const OTHER_APP: &str = "app-two";
 pub const OTHER_SECRET: &str = "other-secret";
 /// An app rejecting sensitive words (signs with `OTHER_SECRET`).
 pub const STRICT_APP: &str = "app-strict";
+/// An app limited to 5 messages a minute (signs with `OTHER_SECRET`).
+pub const RATED_APP: &str = "app-rated";
 /// An app masking sensitive words (signs with `OTHER_SECRET`).
 pub const MASKING_APP: &str = "app-masking";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -164,6 +166,8 @@ impl Stack {
                 {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET},
                 {"key": STRICT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
+                {"key": RATED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "limits": {"per_minute": 5}},
                 {"key": MASKING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino"], "action": "mask"}},
             ],

@@ -323,3 +323,50 @@ async fn sensitive_words_are_rejected_or_masked_per_app() {
         .unwrap();
     assert_eq!(record.content.text.as_deref(), Some("Visit our ****** tonight"));
 }
+
+#[tokio::test]
+async fn an_app_over_its_per_minute_limit_gets_429_with_retry_after_and_nothing_is_queued() {
+    let stack = Stack::new().await;
+    // Stay inside one calendar minute (the limit's window).
+    let into_minute = pushgate::clock::now_ms() % 60_000;
+    if into_minute > 50_000 {
+        tokio::time::sleep(std::time::Duration::from_millis((60_000 - into_minute + 100) as u64)).await;
+    }
+    // Concurrent, as several Lambda instances would see them: the counter is shared.
+    let requests = (0..8).map(|i| {
+        let body = webhook_body(&stack, &format!("burst {i}"));
+        let ingest = stack.ingest.clone();
+        async move {
+            parts(
+                ingest
+                    .handle(signed(
+                        "POST",
+                        "/v1/messages",
+                        &body,
+                        RATED_APP,
+                        OTHER_SECRET,
+                        now(),
+                        &[],
+                    ))
+                    .await,
+            )
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let accepted = answers.iter().filter(|(s, _, _)| *s == 202).count();
+    let limited: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!((accepted, limited.len()), (5, 3), "{answers:?}");
+    for (_, headers, problem) in &limited {
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry));
+        assert_eq!(problem["type"], "urn:pushgate:problem:rate-limited");
+    }
+    assert_eq!(
+        stack.queue_count(stack.res.send_queue()).await,
+        accepted,
+        "nothing queued for a 429"
+    );
+    // Other apps are not affected.
+    let (status, _, _) = send(&stack, &webhook_body(&stack, "other app"), &[]).await;
+    assert_eq!(status, 202);
+}

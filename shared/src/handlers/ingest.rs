@@ -141,6 +141,18 @@ impl Ingest {
         }
 
         let now = (self.clock)();
+        if let Some(limit) = app.limits.per_minute {
+            if let Some(retry_after) = self
+                .store
+                .hit_rate_limit(&app.key, limit, now)
+                .await
+                .map_err(unavailable)?
+            {
+                return Err(Problem::new(429, "rate-limited", "Too Many Requests")
+                    .detail(format!("app {} may send {limit} messages per minute", app.key))
+                    .retry_after(retry_after));
+            }
+        }
         let signature = creds.signature_hex();
         let pk = match &idem_key {
             Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
