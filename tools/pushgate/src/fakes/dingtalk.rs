@@ -11,9 +11,8 @@
 //! Magic content (anywhere in the body): [`THROTTLE`] `#throttle` → `130101`;
 //! [`BOOM`] `#boom` → HTTP 500.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -39,15 +38,15 @@ pub const PER_MINUTE: usize = 20;
 #[derive(Clone)]
 struct Fake {
     log: FakeLog,
-    /// Accepted posts per robot, for the rate limit.
-    posts: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+    /// Accepted posts per robot, for the rate limits.
+    posts: super::RateWindow,
 }
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
     let fake = Fake {
         log,
-        posts: Arc::default(),
+        posts: super::RateWindow::default(),
     };
     Router::new().route("/robot/send", post(send)).with_state(fake)
 }
@@ -120,26 +119,6 @@ fn check_shape(body: &Value) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether another post fits in the robot's last minute; counts it if so.
-fn admit(fake: &Fake, token: &str) -> bool {
-    let Ok(mut posts) = fake.posts.lock() else {
-        return true;
-    };
-    let now = Instant::now();
-    let window = posts.entry(token.to_string()).or_default();
-    while window
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-    {
-        window.pop_front();
-    }
-    if window.len() >= PER_MINUTE {
-        return false;
-    }
-    window.push_back(now);
-    true
-}
-
 async fn send(
     State(fake): State<Fake>,
     Query(query): Query<HashMap<String, String>>,
@@ -172,7 +151,7 @@ async fn send(
     if text.contains(BOOM) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
     }
-    if text.contains(THROTTLE) || !admit(&fake, TOKEN) {
+    if text.contains(THROTTLE) || !fake.posts.admit(TOKEN, &[(PER_MINUTE, Duration::from_secs(60))]) {
         return answer(130101, "send too fast, exceed 20 times per minute");
     }
     answer(0, "ok")

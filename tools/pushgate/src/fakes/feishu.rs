@@ -12,9 +12,7 @@
 //! Magic content (anywhere in the body): [`THROTTLE`] `#throttle` → `11232`;
 //! [`BOOM`] `#boom` → HTTP 500.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -45,14 +43,14 @@ pub const MAX_BODY_BYTES: usize = 20 * 1024;
 struct Fake {
     log: FakeLog,
     /// Accepted posts per bot, for the rate limits.
-    posts: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+    posts: super::RateWindow,
 }
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
     let fake = Fake {
         log,
-        posts: Arc::default(),
+        posts: super::RateWindow::default(),
     };
     Router::new()
         .route("/open-apis/bot/v2/hook/{token}", post(hook))
@@ -129,30 +127,6 @@ fn check_shape(body: &Value) -> bool {
     }
 }
 
-/// Whether another post fits in the bot's last second and minute; counts it if so.
-fn admit(fake: &Fake, token: &str) -> bool {
-    let Ok(mut posts) = fake.posts.lock() else {
-        return true;
-    };
-    let now = Instant::now();
-    let window = posts.entry(token.to_string()).or_default();
-    while window
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-    {
-        window.pop_front();
-    }
-    let last_second = window
-        .iter()
-        .filter(|t| now.duration_since(**t) < Duration::from_secs(1))
-        .count();
-    if window.len() >= PER_MINUTE || last_second >= PER_SECOND {
-        return false;
-    }
-    window.push_back(now);
-    true
-}
-
 async fn hook(State(fake): State<Fake>, Path(token): Path<String>, raw: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let verified = check_sign(&token, &body);
@@ -173,7 +147,15 @@ async fn hook(State(fake): State<Fake>, Path(token): Path<String>, raw: Bytes) -
     if text.contains(BOOM) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
     }
-    if text.contains(THROTTLE) || !admit(&fake, TOKEN) {
+    if text.contains(THROTTLE)
+        || !fake.posts.admit(
+            TOKEN,
+            &[
+                (PER_SECOND, Duration::from_secs(1)),
+                (PER_MINUTE, Duration::from_secs(60)),
+            ],
+        )
+    {
         return answer(11232, "frequency limited psm[lark.oapi.app_platform_runtime]appID[0]");
     }
     answer(0, "success")

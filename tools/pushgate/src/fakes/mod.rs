@@ -72,6 +72,30 @@ impl FakeLog {
     }
 }
 
+/// Posts accepted per robot in a sliding window, for the fakes' documented rate limits.
+#[derive(Clone, Default)]
+pub struct RateWindow(Arc<Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>>);
+
+impl RateWindow {
+    /// Whether one more post by `key` stays within every `(count, per)` limit; counts it
+    /// if so.
+    pub fn admit(&self, key: &str, limits: &[(usize, std::time::Duration)]) -> bool {
+        let Ok(mut posts) = self.0.lock() else { return true };
+        let now = std::time::Instant::now();
+        let longest = limits.iter().map(|(_, per)| *per).max().unwrap_or_default();
+        let window = posts.entry(key.to_string()).or_default();
+        while window.front().is_some_and(|t| now.duration_since(*t) >= longest) {
+            window.pop_front();
+        }
+        let within = |per: std::time::Duration| window.iter().filter(|t| now.duration_since(**t) < per).count();
+        if limits.iter().any(|(count, per)| within(*per) >= *count) {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+}
+
 /// The running fakes.
 #[derive(Clone)]
 pub struct Fakes {

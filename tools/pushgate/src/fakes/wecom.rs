@@ -10,9 +10,8 @@
 //! Magic content (anywhere in the body): [`THROTTLE`] `#throttle` → `45009`;
 //! [`BOOM`] `#boom` → `-1` (system busy).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -33,15 +32,15 @@ pub const PER_MINUTE: usize = 20;
 #[derive(Clone)]
 struct Fake {
     log: FakeLog,
-    /// Accepted posts per robot, for the rate limit.
-    posts: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+    /// Accepted posts per robot, for the rate limits.
+    posts: super::RateWindow,
 }
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
     let fake = Fake {
         log,
-        posts: Arc::default(),
+        posts: super::RateWindow::default(),
     };
     Router::new()
         .route("/cgi-bin/webhook/send", post(send))
@@ -82,26 +81,6 @@ fn check_shape(body: &Value) -> Result<(), (i64, &'static str)> {
     }
 }
 
-/// Whether another post fits in the robot's last minute; counts it if so.
-fn admit(fake: &Fake, key: &str) -> bool {
-    let Ok(mut posts) = fake.posts.lock() else {
-        return true;
-    };
-    let now = Instant::now();
-    let window = posts.entry(key.to_string()).or_default();
-    while window
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-    {
-        window.pop_front();
-    }
-    if window.len() >= PER_MINUTE {
-        return false;
-    }
-    window.push_back(now);
-    true
-}
-
 async fn send(
     State(fake): State<Fake>,
     Query(query): Query<HashMap<String, String>>,
@@ -138,7 +117,7 @@ async fn send(
     if text.contains(BOOM) {
         return answer(-1, "system busy");
     }
-    if text.contains(THROTTLE) || !admit(&fake, KEY) {
+    if text.contains(THROTTLE) || !fake.posts.admit(KEY, &[(PER_MINUTE, Duration::from_secs(60))]) {
         return answer(45009, "api freq out of limit");
     }
     answer(0, "ok")
