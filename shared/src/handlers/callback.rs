@@ -252,3 +252,52 @@ mod tests {
         assert_eq!(a, hex::encode(Sha1::digest(b"1700000000noncetoken")));
     }
 }
+
+#[cfg(test)]
+mod offline_tests {
+    use super::*;
+    use crate::handlers::offline;
+
+    fn callback() -> Callback {
+        Callback {
+            store: offline::store(),
+            apps: offline::apps(),
+            clock: crate::clock::fixed(0),
+            public_url: None,
+        }
+    }
+
+    fn req(method: &str, uri: &str) -> Request {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn callbacks_are_authenticated_before_any_aws_call() {
+        let cb = callback();
+        assert_eq!(cb.handle(req("POST", "/v1/callbacks/ses")).await.status(), 401);
+        assert_eq!(
+            cb.handle(req("POST", "/v1/callbacks/aliyun?token=wrong"))
+                .await
+                .status(),
+            401
+        );
+        assert_eq!(
+            cb.handle(req("POST", "/v1/callbacks/twilio?app=nobody")).await.status(),
+            401
+        );
+        assert_eq!(
+            cb.handle(req("POST", "/v1/callbacks/nope?token=tok")).await.status(),
+            404
+        );
+        let bad = "/v1/callbacks/wechat?signature=x&timestamp=1&nonce=n&echostr=hi";
+        assert_eq!(cb.handle(req("GET", bad)).await.status(), 401);
+        let sig = wechat_signature("tok", "1", "n");
+        let good = format!("/v1/callbacks/wechat?signature={sig}&timestamp=1&nonce=n&echostr=hi");
+        let resp = cb.handle(req("GET", &good)).await;
+        assert_eq!((resp.status().as_u16(), resp.body()), (200, &Body::Text("hi".into())));
+    }
+}

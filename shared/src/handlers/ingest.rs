@@ -334,3 +334,92 @@ fn template_problem(e: TemplateError) -> Problem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::offline;
+
+    fn ingest() -> Ingest {
+        Ingest {
+            store: offline::store(),
+            queue: offline::queue(),
+            apps: offline::apps(),
+            templates: TemplateStore::bundled(),
+            cfg: config::Ingest {
+                queue_url: String::new(),
+                clock_skew_secs: 300,
+                max_body_bytes: 1024,
+                retention_days: 7,
+                webhook_allow_private: false,
+                templates_table: None,
+                templates_ttl: std::time::Duration::from_secs(60),
+            },
+            clock: crate::clock::fixed(1_700_000_000_000),
+            filters: Default::default(),
+        }
+    }
+
+    fn request(body: &[u8], content_type: &str, secret: &str) -> Request {
+        let sig = auth::sign(secret, 1_700_000_000, "POST", "/v1/messages", body);
+        http::Request::builder()
+            .method("POST")
+            .uri("/v1/messages")
+            .header("x-app-key", "app")
+            .header("x-timestamp", "1700000000")
+            .header("x-signature", sig)
+            .header("content-type", content_type)
+            .body(Body::Binary(body.to_vec()))
+            .unwrap()
+    }
+
+    async fn answer(req: Request) -> (u16, Value) {
+        let resp = ingest().handle(req).await;
+        let status = resp.status().as_u16();
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body = match resp.body() {
+            Body::Text(t) => serde_json::from_str(t).unwrap(),
+            _ => Value::Null,
+        };
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn refusals_happen_before_any_aws_call() {
+        let good = br#"{"channel":"email","to":"a@example.com","content":{"subject":"s","text":"t"}}"#;
+        assert_eq!(answer(request(good, "application/json", "forged")).await.0, 401);
+        assert_eq!(answer(request(good, "text/plain", offline::SECRET)).await.0, 415);
+        assert_eq!(answer(request(b"{", "application/json", offline::SECRET)).await.0, 400);
+        assert_eq!(
+            answer(request(&[b' '; 2000], "application/json", offline::SECRET))
+                .await
+                .0,
+            413
+        );
+        let (status, problem) = answer(request(
+            br#"{"channel":"sms","to":"123","template":"verification_code","data":{}}"#,
+            "application/json",
+            offline::SECRET,
+        ))
+        .await;
+        assert_eq!(status, 422);
+        assert_eq!(problem["errors"][0]["pointer"], "/to");
+        let (status, problem) = answer(request(
+            br#"{"channel":"email","to":"a@example.com","template":"welcome","data":{"name":"x"}}"#,
+            "application/json",
+            offline::SECRET,
+        ))
+        .await;
+        assert_eq!(
+            (status, problem["errors"][0]["pointer"].as_str()),
+            (422, Some("/data/product"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_a_503() {
+        let body = br#"{"channel":"email","to":"a@example.com","content":{"subject":"s","text":"t"}}"#;
+        let (status, problem) = answer(request(body, "application/json", offline::SECRET)).await;
+        assert_eq!(status, 503, "{problem}");
+    }
+}

@@ -30,3 +30,39 @@ pub(crate) fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
         .body(Body::Text(value.to_string()))
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
+
+/// Handlers built with AWS clients that point nowhere: the paths under test must not
+/// touch AWS (authentication and validation happen before any call).
+#[cfg(test)]
+pub(crate) mod offline {
+    use std::sync::Arc;
+
+    use crate::apps::{AppConfig, Apps, ServiceSecrets};
+
+    pub const SECRET: &str = "s3cret";
+
+    fn sdk() -> aws_config::SdkConfig {
+        // Port 1 on loopback refuses at once, so an accidental call fails the test fast.
+        aws_config::SdkConfig::builder()
+            .endpoint_url("http://127.0.0.1:1")
+            .region(aws_config::Region::new("us-east-1"))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build()
+    }
+
+    pub fn apps() -> Arc<Apps> {
+        let app: AppConfig = serde_json::from_value(serde_json::json!({"key": "app", "secrets": [SECRET]})).unwrap();
+        Arc::new(Apps::fixed(ServiceSecrets {
+            apps: vec![app],
+            callback_token: Some("tok".into()),
+        }))
+    }
+
+    pub fn store() -> crate::store::Store {
+        crate::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk()), "none")
+    }
+
+    pub fn queue() -> crate::queue::Queue {
+        crate::queue::Queue::new(aws_sdk_sqs::Client::new(&sdk()), "http://127.0.0.1:1/none")
+    }
+}
