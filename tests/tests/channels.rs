@@ -235,6 +235,12 @@ async fn a_robot_throttle_defers_without_spending_an_attempt() {
         .as_deref()
         .unwrap()
         .starts_with("deferred by wecom"));
+    // The job waits for the provider's delay (WeCom: 60 s), not the queue's 1 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        stack.receive_event(10).await.records.is_empty(),
+        "still hidden by the deferral"
+    );
 }
 
 #[tokio::test]

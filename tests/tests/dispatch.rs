@@ -355,3 +355,17 @@ async fn the_receipt_sandbox_settles_sent_messages_through_the_callback() {
     assert_eq!(stack.record(&sms).await.status, Status::Delivered);
     assert_eq!(stack.record(&wechat).await.status, Status::Delivered);
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let stack = Stack::new().await;
+    let id = stack
+        .accept(json!({"channel":"webhook","to": format!("{}?status=307", stack.receiver.url("moved")),"content":{"text":"x"}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    let m = stack.record(&id).await;
+    assert_eq!(m.status, Status::Failed);
+    assert!(m.reason.unwrap().contains("http_307"));
+    let hooks: Vec<String> = stack.receiver.received().into_iter().map(|r| r.hook).collect();
+    assert_eq!(hooks, vec!["moved"], "the Location was not followed");
+}

@@ -1,5 +1,6 @@
 //! Ingest against moto: authentication, validation, idempotency, status reads.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use pushgate_tests::*;
 use serde_json::json;
 
@@ -161,19 +162,81 @@ async fn idempotent_request_still_in_flight_is_409() {
         .await
         .unwrap()
         .unwrap();
-    aws_sdk_dynamodb::Client::new(&stack.sdk)
-        .update_item()
-        .table_name(stack.res.messages_table())
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(record.pk.clone()))
-        .update_expression("SET ingest_pending = :t")
-        .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
-        .send()
-        .await
-        .unwrap();
+    let pending = |created_at: i64| {
+        let sdk = stack.sdk.clone();
+        let (table, pk) = (stack.res.messages_table().to_string(), record.pk.clone());
+        async move {
+            aws_sdk_dynamodb::Client::new(&sdk)
+                .update_item()
+                .table_name(table)
+                .key("pk", AttributeValue::S(pk))
+                .update_expression("SET ingest_pending = :t, created_at = :c")
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .expression_attribute_values(":c", AttributeValue::N(created_at.to_string()))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    pending(record.created_at).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (s2, h2, b2) = send(&stack, &body, &key).await;
     assert_eq!(s2, 409, "{b2}");
     assert_eq!(h2["retry-after"], "1");
+
+    // Still pending 30 s on, the first ingest died between its write and its SQS send:
+    // the retry queues the job itself and answers as the first would have.
+    pending(pushgate::clock::now_ms() - 31_000).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s3, h3, b3) = send(&stack, &body, &key).await;
+    assert_eq!((s3, &b3["id"]), (202, &b1["id"]));
+    assert_eq!(h3["idempotent-replayed"], "true");
+    assert_eq!(
+        stack.queue_count(stack.res.send_queue()).await,
+        2,
+        "re-queued (the claim makes the copy harmless)"
+    );
+    let after = stack
+        .store
+        .get_by_id(id, pushgate::clock::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.ingest_pending, None);
+}
+
+#[tokio::test]
+async fn a_failed_enqueue_answers_503_and_keeps_no_record() {
+    let stack = Stack::new().await;
+    // Same adapters, but a queue that does not exist.
+    let broken = pushgate::handlers::ingest::Ingest {
+        store: stack.store.clone(),
+        queue: pushgate::queue::Queue::new(stack.sqs.clone(), format!("{}-missing", stack.res.send_queue())),
+        apps: stack.ingest.apps.clone(),
+        templates: pushgate::templates::TemplateStore::bundled(),
+        cfg: stack.ingest.cfg.clone(),
+        clock: pushgate::clock::system(),
+        filters: Default::default(),
+    };
+    let body = webhook_body(&stack, "lost?");
+    let (status, headers, problem) = parts(
+        broken
+            .handle(signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &[]))
+            .await,
+    );
+    assert_eq!(status, 503, "{problem}");
+    assert!(headers.contains_key("retry-after"));
+    let items = aws_sdk_dynamodb::Client::new(&stack.sdk)
+        .scan()
+        .table_name(stack.res.messages_table())
+        .send()
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(items, 0, "the record was rolled back, so a retry starts clean");
+    // The same request, re-signed, then succeeds through the real queue.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(send(&stack, &body, &[]).await.0, 202);
 }
 
 #[tokio::test]

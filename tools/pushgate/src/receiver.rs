@@ -3,7 +3,7 @@
 //! timestamp and a signature over the exact body bytes; it answers 401 otherwise.
 //! `?status=NNN`, `?delay_ms=N` and `?fail_times=N` (503 for the first N requests to
 //! that hook) on the target URL make it answer differently, so tests and demos can
-//! provoke failures, timeouts and recoveries.
+//! provoke failures, timeouts and recoveries; a 3xx carries a `Location` to another hook.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,7 +78,7 @@ async fn hook(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let verified = match (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) {
         (Some(id), Some(ts), Some(sigs)) => ts.parse::<i64>().ok().is_some_and(|ts| {
@@ -132,5 +132,12 @@ async fn hook(
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
-    status
+    // A redirect points at another hook here, so a client that followed it would show.
+    let mut response = axum::response::IntoResponse::into_response(status);
+    if status.is_redirection() {
+        if let Ok(location) = format!("/hooks/{hook}-redirected").parse() {
+            response.headers_mut().insert(axum::http::header::LOCATION, location);
+        }
+    }
+    response
 }
