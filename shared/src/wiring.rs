@@ -28,19 +28,23 @@ struct Shared {
     sdk: aws_config::SdkConfig,
     common: config::Common,
     store: Store,
+    /// One DynamoDB client per cold start, shared by every adapter that needs one.
+    ddb: aws_sdk_dynamodb::Client,
     apps: Arc<Apps>,
 }
 
 async fn shared() -> Result<Shared, WiringError> {
     let common = config::Common::from_env()?;
     let sdk = crate::aws::load().await;
-    let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), common.messages_table.clone());
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let store = Store::new(ddb.clone(), common.messages_table.clone());
     let source = SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&sdk), common.secret_id.clone());
     let apps = Arc::new(Apps::new(Arc::new(source), common.secret_ttl));
     Ok(Shared {
         sdk,
         common,
         store,
+        ddb,
         apps,
     })
 }
@@ -54,9 +58,7 @@ impl Ingest {
             store: s.store,
             apps: s.apps,
             templates: match &cfg.templates_table {
-                Some(table) => {
-                    TemplateStore::table(aws_sdk_dynamodb::Client::new(&s.sdk), table.clone(), cfg.templates_ttl)
-                }
+                Some(table) => TemplateStore::table(s.ddb.clone(), table.clone(), cfg.templates_ttl),
                 None => TemplateStore::bundled(),
             },
             cfg,
@@ -74,7 +76,7 @@ impl Dispatcher {
         let providers = crate::providers::standard(
             &cfg,
             aws_sdk_sesv2::Client::new(&s.sdk),
-            aws_sdk_dynamodb::Client::new(&s.sdk),
+            s.ddb.clone(),
             &s.common.messages_table,
         )?;
         Ok(Self {

@@ -31,11 +31,6 @@ pub struct Options {
     pub release: bool,
 }
 
-/// The dev app's credentials and settings, as written to `.pushgate/dev.env`.
-pub struct DevEnv {
-    pub vars: Vec<(&'static str, String)>,
-}
-
 fn random_token(bytes: usize) -> String {
     let mut raw = Vec::with_capacity(bytes);
     while raw.len() < bytes {
@@ -122,26 +117,26 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_WECHAT_ENDPOINT", endpoints.wechat.clone()),
         ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
-    let env = DevEnv {
-        vars: vec![
-            ("PUSHGATE_URL", api.clone()),
-            ("PUSHGATE_APP_KEY", app_key.clone()),
-            ("PUSHGATE_APP_SECRET", app_secret.clone()),
-            ("PUSHGATE_CALLBACK_TOKEN", callback_token.clone()),
-            ("PUSHGATE_RECEIVER", format!("http://{}", receiver.addr)),
-            ("AWS_ENDPOINT_URL", endpoint.clone()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
-            ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
-            ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
-            ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
-        ],
-    };
+    // The dev app's credentials and settings, as written to `.pushgate/dev.env` (the
+    // first three are printed).
+    let dev_env: Vec<(&str, String)> = vec![
+        ("PUSHGATE_URL", api.clone()),
+        ("PUSHGATE_APP_KEY", app_key.clone()),
+        ("PUSHGATE_APP_SECRET", app_secret.clone()),
+        ("PUSHGATE_CALLBACK_TOKEN", callback_token.clone()),
+        ("PUSHGATE_RECEIVER", format!("http://{}", receiver.addr)),
+        ("AWS_ENDPOINT_URL", endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
+        ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
+        ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
+        ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
+    ];
     std::fs::create_dir_all(state_dir())?;
     let env_file = state_dir().join("dev.env");
-    let text: String = env.vars.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
+    let text: String = dev_env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     std::fs::write(&env_file, text)?;
     // Functions read the same configuration when invoked by `cargo lambda invoke`.
     let fn_env: String = function_env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
@@ -200,7 +195,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     });
 
     println!("\nPushgate is running locally.\n");
-    for (k, v) in &env.vars[..3] {
+    for (k, v) in &dev_env[..3] {
         println!("  {k}={v}");
     }
     println!("\n  (also written to {})", env_file.display());
