@@ -43,6 +43,25 @@ pub struct Limits {
     /// ingest answers 429 with `Retry-After` and queues nothing.
     #[serde(default)]
     pub per_minute: Option<u32>,
+    /// Metered app: each message sent takes one unit of its balance (`pushgate quota`);
+    /// ingest refuses with 429 once the balance is spent.
+    #[serde(default)]
+    pub balance: bool,
+    /// What a queued message does when the balance runs out before it is sent.
+    #[serde(default)]
+    pub when_exhausted: WhenExhausted,
+}
+
+/// What a message does when its app's balance is spent at send time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenExhausted {
+    /// End `failed` with reason `quota_exhausted`.
+    #[default]
+    Fail,
+    /// Stay queued and try again every minute until the balance is topped up (or the
+    /// queue's retention ends and it dead-letters).
+    Wait,
 }
 
 /// An app's provider accounts. Robots are named: a message's `to` names the robot.

@@ -220,6 +220,10 @@ pub struct Message {
     pub provider_message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set once the app's balance paid for this message (metered apps), so a redelivery
+    /// never pays twice and a failure knows to refund.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charged: Option<bool>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
 }

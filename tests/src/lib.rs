@@ -42,6 +42,10 @@ pub const STRICT_APP: &str = "app-strict";
 pub const RATED_APP: &str = "app-rated";
 /// An app masking sensitive words (signs with `OTHER_SECRET`).
 pub const MASKING_APP: &str = "app-masking";
+/// A metered app (`limits.balance`): each send takes one unit of its balance.
+pub const METERED_APP: &str = "app-metered";
+/// A metered app whose messages wait for a top-up instead of failing.
+pub const WAITING_APP: &str = "app-waiting";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const CALLBACK_TOKEN: &str = "cb-token-123";
 pub const EMAIL_FROM: &str = "sender@pushgate.test";
@@ -170,6 +174,10 @@ impl Stack {
                  "limits": {"per_minute": 5}},
                 {"key": MASKING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino"], "action": "mask"}},
+                {"key": METERED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "limits": {"balance": true}},
+                {"key": WAITING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "limits": {"balance": true, "when_exhausted": "wait"}},
             ],
             "callback_token": CALLBACK_TOKEN,
         });
@@ -370,6 +378,19 @@ impl Stack {
         b["id"].as_str().expect("id").to_string()
     }
 
+    /// Sends a message through ingest as `app` (signed with `secret`); returns the status
+    /// and body.
+    pub async fn submit_as(
+        &self,
+        app: &str,
+        secret: &str,
+        message: serde_json::Value,
+    ) -> (u16, http::HeaderMap, serde_json::Value) {
+        let body = serde_json::to_vec(&message).expect("json");
+        let req = signed("POST", "/v1/messages", &body, app, secret, now(), &[]);
+        parts(self.ingest.handle(req).await)
+    }
+
     /// The stored record of message `id`.
     pub async fn record(&self, id: &str) -> pushgate::model::Message {
         self.store
@@ -477,6 +498,7 @@ pub fn message(
         provider: None,
         provider_message_id: None,
         reason: None,
+        charged: None,
         history: Vec::new(),
     }
 }

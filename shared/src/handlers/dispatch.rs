@@ -16,12 +16,13 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use futures::stream::{self, StreamExt};
 
 use crate::apps::Apps;
+use crate::apps::WhenExhausted;
 use crate::clock::Clock;
 use crate::config;
 use crate::model::{Job, Message, Status};
 use crate::providers::{Ambiguity, ErrorClass, Providers};
 use crate::queue::Queue;
-use crate::store::{Claim, Finish, Store};
+use crate::store::{Charge, Claim, Finish, Store};
 
 /// Everything the dispatcher needs; built once per cold start.
 pub struct Dispatcher {
@@ -50,6 +51,9 @@ pub enum Outcome {
     /// the queue's visibility timeout).
     Retry(&'static str, Option<Duration>),
 }
+
+/// How long a message of an app set to wait for its balance stays hidden between looks.
+const QUOTA_WAIT: Duration = Duration::from_secs(60);
 
 /// Backoff before retry `attempt` (1-based): 2^attempt seconds capped at 15 minutes,
 /// with "equal jitter" (half fixed, half random) so retries of a failed batch spread out.
@@ -139,11 +143,12 @@ impl Dispatcher {
                 "leased",
                 Some(Duration::from_secs(self.cfg.lease_secs.clamp(1, 5) as u64)),
             ),
-            Claim::Claimed { message, takeover } => self.send(&message, &owner, takeover).await,
+            Claim::Claimed { message, takeover } => self.send(*message, &owner, takeover).await,
         }
     }
 
-    async fn send(&self, message: &Message, owner: &str, takeover: bool) -> Outcome {
+    async fn send(&self, mut message: Message, owner: &str, takeover: bool) -> Outcome {
+        let message = &mut message;
         let fail = |reason: String| Finish {
             status: Status::Failed,
             provider: None,
@@ -182,6 +187,29 @@ impl Dispatcher {
         }
         if message.attempts > self.cfg.max_attempts {
             return self.dead_letter(message, owner, fail("dead_lettered".into())).await;
+        }
+        if app.limits.balance && message.charged != Some(true) {
+            match self.store.charge(&message.pk, &message.app, owner).await {
+                Ok(Charge::Charged) => message.charged = Some(true),
+                Ok(Charge::Exhausted) if app.limits.when_exhausted == WhenExhausted::Wait => {
+                    return self
+                        .release(message, owner, "waiting for balance", true, QUOTA_WAIT)
+                        .await
+                }
+                Ok(Charge::Exhausted) => {
+                    let mut finish = fail("quota_exhausted".into());
+                    finish.note = Some(format!("app {} has no balance left", message.app));
+                    return self.finish(message, owner, finish).await;
+                }
+                // Another worker took the message over: it carries on.
+                Ok(Charge::NotHeld) => return Outcome::Retry("leased", Some(Duration::from_secs(5))),
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %message.id, "charge failed");
+                    return self
+                        .release(message, owner, "balance unavailable", true, Duration::from_secs(5))
+                        .await;
+                }
+            }
         }
         match provider.send(message, &app).await {
             Ok(sent) => {
@@ -234,7 +262,15 @@ impl Dispatcher {
 
     async fn finish(&self, message: &Message, owner: &str, finish: Finish) -> Outcome {
         let status = finish.status;
-        match self.store.finish(&message.pk, owner, finish, (self.clock)()).await {
+        // A paid message that ends without being sent gives its unit back.
+        let recorded = if status == Status::Failed && message.charged == Some(true) {
+            self.store
+                .finish_refunded(&message.pk, &message.app, owner, finish, (self.clock)())
+                .await
+        } else {
+            self.store.finish(&message.pk, owner, finish, (self.clock)()).await
+        };
+        match recorded {
             Ok(applied) => {
                 tracing::info!(id = %message.id, status = status.as_str(), applied, "finished");
                 Outcome::Ack("finished")

@@ -26,6 +26,9 @@ pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 /// How long an idempotent request counts as still in flight (ingest's own time limit is
 /// 10 s; past this, a record whose job was never confirmed is re-queued by the retry).
 pub const IN_FLIGHT_MS: i64 = 30_000;
+/// `Retry-After` when a metered app is out of balance: a top-up is an operator action,
+/// so clients should not hammer; a minute keeps them responsive to one.
+pub const QUOTA_RETRY_AFTER_SECS: u64 = 60;
 
 /// Everything ingest needs; built once per cold start.
 pub struct Ingest {
@@ -153,6 +156,14 @@ impl Ingest {
                     .retry_after(retry_after));
             }
         }
+        if app.limits.balance {
+            let available = self.store.balance(&app.key).await.map_err(unavailable)?;
+            if available.unwrap_or(0) <= 0 {
+                return Err(Problem::new(429, "quota-exhausted", "Too Many Requests")
+                    .detail(format!("app {} has no balance left; top it up to send", app.key))
+                    .retry_after(QUOTA_RETRY_AFTER_SECS));
+            }
+        }
         let signature = creds.signature_hex();
         let pk = match &idem_key {
             Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
@@ -180,6 +191,7 @@ impl Ingest {
             provider: None,
             provider_message_id: None,
             reason: None,
+            charged: None,
             history: vec![model::HistoryEntry {
                 at: now,
                 status: Status::Accepted,

@@ -76,6 +76,18 @@ pub enum Ambiguity {
     Resend,
     /// Never risk a second send: mark `unknown`; a later receipt may settle it.
     MarkUnknown,
+    /// Ask the provider ([`Provider::reconcile`]) whether it has the message: if so record
+    /// it sent, if not send again. Never a second send, never a lost one.
+    Reconcile,
+}
+
+/// What a provider says it holds of a message whose send outcome was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The provider accepted it: record it as sent (or delivered).
+    Sent(Sent),
+    /// The provider has no such message: sending again cannot double it.
+    NotSent,
 }
 
 /// A delivery provider.
@@ -86,6 +98,15 @@ pub trait Provider: Send + Sync {
     fn channel(&self) -> Channel;
     fn on_ambiguous(&self) -> Ambiguity;
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError>;
+    /// Looks the message up at the provider after an ambiguous send; only providers whose
+    /// policy is [`Ambiguity::Reconcile`] implement it.
+    async fn reconcile(&self, _message: &Message, _app: &AppConfig) -> Result<Reconciled, ProviderError> {
+        Err(ProviderError::new(
+            ErrorClass::Ambiguous,
+            "unsupported",
+            "this provider cannot be asked what it holds",
+        ))
+    }
 }
 
 /// The providers in service.

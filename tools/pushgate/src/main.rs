@@ -94,6 +94,12 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// An app's balance of messages (metered apps, `limits.balance`); uses the AWS
+    /// environment and PUSHGATE_MESSAGES_TABLE.
+    Quota {
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
     /// Sample events for `cargo lambda invoke` / `sam local invoke`.
     Events {
         #[command(subcommand)]
@@ -137,6 +143,28 @@ enum DlqCommand {
         /// Only messages created since this time (RFC 3339, or Unix seconds).
         #[arg(long)]
         since: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Print the app's balance.
+    Show {
+        #[arg(long)]
+        app: String,
+    },
+    /// Set the app's balance to N messages.
+    Set {
+        #[arg(long)]
+        app: String,
+        units: i64,
+    },
+    /// Add N messages to the app's balance (negative to take away).
+    Add {
+        #[arg(long)]
+        app: String,
+        #[arg(allow_hyphen_values = true)]
+        units: i64,
     },
 }
 
@@ -365,6 +393,28 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                     );
                 }
             }
+            Ok(true)
+        }
+        Command::Quota { command } => {
+            let table = std::env::var("PUSHGATE_MESSAGES_TABLE")
+                .map_err(|_| "PUSHGATE_MESSAGES_TABLE is not set (source .pushgate/dev.env)")?;
+            let sdk = pushgate::aws::load().await;
+            let store = pushgate::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+            let (app, balance) = match command {
+                QuotaCommand::Show { app } => {
+                    let b = store.balance(&app).await?.unwrap_or(0);
+                    (app, b)
+                }
+                QuotaCommand::Set { app, units } => {
+                    store.set_balance(&app, units).await?;
+                    (app, units)
+                }
+                QuotaCommand::Add { app, units } => {
+                    let b = store.add_balance(&app, units).await?;
+                    (app, b)
+                }
+            };
+            println!("{app}: {balance} messages available");
             Ok(true)
         }
         Command::Events {

@@ -21,7 +21,8 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Starts `moto_server` (from `PUSHGATE_MOTO_SERVER`, else `.pushgate/venv/bin`)
+    /// Starts moto server through `infra/moto_local.py`, with the Python beside
+    /// `moto_server` (from `PUSHGATE_MOTO_SERVER`, else `.pushgate/venv/bin`)
     /// on `port` (0 = a free one).
     pub fn start(port: u16) -> Result<Moto, BoxError> {
         let port = if port == 0 { free_port()? } else { port };
@@ -33,10 +34,14 @@ impl Moto {
             )
             .into());
         }
+        // moto_server's own interpreter runs our launcher (DynamoDB made atomic).
+        let python = bin.with_file_name("python3");
+        let launcher = crate::workspace_root().join("infra/moto_local.py");
         // `read` returns when our end of stdin closes, i.e. when this process exits.
         let script = format!(
-            "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid 2>/dev/null; wait $pid 2>/dev/null",
-            bin.display()
+            "'{}' '{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; read _ignored; kill $pid 2>/dev/null; wait $pid 2>/dev/null",
+            python.display(),
+            launcher.display()
         );
         let child = Command::new("sh")
             .arg("-c")

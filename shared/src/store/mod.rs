@@ -4,10 +4,13 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update};
 use aws_sdk_dynamodb::Client;
 
 use crate::model::{HistoryEntry, Message, Status};
+
+mod quota;
+pub use quota::Charge;
 
 /// Name of the GSI that maps a message id to its key.
 pub const BY_ID_INDEX: &str = "by_id";
@@ -308,6 +311,35 @@ impl Store {
     /// Records the outcome of a send if the caller still holds the lease and the status
     /// moves forward. Returns whether it applied.
     pub async fn finish(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {
+        let u = self.finish_update(pk, owner, finish, now_ms, false)?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_condition_expression(u.condition_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// The update that records a finish; `uncharge` also clears the message's charge (for
+    /// a refund written in the same transaction).
+    fn finish_update(
+        &self,
+        pk: &str,
+        owner: &str,
+        finish: Finish,
+        now_ms: i64,
+        uncharge: bool,
+    ) -> Result<Update, StoreError> {
         let entry = HistoryEntry {
             at: now_ms,
             status: finish.status,
@@ -319,9 +351,7 @@ impl Store {
             "updated_at = :now",
             "history = list_append(history, :entry)",
         ];
-        let mut req = self
-            .client
-            .update_item()
+        let mut req = Update::builder()
             .table_name(&self.table)
             .key("pk", s(pk))
             .condition_expression("lease_owner = :owner AND status_rank < :rank")
@@ -349,12 +379,14 @@ impl Store {
                 req = req.expression_attribute_values(format!(":{name}"), s(v));
             }
         }
-        let expr = format!("SET {} REMOVE lease_until, lease_owner", sets.join(", "));
-        match req.update_expression(expr).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_err(e)),
-        }
+        let removes = if uncharge {
+            "lease_until, lease_owner, charged"
+        } else {
+            "lease_until, lease_owner"
+        };
+        req.update_expression(format!("SET {} REMOVE {removes}", sets.join(", ")))
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
     /// Gives the lease back after a failed attempt that certainly did not send, so the
