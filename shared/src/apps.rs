@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use sha2::Digest;
 use tokio::sync::RwLock;
 
 /// One client application.
@@ -90,6 +91,52 @@ pub struct ProviderAccounts {
     pub email_order: Vec<String>,
     #[serde(default)]
     pub smtp: Option<SmtpAccount>,
+    /// Send rates per provider (`{"aliyun": {"per_second": 100}}`), overriding the
+    /// documented limits the dispatcher shapes traffic to.
+    #[serde(default)]
+    pub rates: HashMap<String, crate::store::Rate>,
+}
+
+impl ProviderAccounts {
+    /// Whether the app has an account for `provider` (providers without accounts,
+    /// SES and webhooks, always count).
+    pub fn configured(&self, provider: &str) -> bool {
+        match provider {
+            "aliyun" => self.aliyun.is_some(),
+            "tencent" => self.tencent.is_some(),
+            "twilio" => self.twilio.is_some(),
+            "smtp" => self.smtp.is_some(),
+            "wechat" => self.wechat.is_some(),
+            "dingtalk" => !self.dingtalk.is_empty(),
+            "wecom" => !self.wecom.is_empty(),
+            "feishu" => !self.feishu.is_empty(),
+            _ => true,
+        }
+    }
+
+    /// Which account of `provider` a message to `to` goes through: the unit providers
+    /// rate-limit and fail by, so rate buckets and circuit breakers are kept per account.
+    /// Never a secret: robot tokens are hashed.
+    pub fn account_id(&self, provider: &str, to: &str) -> String {
+        let robot = |robots: &HashMap<String, RobotAccount>| {
+            robots
+                .get(to)
+                .map(|r| hex::encode(&sha2::Sha256::digest(r.token.as_bytes())[..8]))
+        };
+        let id = match provider {
+            "aliyun" => self.aliyun.as_ref().map(|a| a.access_key_id.clone()),
+            "tencent" => self.tencent.as_ref().map(|a| a.sdk_app_id.clone()),
+            "twilio" => self.twilio.as_ref().map(|a| a.account_sid.clone()),
+            "smtp" => self.smtp.as_ref().map(|a| a.host.clone()),
+            "wechat" => self.wechat.as_ref().map(|a| a.appid.clone()),
+            "dingtalk" => robot(&self.dingtalk),
+            "wecom" => robot(&self.wecom),
+            "feishu" => robot(&self.feishu),
+            "webhook" => url::Url::parse(to).ok().and_then(|u| u.host_str().map(str::to_string)),
+            _ => None,
+        };
+        id.unwrap_or_else(|| "default".into())
+    }
 }
 
 impl ProviderAccounts {

@@ -126,6 +126,20 @@ pub struct Dispatch {
     /// `PUSHGATE_PUBLIC_URL` (optional): this API's public base URL, for provider status
     /// callbacks (Twilio `StatusCallback`).
     pub public_url: Option<String>,
+    /// `PUSHGATE_ROUTES_TABLE` (optional): routing rules; without it every app uses its
+    /// own provider order and the default error actions.
+    pub routes_table: Option<String>,
+    /// `PUSHGATE_ROUTES_TTL_SECONDS` (60): how long an instance caches the routes.
+    pub routes_ttl: Duration,
+    /// `PUSHGATE_BREAKER_FAILURES` (5) failures within `PUSHGATE_BREAKER_WINDOW_SECONDS`
+    /// (60) open a provider account's circuit for `PUSHGATE_BREAKER_COOLDOWN_SECONDS` (30).
+    pub breaker: crate::store::BreakerPolicy,
+    /// `PUSHGATE_MAX_RETRY_DELAY_SECONDS` (900): the longest a retry or deferral hides a
+    /// job (backoff cap; provider-requested waits are cut to it too).
+    pub max_retry_delay: Duration,
+    /// `PUSHGATE_BREAKER_CACHE_MS` (1000): how long an instance trusts the circuit state
+    /// it read (the happy path reads it at most this often per provider account).
+    pub breaker_cache_ms: i64,
 }
 
 /// Provider API base URLs, each from its own variable.
@@ -210,6 +224,15 @@ impl Dispatch {
             provider_timeout: Duration::from_millis(number("PUSHGATE_PROVIDER_TIMEOUT_MS", 5000)?),
             endpoints: Endpoints::from_env(),
             public_url: public_url(),
+            routes_table: var("PUSHGATE_ROUTES_TABLE"),
+            routes_ttl: Duration::from_secs(number("PUSHGATE_ROUTES_TTL_SECONDS", 60)?),
+            breaker: crate::store::BreakerPolicy {
+                failures: number("PUSHGATE_BREAKER_FAILURES", 5u32)?.max(1),
+                window_ms: number("PUSHGATE_BREAKER_WINDOW_SECONDS", 60i64)?.max(1) * 1000,
+                cool_down_ms: number("PUSHGATE_BREAKER_COOLDOWN_SECONDS", 30i64)?.max(1) * 1000,
+            },
+            breaker_cache_ms: number("PUSHGATE_BREAKER_CACHE_MS", 1000)?,
+            max_retry_delay: Duration::from_secs(number("PUSHGATE_MAX_RETRY_DELAY_SECONDS", 900u64)?.clamp(1, 43_200)),
         })
     }
 }

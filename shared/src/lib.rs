@@ -9,6 +9,7 @@
 pub mod apps;
 pub mod auth;
 pub mod aws;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -20,6 +21,7 @@ pub mod problem;
 pub mod providers;
 pub mod queue;
 pub mod receipts;
+pub mod routing;
 pub mod store;
 pub mod telemetry;
 pub mod templates;

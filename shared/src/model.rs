@@ -224,8 +224,29 @@ pub struct Message {
     /// never pays twice and a failure knows to refund.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charged: Option<bool>,
+    /// Business key its routing rule was chosen by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Rendered alternatives on other channels, for a route's channel fallback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<Alternate>,
+    /// `channel:provider` pairs already tried and given up on (never sent to again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<String>,
+    /// `channel:provider` of the send in flight when it is not the route's first choice,
+    /// so a takeover after a crash knows which provider may already hold the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+}
+
+/// The message rendered for another channel (channel fallback).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternate {
+    pub channel: Channel,
+    pub to: String,
+    pub content: Content,
 }
 
 /// The body of each SQS job: the key of the record to dispatch.
@@ -241,6 +262,10 @@ pub struct SendRequest {
     pub channel: Channel,
     pub to: String,
     pub body: RequestBody,
+    /// Business key choosing the routing rule (default: the template id).
+    pub key: Option<String>,
+    /// Other channels' recipients, for a route's channel fallback, in the client's order.
+    pub fallback: Vec<(Channel, String)>,
 }
 
 /// Either a template with data or inline content.
@@ -250,7 +275,9 @@ pub enum RequestBody {
     Inline(Box<Content>),
 }
 
-const TOP_LEVEL_FIELDS: [&str; 5] = ["channel", "to", "template", "data", "content"];
+const TOP_LEVEL_FIELDS: [&str; 7] = ["channel", "to", "template", "data", "content", "key", "fallback"];
+/// At most this many fallback recipients (one per other channel is plenty).
+const MAX_FALLBACKS: usize = 3;
 
 /// Validates a parsed JSON body, collecting every field error (JSON Pointers) rather than
 /// stopping at the first. `allow_private_webhooks` admits loopback/private webhook targets.
@@ -353,10 +380,83 @@ pub fn validate(value: &Value, allow_private_webhooks: bool) -> Result<SendReque
         }
     };
 
+    let key = match obj.get("key") {
+        None => None,
+        Some(Value::String(s)) if valid_template_id(s) => Some(s.clone()),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "/key",
+                "must be a business key ([a-z0-9_.-], 1-64 chars)",
+            ));
+            None
+        }
+    };
+    let fallback = validate_fallback(obj.get("fallback"), channel, allow_private_webhooks, &mut errors);
+
     match (channel, to, body) {
-        (Some(channel), Some(to), Some(body)) if errors.is_empty() => Ok(SendRequest { channel, to, body }),
+        (Some(channel), Some(to), Some(body)) if errors.is_empty() => Ok(SendRequest {
+            channel,
+            to,
+            body,
+            key,
+            fallback,
+        }),
         _ => Err(errors),
     }
+}
+
+/// `fallback`: `[{"channel": "sms", "to": "+86…"}, …]`, one entry per other channel.
+fn validate_fallback(
+    value: Option<&Value>,
+    primary: Option<Channel>,
+    allow_private: bool,
+    errors: &mut Vec<FieldError>,
+) -> Vec<(Channel, String)> {
+    let Some(value) = value else { return Vec::new() };
+    let Some(items) = value.as_array() else {
+        errors.push(FieldError::new("/fallback", "must be an array of {channel, to}"));
+        return Vec::new();
+    };
+    if items.len() > MAX_FALLBACKS {
+        errors.push(FieldError::new("/fallback", format!("at most {MAX_FALLBACKS} entries")));
+        return Vec::new();
+    }
+    let mut out: Vec<(Channel, String)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = |f: &str| format!("/fallback/{i}{f}");
+        let Some(o) = item.as_object() else {
+            errors.push(FieldError::new(at(""), "must be an object {channel, to}"));
+            continue;
+        };
+        if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "channel" | "to")) {
+            errors.push(FieldError::new(at(&format!("/{}", escape(k))), "unknown field"));
+        }
+        let channel = match o.get("channel").and_then(Value::as_str).map(Channel::parse) {
+            Some(Some(c)) if Some(c) == primary || out.iter().any(|(d, _)| *d == c) => {
+                errors.push(FieldError::new(
+                    at("/channel"),
+                    "each channel may appear once, other than `channel`",
+                ));
+                continue;
+            }
+            Some(Some(c)) => c,
+            _ => {
+                errors.push(FieldError::new(
+                    at("/channel"),
+                    "must be one of: email, webhook, sms, dingtalk, wecom, feishu, wechat",
+                ));
+                continue;
+            }
+        };
+        match o.get("to").and_then(Value::as_str).map(str::trim) {
+            Some(to) if !to.is_empty() => match normalize_recipient(channel, to, allow_private) {
+                Ok(to) => out.push((channel, to)),
+                Err(why) => errors.push(FieldError::new(at("/to"), why)),
+            },
+            _ => errors.push(FieldError::new(at("/to"), "is required (a non-empty string)")),
+        }
+    }
+    out
 }
 
 const CONTENT_FIELDS: [&str; 8] = [

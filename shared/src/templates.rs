@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::cache::Refreshing;
 use aws_sdk_dynamodb::types::AttributeValue;
-use tokio::sync::RwLock;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Deserialize;
@@ -260,8 +260,7 @@ fn render_error(e: minijinja::Error, part: &str) -> TemplateError {
 /// configured.
 pub struct TemplateStore {
     source: Source,
-    ttl: Duration,
-    cached: RwLock<Option<(Instant, Arc<Templates>)>>,
+    cached: Refreshing<Templates>,
 }
 
 enum Source {
@@ -277,8 +276,7 @@ impl TemplateStore {
     pub fn bundled() -> Self {
         Self {
             source: Source::Bundled,
-            ttl: Duration::MAX,
-            cached: RwLock::new(None),
+            cached: Refreshing::new(Duration::MAX),
         }
     }
 
@@ -289,42 +287,20 @@ impl TemplateStore {
                 client,
                 table: table.into(),
             },
-            ttl,
-            cached: RwLock::new(None),
+            cached: Refreshing::new(ttl),
         }
     }
 
     /// The current template set. A failed refresh keeps serving the last good set.
     pub async fn current(&self) -> Result<Arc<Templates>, TemplateError> {
-        if let Some((at, t)) = self.cached.read().await.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(t.clone());
-            }
-        }
-        let mut slot = self.cached.write().await;
-        if let Some((at, t)) = slot.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(t.clone());
-            }
-        }
-        let loaded = match &self.source {
-            Source::Bundled => Templates::bundled(),
-            Source::Table { client, table } => load_table(client, table).await,
-        };
-        match loaded {
-            Ok(t) => {
-                let t = Arc::new(t);
-                *slot = Some((Instant::now(), t.clone()));
-                Ok(t)
-            }
-            Err(e) => match slot.as_ref() {
-                Some((_, t)) => {
-                    tracing::warn!(error = %e, "template refresh failed; serving cached set");
-                    Ok(t.clone())
+        self.cached
+            .get("template", || async {
+                match &self.source {
+                    Source::Bundled => Templates::bundled(),
+                    Source::Table { client, table } => load_table(client, table).await,
                 }
-                None => Err(e),
-            },
-        }
+            })
+            .await
     }
 }
 

@@ -79,7 +79,13 @@ impl Dispatcher {
             s.ddb.clone(),
             &s.common.messages_table,
         )?;
+        let routes = match &cfg.routes_table {
+            Some(table) => crate::routing::RouteStore::table(s.ddb.clone(), table.clone(), cfg.routes_ttl),
+            None => crate::routing::RouteStore::none(),
+        };
         Ok(Self {
+            breaker: crate::store::Breaker::new(s.store.clone(), cfg.breaker, cfg.breaker_cache_ms),
+            routes,
             store: s.store,
             providers,
             apps: s.apps,

@@ -107,6 +107,11 @@ pub struct StackOptions {
     pub webhook_timeout: Duration,
     /// Dispatcher concurrency within a batch.
     pub concurrency: usize,
+    /// Circuit breakers, and how long an instance trusts the state it read.
+    pub breaker: pushgate::store::BreakerPolicy,
+    pub breaker_cache_ms: i64,
+    /// Cap on retry and deferral delays (the fault suite keeps them short).
+    pub max_retry_delay: Duration,
 }
 
 impl Default for StackOptions {
@@ -117,6 +122,9 @@ impl Default for StackOptions {
             visibility_timeout: 1,
             webhook_timeout: Duration::from_secs(2),
             concurrency: 10,
+            breaker: pushgate::store::BreakerPolicy::default(),
+            breaker_cache_ms: 1000,
+            max_retry_delay: Duration::from_secs(900),
         }
     }
 }
@@ -258,10 +266,22 @@ impl Stack {
             provider_timeout: opts.webhook_timeout,
             endpoints: fakes.endpoints(),
             public_url: Some(PUBLIC_URL.into()),
+            routes_table: Some(res.tables["RoutesTable"].clone()),
+            routes_ttl: Duration::from_secs(3600),
+            breaker: opts.breaker,
+            breaker_cache_ms: opts.breaker_cache_ms,
+            max_retry_delay: opts.max_retry_delay,
         };
         let providers = pushgate::providers::standard(&dispatch_cfg, ses, ddb_for_providers, res.messages_table())
             .expect("providers");
         let dispatcher = Arc::new(Dispatcher {
+            routes: pushgate::routing::RouteStore::table(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                res.tables["RoutesTable"].clone(),
+                // Loaded at the first dispatch: tests seed their routes before it.
+                Duration::from_secs(3600),
+            ),
+            breaker: pushgate::store::Breaker::new(store.clone(), opts.breaker, opts.breaker_cache_ms),
             store: store.clone(),
             providers,
             apps: apps.clone(),
@@ -376,6 +396,34 @@ impl Stack {
         let (status, _, b) = parts(self.ingest.handle(req).await);
         assert_eq!(status, 202, "{b}");
         b["id"].as_str().expect("id").to_string()
+    }
+
+    /// Every message record, by id (one paginated Scan: cheaper than a lookup per id
+    /// when a test checks thousands).
+    pub async fn all_records(&self) -> std::collections::HashMap<String, pushgate::model::Message> {
+        let ddb = aws_sdk_dynamodb::Client::new(&self.sdk);
+        let mut out = std::collections::HashMap::new();
+        let mut start = None;
+        loop {
+            let page = ddb
+                .scan()
+                .table_name(self.res.messages_table())
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            for item in page.items() {
+                // Counters, balances and buckets share the table; only messages have an id.
+                if item.contains_key("id") && item.contains_key("status") {
+                    let m: pushgate::model::Message = serde_dynamo::from_item(item.clone()).expect("message");
+                    out.insert(m.id.clone(), m);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return out,
+            }
+        }
     }
 
     /// Sends a message through ingest as `app` (signed with `secret`); returns the status
@@ -499,6 +547,23 @@ pub fn message(
         provider_message_id: None,
         reason: None,
         charged: None,
+        key: None,
+        alternates: Vec::new(),
+        tried: Vec::new(),
+        via: None,
         history: Vec::new(),
     }
+}
+
+/// An unsigned POST as API Gateway hands it over (provider callbacks).
+pub fn post(path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> lambda_http::Request {
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", content_type)
+        .header("host", "pushgate.test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(lambda_http::Body::Binary(body.to_vec())).unwrap()
 }

@@ -32,6 +32,13 @@ async fn ingest_and_dispatch_stay_within_the_call_budget() {
         "nothing else, not even the service secret (cached): {ingest:?}"
     );
 
+    // A warm instance has read SES's circuit state within the last second: closed.
+    stack
+        .dispatcher
+        .breaker
+        .state("ses.default", pushgate::clock::now_ms())
+        .await
+        .unwrap();
     stack.calls.reset();
     stack.drain(Duration::from_secs(10)).await;
     let dispatch = stack.calls.snapshot();
@@ -76,4 +83,45 @@ async fn an_idempotency_key_costs_one_more_write_to_close_its_in_flight_window()
     assert_eq!(calls.get("DynamoDB.PutItem"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("DynamoDB.UpdateItem"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("SQS.SendMessage"), Some(&1), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_metered_app_pays_one_transaction_per_delivered_message() {
+    let stack = Stack::new().await;
+    stack.ingest.apps.current().await.unwrap();
+    stack.store.set_balance(METERED_APP, 10).await.unwrap();
+    const N: usize = 3;
+    for i in 0..N {
+        let body = serde_json::to_vec(
+            &json!({"channel":"webhook","to": stack.receiver.url(&format!("m{i}")),"content":{"text":"t"}}),
+        )
+        .unwrap();
+        let req = signed("POST", "/v1/messages", &body, METERED_APP, OTHER_SECRET, now(), &[]);
+        assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
+    }
+    let host = format!(
+        "webhook.{}",
+        url::Url::parse(&stack.receiver.url("x")).unwrap().host_str().unwrap()
+    );
+    stack
+        .dispatcher
+        .breaker
+        .state(&host, pushgate::clock::now_ms())
+        .await
+        .unwrap();
+    stack.calls.reset();
+    stack.drain(Duration::from_secs(10)).await;
+    let dispatch = stack.calls.snapshot();
+    assert_eq!(
+        dispatch.get("DynamoDB.UpdateItem"),
+        Some(&(2 * N)),
+        "claim + finish: {dispatch:?}"
+    );
+    assert_eq!(
+        dispatch.get("DynamoDB.TransactWriteItems"),
+        Some(&N),
+        "the charge: {dispatch:?}"
+    );
+    assert_eq!(stack.calls.service("DynamoDB"), 3 * N, "{dispatch:?}");
+    assert_eq!(stack.store.balance(METERED_APP).await.unwrap(), Some(10 - N as i64));
 }

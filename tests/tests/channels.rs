@@ -8,18 +8,6 @@ use pushgate::model::Status;
 use pushgate_tests::*;
 use serde_json::{json, Value};
 
-fn post(path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> lambda_http::Request {
-    let mut b = http::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("content-type", content_type)
-        .header("host", "pushgate.test");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(lambda_http::Body::Binary(body.to_vec())).unwrap()
-}
-
 #[tokio::test]
 async fn sms_goes_through_aliyun_and_its_receipt_delivers_it() {
     let stack = Stack::new().await;

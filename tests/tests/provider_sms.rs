@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use pushgate::apps::AppConfig;
 use pushgate::model::{AliyunSmsTemplate, Channel, Content, Message, SmsTemplates, TencentSmsTemplate};
-use pushgate::providers::aliyun::Aliyun;
+use pushgate::providers::aliyun::{phone_number, Aliyun};
 use pushgate::providers::tencent::Tencent;
-use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
-use pushgate_tool::fakes::{aliyun as fake_aliyun, tencent as fake_tencent, Fakes};
+use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider, ProviderError, Reconciled, Sent};
+use pushgate_tool::fakes::{aliyun as fake_aliyun, tencent as fake_tencent, Fakes, Fault};
 use serde_json::json;
 
 const TO: &str = "+8613800138000";
@@ -95,7 +95,7 @@ fn providers_describe_themselves() {
     let t = Tencent::new(http, "http://127.0.0.1:1".into());
     assert_eq!(
         (a.name(), a.channel(), a.on_ambiguous()),
-        ("aliyun", Channel::Sms, Ambiguity::MarkUnknown)
+        ("aliyun", Channel::Sms, Ambiguity::Reconcile)
     );
     assert_eq!(
         (t.name(), t.channel(), t.on_ambiguous()),
@@ -209,6 +209,114 @@ async fn aliyun_needs_an_account_and_a_template() {
     let e = expect_err(provider.send(&message, &good_app()).await);
     assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_template"));
     assert!(f.log.of("aliyun").is_empty(), "nothing was sent");
+}
+
+/// What the provider found for a message it has.
+fn delivered() -> Reconciled {
+    Reconciled::Sent(Sent {
+        provider_message_id: None,
+        delivered: true,
+    })
+}
+
+#[tokio::test]
+async fn aliyun_reconcile_finds_a_send_the_provider_accepted() {
+    let f = fakes().await;
+    let provider = aliyun(&f);
+    let message = sms(TO);
+    provider.send(&message, &good_app()).await.unwrap();
+    assert_eq!(provider.reconcile(&message, &good_app()).await.unwrap(), delivered());
+
+    let log = f.log.of("aliyun");
+    let query = &log[1];
+    assert!(query.verified, "{:?}", query.body);
+    assert_eq!(query.action, "QuerySendDetails");
+    assert_eq!(query.body["PhoneNumber"], "8613800138000");
+    assert_eq!(query.body["PageSize"], "50");
+    assert_eq!(query.body["CurrentPage"], "1");
+    let day = query.body["SendDate"].as_str().unwrap();
+    assert!(day.len() == 8 && day.bytes().all(|b| b.is_ascii_digit()), "{day}");
+}
+
+#[tokio::test]
+async fn aliyun_reconcile_says_not_sent_for_a_message_never_sent() {
+    let f = fakes().await;
+    let provider = aliyun(&f);
+    // Another message to the same number that day is not this one.
+    provider.send(&sms(TO), &good_app()).await.unwrap();
+    let never_sent = sms(TO);
+    assert_eq!(
+        provider.reconcile(&never_sent, &good_app()).await.unwrap(),
+        Reconciled::NotSent
+    );
+    assert_eq!(f.log.accepted("aliyun").len(), 1);
+
+    // Errors of the query are classified as the send's are.
+    let e = provider
+        .reconcile(&never_sent, &app("not-the-secret", fake_tencent::SECRET_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Permanent, "SignatureDoesNotMatch")
+    );
+    let e = provider.reconcile(&never_sent, &no_accounts()).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_account"));
+}
+
+#[tokio::test]
+async fn aliyun_reconcile_pages_through_the_day() {
+    let f = fakes().await;
+    let provider = aliyun(&f);
+    for _ in 0..50 {
+        provider.send(&sms(TO), &good_app()).await.unwrap();
+    }
+    let last = sms(TO);
+    provider.send(&last, &good_app()).await.unwrap();
+    assert_eq!(provider.reconcile(&last, &good_app()).await.unwrap(), delivered());
+    let pages: Vec<_> = f
+        .log
+        .of("aliyun")
+        .into_iter()
+        .filter(|r| r.action == "QuerySendDetails")
+        .map(|r| r.body["CurrentPage"].clone())
+        .collect();
+    assert_eq!(pages, vec![json!("1"), json!("2")]);
+}
+
+/// A send whose answer is lost is found; one whose request is lost is not, and is never
+/// performed: reconciling neither doubles nor loses an SMS.
+#[tokio::test]
+async fn aliyun_lost_answers_and_lost_requests_are_reconciled() {
+    let f = fakes().await;
+    let impatient = Aliyun::new(
+        http_client(Duration::from_millis(300)).unwrap(),
+        f.endpoints().aliyun_sms,
+    );
+    let to = phone_number(TO);
+
+    f.log.script(to, vec![Fault::HangAfter(Duration::from_secs(1))]);
+    let answer_lost = sms(TO);
+    let e = expect_err(impatient.send(&answer_lost, &good_app()).await);
+    assert_eq!(e.class, ErrorClass::Ambiguous, "{e}");
+    assert_eq!(
+        impatient.reconcile(&answer_lost, &good_app()).await.unwrap(),
+        delivered()
+    );
+
+    f.log.script(to, vec![Fault::HangBefore(Duration::from_secs(1))]);
+    let request_lost = sms(TO);
+    let e = expect_err(impatient.send(&request_lost, &good_app()).await);
+    assert_eq!(e.class, ErrorClass::Ambiguous, "{e}");
+    assert_eq!(
+        impatient.reconcile(&request_lost, &good_app()).await.unwrap(),
+        Reconciled::NotSent
+    );
+
+    // Past both hangs, the provider performed exactly the first send.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let references: Vec<String> = f.log.accepted("aliyun").into_iter().map(|a| a.reference).collect();
+    assert_eq!(references, vec![answer_lost.id.clone()]);
 }
 
 #[tokio::test]

@@ -15,19 +15,24 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::stream::{self, StreamExt};
 
-use crate::apps::Apps;
 use crate::apps::WhenExhausted;
+use crate::apps::{AppConfig, Apps};
 use crate::clock::Clock;
 use crate::config;
-use crate::model::{Job, Message, Status};
-use crate::providers::{Ambiguity, ErrorClass, Providers};
+use crate::model::{Alternate, Channel, Job, Message, Status};
+use crate::providers::{Ambiguity, ErrorClass, Provider, ProviderError, Providers, Reconciled};
 use crate::queue::Queue;
-use crate::store::{Charge, Claim, Finish, Store};
+use crate::routing::{Action, Route, RouteStore};
+use crate::store::{Breaker, Charge, Circuit, Claim, Finish, Rate, Store, Throttle};
 
 /// Everything the dispatcher needs; built once per cold start.
 pub struct Dispatcher {
     pub store: Store,
     pub providers: Providers,
+    /// Routing rules (failover, channel fallback, error actions).
+    pub routes: RouteStore,
+    /// Circuit breakers per provider account, shared through DynamoDB.
+    pub breaker: Breaker,
     pub apps: Arc<Apps>,
     pub cfg: config::Dispatch,
     pub clock: Clock,
@@ -50,6 +55,51 @@ pub enum Outcome {
     /// Leave on the queue for another attempt, visible again after the delay (else after
     /// the queue's visibility timeout).
     Retry(&'static str, Option<Duration>),
+}
+
+/// One way to send a message: a channel's recipient and content, through one provider.
+struct Step {
+    leg: Arc<Alternate>,
+    provider: Arc<dyn Provider>,
+}
+
+impl Step {
+    /// `channel:provider`, as kept in a message's `tried` and `via`.
+    fn id(&self) -> String {
+        format!("{}:{}", self.leg.channel.as_str(), self.provider.name())
+    }
+
+    /// The message as this step sends it (its channel, recipient and content).
+    fn message(&self, message: &Message) -> Message {
+        let mut m = message.clone();
+        m.channel = self.leg.channel;
+        m.to = self.leg.to.clone();
+        m.content = self.leg.content.clone();
+        m
+    }
+}
+
+/// A `failed` finish with `reason`.
+fn failed(reason: &str, provider: Option<&str>) -> Finish {
+    Finish {
+        status: Status::Failed,
+        provider: provider.map(String::from),
+        provider_message_id: None,
+        reason: Some(reason.to_string()),
+        note: Some(reason.to_string()),
+    }
+}
+
+/// Send rates the providers document per account (`../shared/providers.md`). Aliyun's
+/// 5,000 and Tencent's 3,000 per second are above what one DynamoDB item can count, and
+/// far above one app's traffic: they are left to the providers' own throttle answers,
+/// which defer the same way, unless an app sets `providers.rates`.
+pub fn documented_rate(provider: &str) -> Option<Rate> {
+    match provider {
+        "dingtalk" | "wecom" => Some(Rate::per_minute(20)),
+        "feishu" => Some(Rate::per_second(5)),
+        _ => None,
+    }
 }
 
 /// How long a message of an app set to wait for its balance stays hidden between looks.
@@ -85,7 +135,9 @@ impl Dispatcher {
         let delays: Vec<(String, Duration)> = outcomes
             .iter()
             .filter_map(|(id, o)| match o {
-                Outcome::Retry(_, Some(after)) => handles.get(id).map(|h| (h.clone(), *after)),
+                Outcome::Retry(_, Some(after)) => handles
+                    .get(id)
+                    .map(|h| (h.clone(), (*after).min(self.cfg.max_retry_delay))),
                 _ => None,
             })
             .collect();
@@ -149,16 +201,9 @@ impl Dispatcher {
 
     async fn send(&self, mut message: Message, owner: &str, takeover: bool) -> Outcome {
         let message = &mut message;
-        let fail = |reason: String| Finish {
-            status: Status::Failed,
-            provider: None,
-            provider_message_id: None,
-            reason: Some(reason.clone()),
-            note: Some(reason),
-        };
         let app = match self.apps.app(&message.app).await {
             Ok(Some(app)) => app,
-            Ok(None) => return self.finish(message, owner, fail("unknown_app".into())).await,
+            Ok(None) => return self.finish(message, owner, failed("unknown_app", None)).await,
             Err(e) => {
                 tracing::error!(error = %e, "service secret unavailable");
                 return self
@@ -166,27 +211,36 @@ impl Dispatcher {
                     .await;
             }
         };
-        let Some(provider) = self.providers.select(message.channel, &app).cloned() else {
-            return self
-                .finish(
-                    message,
-                    owner,
-                    fail(format!("no provider for {}", message.channel.as_str())),
-                )
-                .await;
+        let route = match self.routes.current().await {
+            Ok(routes) => routes.find(&message.app, message.key.as_deref()).unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "routes unavailable");
+                return self
+                    .release(message, owner, "routes unavailable", true, Duration::from_secs(5))
+                    .await;
+            }
         };
-        if takeover && provider.on_ambiguous() == Ambiguity::MarkUnknown {
-            let finish = Finish {
-                status: Status::Unknown,
-                provider: Some(provider.name().into()),
-                provider_message_id: None,
-                reason: Some("interrupted_send".into()),
-                note: Some("a previous attempt was cut short mid-send; not resent".into()),
+        let plan = self.plan(message, &app, &route);
+        let Some(first) = plan.first().map(Step::id) else {
+            let why = match message.tried.last() {
+                Some(last) => format!("every route tried (last: {last})"),
+                None => format!("no provider for {}", message.channel.as_str()),
             };
-            return self.finish(message, owner, finish).await;
+            return self.finish(message, owner, failed(&why, None)).await;
+        };
+
+        if takeover {
+            // The send cut short may have reached its provider: the one recorded in `via`,
+            // else the route's first choice (a send elsewhere records `via` first).
+            let inflight = message.via.clone().unwrap_or_else(|| first.clone());
+            if let Some(step) = plan.iter().find(|s| s.id() == inflight) {
+                if let Some(outcome) = self.settle_interrupted(message, owner, &app, step).await {
+                    return outcome;
+                }
+            }
         }
         if message.attempts > self.cfg.max_attempts {
-            return self.dead_letter(message, owner, fail("dead_lettered".into())).await;
+            return self.dead_letter(message, owner, failed("dead_lettered", None)).await;
         }
         if app.limits.balance && message.charged != Some(true) {
             match self.store.charge(&message.pk, &message.app, owner).await {
@@ -197,7 +251,7 @@ impl Dispatcher {
                         .await
                 }
                 Ok(Charge::Exhausted) => {
-                    let mut finish = fail("quota_exhausted".into());
+                    let mut finish = failed("quota_exhausted", None);
                     finish.note = Some(format!("app {} has no balance left", message.app));
                     return self.finish(message, owner, finish).await;
                 }
@@ -211,53 +265,244 @@ impl Dispatcher {
                 }
             }
         }
-        match provider.send(message, &app).await {
-            Ok(sent) => {
-                let status = if sent.delivered {
-                    Status::Delivered
-                } else {
-                    Status::Sent
-                };
-                let finish = Finish {
-                    status,
-                    provider: Some(provider.name().into()),
-                    provider_message_id: sent.provider_message_id,
-                    reason: None,
-                    note: Some(format!("sent via {}", provider.name())),
-                };
-                self.finish(message, owner, finish).await
+
+        let mut notes: Vec<String> = Vec::new();
+        let mut open_until: Option<i64> = None;
+        let mut skip_channel: Option<Channel> = None;
+        let mut last_error: Option<(String, ProviderError)> = None;
+        for step in &plan {
+            if skip_channel == Some(step.leg.channel) {
+                continue;
             }
-            Err(e) => {
-                tracing::info!(id = %message.id, provider = provider.name(), code = %e.code, class = ?e.class, "send failed");
-                let mut finish = fail(format!("{}: {e}", provider.name()));
-                finish.provider = Some(provider.name().into());
-                match (e.class, provider.on_ambiguous()) {
-                    (ErrorClass::Permanent, _) => self.finish(message, owner, finish).await,
-                    (ErrorClass::Quota, _) => {
-                        finish.reason = Some(format!("quota_exhausted: {e}"));
-                        self.finish(message, owner, finish).await
+            let name = step.provider.name();
+            let account = format!("{name}.{}", app.providers.account_id(name, &step.leg.to));
+            let now = (self.clock)();
+            let probe = match self.breaker.state(&account, now).await {
+                Ok(Circuit::Closed) => false,
+                Ok(Circuit::Probe) => true,
+                Ok(Circuit::Open { until_ms }) => {
+                    notes.push(format!("skipped {name}: circuit open"));
+                    open_until = Some(open_until.map_or(until_ms, |u: i64| u.min(until_ms)));
+                    continue;
+                }
+                Err(e) => {
+                    // Breaker state is advisory: without it, send.
+                    tracing::warn!(error = %e, "circuit state unavailable");
+                    false
+                }
+            };
+            let id = step.id();
+            if id != first || !notes.is_empty() || !message.tried.is_empty() {
+                // Recorded before the call, so a takeover after a crash knows where the
+                // message may be.
+                let now = (self.clock)();
+                if let Err(e) = self
+                    .store
+                    .route_step(&message.pk, owner, &id, &message.tried, std::mem::take(&mut notes), now)
+                    .await
+                {
+                    tracing::warn!(error = %e, id = %message.id, "could not record route step");
+                    return self
+                        .release(message, owner, "route step not recorded", true, Duration::from_secs(5))
+                        .await;
+                }
+                message.via = Some(id.clone());
+            }
+            if let Some(rate) = app.providers.rates.get(name).copied().or_else(|| documented_rate(name)) {
+                match self.store.take_token(&account, rate, now).await {
+                    Ok(Throttle::Go) => {}
+                    Ok(Throttle::Wait(after)) => {
+                        let note = format!("deferred: {name} rate limit");
+                        return self.release(message, owner, &note, true, after).await;
                     }
-                    (ErrorClass::Ambiguous, Ambiguity::MarkUnknown) => {
-                        finish.status = Status::Unknown;
-                        self.finish(message, owner, finish).await
+                    Err(e) => tracing::warn!(error = %e, "rate bucket unavailable; sending"),
+                }
+            }
+            let leg_message = step.message(message);
+            let result = step.provider.send(&leg_message, &app).await;
+            let now = (self.clock)();
+            match result {
+                Ok(sent) => {
+                    if probe {
+                        let _ = self.breaker.success(&account, true, now).await;
                     }
-                    (ErrorClass::Retryable | ErrorClass::Ambiguous, _) if message.attempts >= self.cfg.max_attempts => {
-                        finish.reason = Some(format!("dead_lettered: {e}"));
-                        self.dead_letter(message, owner, finish).await
+                    let finish = Finish {
+                        status: if sent.delivered {
+                            Status::Delivered
+                        } else {
+                            Status::Sent
+                        },
+                        provider: Some(name.into()),
+                        provider_message_id: sent.provider_message_id,
+                        reason: None,
+                        note: Some(match step.leg.channel == message.channel {
+                            true => format!("sent via {name}"),
+                            false => format!("sent via {name} ({} fallback)", step.leg.channel.as_str()),
+                        }),
+                    };
+                    return self.finish(message, owner, finish).await;
+                }
+                Err(e) => {
+                    tracing::info!(id = %message.id, provider = name, code = %e.code, class = ?e.class, "send failed");
+                    if matches!(e.class, ErrorClass::Retryable | ErrorClass::Ambiguous) {
+                        if let Err(b) = self.breaker.failure(&account, probe, now).await {
+                            tracing::warn!(error = %b, "could not record provider failure");
+                        }
                     }
-                    (ErrorClass::Deferrable, _) => {
-                        let note = format!("deferred by {}: {}", provider.name(), e.code);
-                        let after = e.retry_after.unwrap_or(Duration::from_secs(60));
-                        self.release(message, owner, &note, true, after).await
+                    match (e.class, step.provider.on_ambiguous()) {
+                        (ErrorClass::Deferrable, _) => {
+                            let note = format!("deferred by {name}: {}", e.code);
+                            let after = e.retry_after.unwrap_or(Duration::from_secs(60));
+                            return self.release(message, owner, &note, true, after).await;
+                        }
+                        (ErrorClass::Ambiguous, Ambiguity::MarkUnknown) => {
+                            let mut finish = failed(&format!("{name}: {e}"), Some(name));
+                            finish.status = Status::Unknown;
+                            return self.finish(message, owner, finish).await;
+                        }
+                        (ErrorClass::Ambiguous, Ambiguity::Reconcile) => {
+                            // Keep the lease: when it runs out the next delivery takes the
+                            // message over and asks the provider before any resend.
+                            return Outcome::Retry("ambiguous", Some(self.lease()));
+                        }
+                        _ => {}
                     }
-                    _ => {
-                        let note = format!("attempt {} failed: {}", message.attempts, e.code);
-                        let after = backoff(message.attempts, &message.id);
-                        self.release(message, owner, &note, false, after).await
+                    let mut action = route.decide(name, &e);
+                    if action == Action::Retry && message.attempts >= self.cfg.max_attempts {
+                        let mut finish = failed(&format!("dead_lettered: {name}: {e}"), Some(name));
+                        finish.note = Some(format!("attempts spent; last: {name}: {e}"));
+                        return self.dead_letter(message, owner, finish).await;
                     }
+                    if action == Action::SwitchChannel && !plan.iter().any(|s| s.leg.channel != step.leg.channel) {
+                        action = Action::Fail;
+                    }
+                    match action {
+                        Action::Retry => {
+                            let note = format!("attempt {} failed: {name}: {}", message.attempts, e.code);
+                            let after = backoff(message.attempts, &message.id);
+                            return self.release(message, owner, &note, false, after).await;
+                        }
+                        Action::Fail => {
+                            let reason = match e.class {
+                                ErrorClass::Quota => format!("quota_exhausted: {name}: {e}"),
+                                _ => format!("{name}: {e}"),
+                            };
+                            return self.finish(message, owner, failed(&reason, Some(name))).await;
+                        }
+                        Action::SwitchProvider => notes.push(format!("switching from {name}: {}", e.code)),
+                        Action::SwitchChannel => {
+                            notes.push(format!(
+                                "leaving {} after {name}: {}",
+                                step.leg.channel.as_str(),
+                                e.code
+                            ));
+                            skip_channel = Some(step.leg.channel);
+                        }
+                    }
+                    message.tried.push(id);
+                    last_error = Some((name.to_string(), e));
                 }
             }
         }
+        if let Some(until) = open_until {
+            // Every provider left is behind an open circuit: wait for its probe.
+            let note = notes.join("; ");
+            let after = Duration::from_millis((until - (self.clock)()).clamp(1000, 900_000) as u64);
+            return self.release(message, owner, &note, true, after).await;
+        }
+        let reason = match last_error {
+            Some((name, e)) if e.class == ErrorClass::Quota => format!("quota_exhausted: {name}: {e}"),
+            Some((name, e)) => format!("{name}: {e}"),
+            None => "no provider left".into(),
+        };
+        let mut finish = failed(&reason, None);
+        finish.note = Some(format!("every provider tried: {}", message.tried.join(", ")));
+        self.finish(message, owner, finish).await
+    }
+
+    /// A takeover of a send cut short: settles it by the in-flight provider's policy.
+    /// `None` means sending again is safe.
+    async fn settle_interrupted(
+        &self,
+        message: &Message,
+        owner: &str,
+        app: &AppConfig,
+        step: &Step,
+    ) -> Option<Outcome> {
+        let name = step.provider.name();
+        match step.provider.on_ambiguous() {
+            Ambiguity::Resend => None,
+            Ambiguity::MarkUnknown => {
+                let finish = Finish {
+                    status: Status::Unknown,
+                    provider: Some(name.into()),
+                    provider_message_id: None,
+                    reason: Some("interrupted_send".into()),
+                    note: Some("a previous attempt was cut short mid-send; not resent".into()),
+                };
+                Some(self.finish(message, owner, finish).await)
+            }
+            Ambiguity::Reconcile => match step.provider.reconcile(&step.message(message), app).await {
+                Ok(Reconciled::Sent(sent)) => {
+                    let finish = Finish {
+                        status: if sent.delivered {
+                            Status::Delivered
+                        } else {
+                            Status::Sent
+                        },
+                        provider: Some(name.into()),
+                        provider_message_id: sent.provider_message_id,
+                        reason: None,
+                        note: Some(format!("found at {name} after an interrupted send; not resent")),
+                    };
+                    Some(self.finish(message, owner, finish).await)
+                }
+                Ok(Reconciled::NotSent) => None,
+                Err(e) => {
+                    // Keep the lease: the next takeover asks again; nothing is resent blind.
+                    tracing::warn!(id = %message.id, provider = name, error = %e, "reconcile failed");
+                    Some(Outcome::Retry("reconcile", Some(self.lease())))
+                }
+            },
+        }
+    }
+
+    /// The (channel, provider) steps to try, in order, minus those already given up on.
+    fn plan(&self, message: &Message, app: &AppConfig, route: &Route) -> Vec<Step> {
+        let available: Vec<Channel> = message.alternates.iter().map(|a| a.channel).collect();
+        let mut steps = Vec::new();
+        for channel in route.legs(message.channel, &available) {
+            let leg = if channel == message.channel {
+                Alternate {
+                    channel,
+                    to: message.to.clone(),
+                    content: message.content.clone(),
+                }
+            } else {
+                match message.alternates.iter().find(|a| a.channel == channel) {
+                    Some(a) => a.clone(),
+                    None => continue,
+                }
+            };
+            let leg = Arc::new(leg);
+            for provider in self
+                .providers
+                .candidates(channel, app, route.providers.get(&channel).map(Vec::as_slice))
+            {
+                let step = Step {
+                    leg: leg.clone(),
+                    provider,
+                };
+                if !message.tried.contains(&step.id()) {
+                    steps.push(step);
+                }
+            }
+        }
+        steps
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.cfg.lease_secs.max(1) as u64)
     }
 
     async fn finish(&self, message: &Message, owner: &str, finish: Finish) -> Outcome {

@@ -119,29 +119,58 @@ impl Ingest {
             }
         };
         let request = model::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
-        let (template, content) = match request.body {
-            RequestBody::Inline(c) => (None, *c),
-            RequestBody::Template { id, data } => {
-                let templates = self.templates.current().await.map_err(template_problem)?;
-                let content = templates
-                    .render(&id, request.channel, &data)
-                    .map_err(template_problem)?;
-                let errors = check_content(request.channel, &content, "/template");
-                if !errors.is_empty() {
-                    return Err(Problem::unprocessable(errors));
+        // The primary channel, then each fallback channel, rendered now: a message that
+        // cannot be rendered for a channel it may fall back to is refused, not half-sent.
+        let mut legs = vec![(request.channel, request.to.clone(), "/template".to_string())];
+        legs.extend(
+            request
+                .fallback
+                .iter()
+                .enumerate()
+                .map(|(i, (c, to))| (*c, to.clone(), format!("/fallback/{i}/channel"))),
+        );
+        let mut rendered = Vec::with_capacity(legs.len());
+        let mut errors = Vec::new();
+        for (channel, to, at) in legs {
+            let content = match &request.body {
+                RequestBody::Inline(c) => {
+                    let content = (**c).clone();
+                    if channel != request.channel {
+                        errors.extend(check_content(channel, &content, &at));
+                    }
+                    content
                 }
-                (Some(id), content)
-            }
-        };
-
-        let mut content = content;
+                RequestBody::Template { id, data } => {
+                    let templates = self.templates.current().await.map_err(template_problem)?;
+                    let content = templates.render(id, channel, data).map_err(template_problem)?;
+                    errors.extend(check_content(channel, &content, &at));
+                    content
+                }
+            };
+            rendered.push(model::Alternate { channel, to, content });
+        }
+        if !errors.is_empty() {
+            return Err(Problem::unprocessable(errors));
+        }
         if let Some(words) = &app.sensitive_words {
             let filter = self.filters.get(&app.key, words).map_err(|e| {
                 tracing::error!(app = %app.key, error = %e, "sensitive-word filter invalid");
                 Problem::new(500, "filter-invalid", "Internal Server Error")
             })?;
-            filter.apply(&mut content, "/content").map_err(Problem::unprocessable)?;
+            for leg in &mut rendered {
+                filter
+                    .apply(&mut leg.content, "/content")
+                    .map_err(Problem::unprocessable)?;
+            }
         }
+        let template = match &request.body {
+            RequestBody::Template { id, .. } => Some(id.clone()),
+            RequestBody::Inline(_) => None,
+        };
+        let key = request.key.clone().or_else(|| template.clone());
+        let mut legs = rendered.into_iter();
+        let content = legs.next().map(|l| l.content).unwrap_or_default();
+        let alternates: Vec<model::Alternate> = legs.collect();
 
         let now = (self.clock)();
         if let Some(limit) = app.limits.per_minute {
@@ -192,6 +221,10 @@ impl Ingest {
             provider_message_id: None,
             reason: None,
             charged: None,
+            key,
+            alternates,
+            tried: Vec::new(),
+            via: None,
             history: vec![model::HistoryEntry {
                 at: now,
                 status: Status::Accepted,

@@ -1,5 +1,6 @@
 //! Alibaba Cloud SMS (dysmsapi 2017-05-25) `SendSms`, RPC style, signed with signature v1
 //! (HMAC-SHA1) as a form POST to `{endpoint}/`. Only registered templates can be sent.
+//! After a lost answer, `QuerySendDetails` (same signing) tells whether the SMS went out.
 //! ACS3-HMAC-SHA256 signing is here too (tested against the vendor vector) for the
 //! APIs that require it.
 
@@ -12,8 +13,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
-use crate::apps::AppConfig;
+use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Reconciled, Sent};
+use crate::apps::{AliyunAccount, AppConfig};
 use crate::model::{Channel, Message};
 
 pub const API_VERSION: &str = "2017-05-25";
@@ -136,12 +137,91 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorClass {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// An RPC answer: the common `Code` and `Message`, and the fields of the actions used here.
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Answer {
     code: Option<String>,
     message: Option<String>,
+    /// SendSms: the send's id.
     biz_id: Option<String>,
+    /// QuerySendDetails: matches over all pages (a number, or a string in older answers).
+    total_count: Option<serde_json::Value>,
+    /// QuerySendDetails: this page's matches.
+    #[serde(rename = "SmsSendDetailDTOs")]
+    details: Option<SendDetails>,
+}
+
+impl Answer {
+    fn total_count(&self) -> u64 {
+        let count = self.total_count.as_ref();
+        count
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| count?.as_str()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn details(&self) -> &[SendDetail] {
+        self.details.as_ref().map(|d| d.list.as_slice()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SendDetails {
+    #[serde(rename = "SmsSendDetailDTO", default)]
+    list: Vec<SendDetail>,
+}
+
+/// One send in a QuerySendDetails answer.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SendDetail {
+    /// Our message id, as given to SendSms.
+    out_id: Option<String>,
+    /// 1 waiting for a receipt, 2 failed, 3 delivered.
+    send_status: Option<i64>,
+    /// Not documented in the DTO; used when present.
+    biz_id: Option<String>,
+}
+
+/// `SendStatus` of a delivered SMS.
+const STATUS_DELIVERED: i64 = 3;
+
+/// QuerySendDetails' largest page.
+const QUERY_PAGE_SIZE: u64 = 50;
+
+/// Aliyun keeps SMS days (`SendDate`) in China time.
+const CHINA: time::UtcOffset = time::macros::offset!(+8);
+
+/// Aliyun keeps send records queryable for 30 days.
+const QUERY_DAYS: i64 = 30;
+
+/// The China-time days (`yyyyMMdd`) a message created at `created_at_ms` may have been
+/// sent on by `now_ms`: every day from its creation to now (a lost attempt may have come
+/// after backoffs and deferrals), at most the last [`QUERY_DAYS`]. `None` for an
+/// instant out of range.
+fn send_dates(created_at_ms: i64, now_ms: i64) -> Option<Vec<String>> {
+    let f = time::macros::format_description!("[year][month][day]");
+    let china = |ms: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+        Some(t.to_offset(CHINA).date())
+    };
+    let last = china(now_ms.max(created_at_ms))?;
+    let mut day = china(created_at_ms)?.max(last - time::Duration::days(QUERY_DAYS - 1));
+    let mut out = Vec::new();
+    while day <= last {
+        out.push(day.format(&f).ok()?);
+        day = day.next_day()?;
+    }
+    Some(out)
+}
+
+/// The app's Aliyun account, or a permanent error.
+fn account(app: &AppConfig) -> Result<&AliyunAccount, ProviderError> {
+    app.providers
+        .aliyun
+        .as_ref()
+        .ok_or_else(|| ProviderError::new(ErrorClass::Permanent, "no_account", "the app has no Aliyun SMS account"))
 }
 
 pub struct Aliyun {
@@ -154,59 +234,31 @@ impl Aliyun {
     pub fn new(http: reqwest::Client, endpoint: String) -> Self {
         Self { http, endpoint }
     }
-}
 
-#[async_trait::async_trait]
-impl Provider for Aliyun {
-    fn name(&self) -> &'static str {
-        "aliyun"
-    }
-
-    fn channel(&self) -> Channel {
-        Channel::Sms
-    }
-
-    fn on_ambiguous(&self) -> Ambiguity {
-        // SendSms is not idempotent: a second call is a second SMS.
-        Ambiguity::MarkUnknown
-    }
-
-    async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let account = app.providers.aliyun.as_ref().ok_or_else(|| {
-            ProviderError::new(ErrorClass::Permanent, "no_account", "the app has no Aliyun SMS account")
-        })?;
-        let template = message
-            .content
-            .sms
-            .as_ref()
-            .and_then(|s| s.aliyun.as_ref())
-            .ok_or_else(|| {
-                ProviderError::new(
-                    ErrorClass::Permanent,
-                    "no_template",
-                    "Aliyun only sends registered templates: content.sms.aliyun is missing",
-                )
-            })?;
-        let template_param = serde_json::to_string(&template.params)
-            .map_err(|e| ProviderError::new(ErrorClass::Permanent, "encode", e.to_string()))?;
+    /// One RPC call: `params` plus the common ones and a fresh nonce, signed (v1) and
+    /// POSTed as a form. The answer if its `Code` is `OK`, else the error it means.
+    async fn call(
+        &self,
+        account: &AliyunAccount,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Answer, ProviderError> {
+        let nonce = ulid::Ulid::new().to_string();
+        let now = timestamp(time::OffsetDateTime::now_utc());
         let mut params: BTreeMap<String, String> = [
-            ("Action", "SendSms"),
+            ("Action", action),
             ("Version", API_VERSION),
             ("Format", "JSON"),
             ("AccessKeyId", account.access_key_id.as_str()),
             ("SignatureMethod", "HMAC-SHA1"),
             ("SignatureVersion", "1.0"),
-            ("PhoneNumbers", phone_number(&message.to)),
-            ("SignName", account.sign_name.as_str()),
-            ("TemplateCode", template.template_code.as_str()),
-            ("TemplateParam", template_param.as_str()),
-            ("OutId", message.id.as_str()),
+            ("SignatureNonce", nonce.as_str()),
+            ("Timestamp", now.as_str()),
         ]
-        .into_iter()
+        .iter()
+        .chain(params)
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        params.insert("SignatureNonce".into(), ulid::Ulid::new().to_string());
-        params.insert("Timestamp".into(), timestamp(time::OffsetDateTime::now_utc()));
         let signature = sign_rpc_v1("POST", &params, &account.access_key_secret);
         params.insert("Signature".into(), signature);
         let body = params
@@ -231,11 +283,7 @@ impl Provider for Aliyun {
         let answer: Option<Answer> = serde_json::from_slice(&bytes).ok();
         let code = answer.as_ref().and_then(|a| a.code.as_deref());
         if (200..300).contains(&status) && code == Some("OK") {
-            let biz_id = answer.and_then(|a| a.biz_id);
-            return Ok(Sent {
-                provider_message_id: biz_id,
-                delivered: false,
-            });
+            return Ok(answer.unwrap_or_default());
         }
         let Some(code) = code else {
             // A 2xx we cannot read may still have sent; anything else says why by status.
@@ -258,6 +306,93 @@ impl Provider for Aliyun {
         } else {
             error
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Aliyun {
+    fn name(&self) -> &'static str {
+        "aliyun"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    fn on_ambiguous(&self) -> Ambiguity {
+        // SendSms is not idempotent (a second call is a second SMS), so after a lost
+        // answer ask QuerySendDetails whether it was sent, as providers.md advises.
+        Ambiguity::Reconcile
+    }
+
+    async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
+        let account = account(app)?;
+        let template = message
+            .content
+            .sms
+            .as_ref()
+            .and_then(|s| s.aliyun.as_ref())
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorClass::Permanent,
+                    "no_template",
+                    "Aliyun only sends registered templates: content.sms.aliyun is missing",
+                )
+            })?;
+        let template_param = serde_json::to_string(&template.params)
+            .map_err(|e| ProviderError::new(ErrorClass::Permanent, "encode", e.to_string()))?;
+        let params = [
+            ("PhoneNumbers", phone_number(&message.to)),
+            ("SignName", account.sign_name.as_str()),
+            ("TemplateCode", template.template_code.as_str()),
+            ("TemplateParam", template_param.as_str()),
+            ("OutId", message.id.as_str()),
+        ];
+        let answer = self.call(account, "SendSms", &params).await?;
+        Ok(Sent {
+            provider_message_id: answer.biz_id,
+            delivered: false,
+        })
+    }
+
+    /// Pages through QuerySendDetails for the recipient on the day(s) the message may
+    /// have been sent, looking for our id as `OutId`.
+    async fn reconcile(&self, message: &Message, app: &AppConfig) -> Result<Reconciled, ProviderError> {
+        let account = account(app)?;
+        let days = send_dates(message.created_at, crate::clock::now_ms()).ok_or_else(|| {
+            ProviderError::new(
+                ErrorClass::Ambiguous,
+                "created_at",
+                format!("created_at {} is out of range", message.created_at),
+            )
+        })?;
+        let page_size = QUERY_PAGE_SIZE.to_string();
+        for day in &days {
+            for page in 1u64.. {
+                let current = page.to_string();
+                let params = [
+                    ("PhoneNumber", phone_number(&message.to)),
+                    ("SendDate", day.as_str()),
+                    ("PageSize", page_size.as_str()),
+                    ("CurrentPage", current.as_str()),
+                ];
+                let answer = self.call(account, "QuerySendDetails", &params).await?;
+                let details = answer.details();
+                if let Some(found) = details
+                    .iter()
+                    .find(|d| d.out_id.as_deref() == Some(message.id.as_str()))
+                {
+                    return Ok(Reconciled::Sent(Sent {
+                        provider_message_id: found.biz_id.clone(),
+                        delivered: found.send_status == Some(STATUS_DELIVERED),
+                    }));
+                }
+                if details.is_empty() || page * QUERY_PAGE_SIZE >= answer.total_count() {
+                    break;
+                }
+            }
+        }
+        Ok(Reconciled::NotSent)
     }
 }
 
@@ -388,6 +523,64 @@ mod tests {
     fn phone_numbers_lose_the_plus() {
         assert_eq!(phone_number("+8613800138000"), "8613800138000");
         assert_eq!(phone_number("+85200001234"), "85200001234");
+    }
+
+    fn ms(t: time::OffsetDateTime) -> i64 {
+        (t.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
+    #[test]
+    fn send_dates_are_china_days_from_creation_to_now() {
+        use time::macros::datetime;
+        // 00:05 in Beijing is still the previous day in UTC.
+        let created = ms(datetime!(2026-11-25 00:05 +8));
+        assert_eq!(send_dates(created, created + 1000), Some(vec!["20261125".into()]));
+        assert_eq!(
+            send_dates(created, ms(datetime!(2026-11-26 00:01 +8))),
+            Some(vec!["20261125".into(), "20261126".into()])
+        );
+        assert_eq!(
+            send_dates(ms(datetime!(2026-12-31 23:55 +8)), ms(datetime!(2027-01-01 00:10 +8))),
+            Some(vec!["20261231".into(), "20270101".into()])
+        );
+        // Never more than Aliyun keeps.
+        let long = send_dates(created, ms(datetime!(2027-03-01 12:00 +8))).unwrap();
+        assert_eq!((long.len(), long.last().map(String::as_str)), (30, Some("20270301")));
+        assert_eq!(send_dates(i64::MAX, i64::MAX), None);
+    }
+
+    #[test]
+    fn query_answers_are_read() {
+        let answer: Answer = serde_json::from_value(serde_json::json!({
+            "Code": "OK", "Message": "OK", "RequestId": "r", "TotalCount": 2,
+            "SmsSendDetailDTOs": {"SmsSendDetailDTO": [
+                {"PhoneNum": "8613800138000", "SendStatus": 3, "ErrCode": "DELIVERED", "TemplateCode": "SMS_1",
+                 "Content": "c", "SendDate": "2026-11-25 10:00:00", "ReceiveDate": "2026-11-25 10:00:05", "OutId": "a"},
+                {"PhoneNum": "8613800138000", "SendStatus": 1, "BizId": "b^0", "OutId": "b"},
+            ]},
+        }))
+        .unwrap();
+        assert_eq!(answer.total_count(), 2);
+        let details = answer.details();
+        assert_eq!(details.len(), 2);
+        assert_eq!(
+            (
+                details[0].out_id.as_deref(),
+                details[0].send_status,
+                details[0].biz_id.as_deref()
+            ),
+            (Some("a"), Some(STATUS_DELIVERED), None)
+        );
+        assert_eq!(details[1].biz_id.as_deref(), Some("b^0"));
+
+        // Older answers give TotalCount as a string; an empty day has no DTOs.
+        let answer: Answer =
+            serde_json::from_value(serde_json::json!({"Code": "OK", "TotalCount": "0", "SmsSendDetailDTOs": {}}))
+                .unwrap();
+        assert_eq!(answer.total_count(), 0);
+        assert!(answer.details().is_empty());
+        let answer: Answer = serde_json::from_value(serde_json::json!({"Code": "OK"})).unwrap();
+        assert_eq!((answer.total_count(), answer.details().len()), (0, 0));
     }
 
     #[test]

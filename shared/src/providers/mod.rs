@@ -16,8 +16,9 @@ pub mod webhook;
 pub mod wechat;
 pub mod wecom;
 
-/// How a failed send should be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a failed send should be handled (named in routing rules in snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// Certainly not sent, worth retrying (throttle, 5xx, connection refused).
     Retryable,
@@ -118,17 +119,35 @@ impl Providers {
         Self(list)
     }
 
-    /// The provider for a message of `channel` from `app`: for SMS and email the first of
-    /// the app's configured providers that is in service, otherwise the channel's one.
-    pub fn select(&self, channel: Channel, app: &AppConfig) -> Option<&Arc<dyn Provider>> {
-        let preferred = match channel {
-            Channel::Sms => app.providers.sms_providers(),
-            Channel::Email => app.providers.email_providers(),
-            _ => return self.0.iter().find(|p| p.channel() == channel),
+    /// The providers to try for a message of `channel` from `app`, in order: the route's
+    /// list when it has one for the channel, else the app's own order (SMS and email) or
+    /// the channel's one provider; only providers in service that the app has an
+    /// account for.
+    pub fn candidates(&self, channel: Channel, app: &AppConfig, route: Option<&[String]>) -> Vec<Arc<dyn Provider>> {
+        let names: Vec<String> = match route {
+            Some(list) if !list.is_empty() => list.to_vec(),
+            _ => match channel {
+                Channel::Sms => app.providers.sms_providers().into_iter().map(String::from).collect(),
+                Channel::Email => app.providers.email_providers().into_iter().map(String::from).collect(),
+                _ => self
+                    .0
+                    .iter()
+                    .filter(|p| p.channel() == channel)
+                    .map(|p| p.name().to_string())
+                    .collect(),
+            },
         };
-        preferred
-            .into_iter()
-            .find_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name))
+        names
+            .iter()
+            .filter(|name| app.providers.configured(name))
+            .filter_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name))
+            .cloned()
+            .collect()
+    }
+
+    /// The first of [`Providers::candidates`] without a route.
+    pub fn select(&self, channel: Channel, app: &AppConfig) -> Option<Arc<dyn Provider>> {
+        self.candidates(channel, app, None).into_iter().next()
     }
 }
 

@@ -11,6 +11,10 @@ use crate::model::{HistoryEntry, Message, Status};
 
 mod quota;
 pub use quota::Charge;
+mod throttle;
+pub use throttle::{Rate, Throttle};
+mod breaker;
+pub use breaker::{Breaker, BreakerPolicy, Circuit};
 
 /// Name of the GSI that maps a message id to its key.
 pub const BY_ID_INDEX: &str = "by_id";
@@ -387,6 +391,52 @@ impl Store {
         req.update_expression(format!("SET {} REMOVE {removes}", sets.join(", ")))
             .build()
             .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// Records, before a send that is not the route's first choice, which provider it
+    /// goes to (`via`), which were given up on (`tried`), and why (history notes).
+    pub async fn route_step(
+        &self,
+        pk: &str,
+        owner: &str,
+        via: &str,
+        tried: &[String],
+        notes: Vec<String>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let entries: Vec<AttributeValue> = notes
+            .into_iter()
+            .map(|note| {
+                let entry = HistoryEntry {
+                    at: now_ms,
+                    status: Status::Sending,
+                    note: Some(note),
+                };
+                serde_dynamo::to_item(entry)
+                    .map(|item: serde_dynamo::Item| AttributeValue::M(item.into()))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(
+                "SET via = :via, tried = :tried, updated_at = :now, history = list_append(history, :entries)",
+            )
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_values(":via", s(via))
+            .expression_attribute_values(
+                ":tried",
+                AttributeValue::L(tried.iter().map(|t| s(t.as_str())).collect()),
+            )
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":entries", AttributeValue::L(entries))
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(())
     }
 
     /// Gives the lease back after a failed attempt that certainly did not send, so the

@@ -4,8 +4,11 @@
 //! (`Endpoints::all_at` with the prefix per provider, see [`Fakes::endpoints`]).
 //! Each fake checks the request shape and signature the provider documents
 //! (`../shared/providers.md`) and answers with the provider's documented success, error
-//! and rate-limit payloads. Every request is recorded for assertions.
+//! and rate-limit payloads. Every request is recorded for assertions, and so is every
+//! send a fake performed ([`FakeLog::accepted`]); the Aliyun fake also plays faults
+//! scripted per recipient ([`FakeLog::script`]) to lose requests or answers.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -37,10 +40,42 @@ pub struct Recorded {
     pub body: serde_json::Value,
 }
 
+/// A send a fake really performed: what a fault test counts to find doubled or lost sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub provider: &'static str,
+    /// Our id as the provider got it (Aliyun `OutId`), empty if none was given.
+    pub reference: String,
+    /// The recipient(s) as the provider saw them.
+    pub to: String,
+    /// The provider's id for the send (Aliyun `BizId`).
+    pub provider_id: String,
+    /// When it was accepted, Unix ms.
+    pub at_ms: i64,
+}
+
+/// A fault a fake plays on one request, to test what a client does when a send goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer the provider's server error: nothing is sent.
+    ServerError,
+    /// Answer the provider's flow-control refusal: nothing is sent.
+    Throttle,
+    /// Wait this long, then handle the request: a client that gives up first (hyper then
+    /// drops the handler) leaves nothing sent.
+    HangBefore(std::time::Duration),
+    /// Handle the request (the send happens), then wait this long before answering: a
+    /// client that gives up first loses an answer for a send that happened.
+    HangAfter(std::time::Duration),
+}
+
 /// Shared state of all fakes.
 #[derive(Clone, Default)]
 pub struct FakeLog {
     entries: Arc<Mutex<Vec<Recorded>>>,
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+    /// Faults still to play, per recipient, in order.
+    faults: Arc<Mutex<HashMap<String, VecDeque<Fault>>>>,
     /// Print each request as it arrives (the dev stack shows what providers received).
     verbose: bool,
 }
@@ -69,6 +104,34 @@ impl FakeLog {
     /// Requests to one provider.
     pub fn of(&self, provider: &str) -> Vec<Recorded> {
         self.all().into_iter().filter(|r| r.provider == provider).collect()
+    }
+
+    /// Records a send the provider performed.
+    pub fn accept(&self, a: Accepted) {
+        if let Ok(mut accepted) = self.accepted.lock() {
+            accepted.push(a);
+        }
+    }
+
+    /// Sends one provider performed, oldest first.
+    pub fn accepted(&self, provider: &str) -> Vec<Accepted> {
+        self.accepted
+            .lock()
+            .map(|l| l.iter().filter(|a| a.provider == provider).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Plans `faults` for the next requests to `to` (the recipient as the provider sees
+    /// it, e.g. Aliyun `PhoneNumbers`), one per request, after any already planned.
+    pub fn script(&self, to: &str, faults: Vec<Fault>) {
+        if let Ok(mut planned) = self.faults.lock() {
+            planned.entry(to.to_string()).or_default().extend(faults);
+        }
+    }
+
+    /// Takes the next fault planned for `to`, if any.
+    pub fn next_fault(&self, to: &str) -> Option<Fault> {
+        self.faults.lock().ok()?.get_mut(to)?.pop_front()
     }
 }
 
@@ -166,4 +229,41 @@ pub fn sandbox_accounts(smtp: SocketAddr) -> serde_json::Value {
         "wechat": {"appid": wechat::APPID, "secret": wechat::SECRET},
         "smtp": {"host": smtp.ip().to_string(), "port": smtp.port(), "username": smtp::USERNAME, "password": smtp::PASSWORD, "security": "none"},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn faults_play_once_each_in_order_per_recipient() {
+        let log = FakeLog::default();
+        log.script("1", vec![Fault::ServerError, Fault::HangAfter(Duration::from_secs(1))]);
+        log.script("1", vec![Fault::HangBefore(Duration::from_secs(2))]);
+        let shared = log.clone();
+        assert_eq!(shared.next_fault("2"), None);
+        assert_eq!(shared.next_fault("1"), Some(Fault::ServerError));
+        assert_eq!(log.next_fault("1"), Some(Fault::HangAfter(Duration::from_secs(1))));
+        assert_eq!(log.next_fault("1"), Some(Fault::HangBefore(Duration::from_secs(2))));
+        assert_eq!(log.next_fault("1"), None);
+    }
+
+    #[test]
+    fn accepted_sends_are_kept_per_provider() {
+        let log = FakeLog::default();
+        let sent = |provider, reference: &str| Accepted {
+            provider,
+            reference: reference.into(),
+            to: "1".into(),
+            provider_id: format!("{reference}-id"),
+            at_ms: 0,
+        };
+        log.clone().accept(sent("aliyun", "a"));
+        log.accept(sent("tencent", "t"));
+        log.accept(sent("aliyun", "b"));
+        assert_eq!(log.accepted("aliyun"), vec![sent("aliyun", "a"), sent("aliyun", "b")]);
+        assert_eq!(log.accepted("twilio"), vec![]);
+    }
 }

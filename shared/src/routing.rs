@@ -1,0 +1,334 @@
+//! Routing rules as data: per app and business key, which providers serve each channel
+//! (in order: failover), which channels to fall back through, and what to do on which
+//! errors. Stored in the routes table (seeded from `infra/routes.json` with
+//! `pushgate routes seed`) and cached by the dispatcher.
+//!
+//! ```json
+//! [{"app": "demo", "key": "order_shipped",
+//!   "providers": {"sms": ["aliyun", "tencent"], "email": ["ses", "smtp"]},
+//!   "channels": ["wechat", "sms", "email"],
+//!   "rules": [{"when": {"provider": "aliyun", "code": "isv.MOBILE_NUMBER_ILLEGAL"}, "action": "switch_channel"},
+//!             {"when": {"class": "retryable"}, "action": "switch_provider"}]}]
+//! ```
+//! `key` `*` is the app's default route. Without a route, the app's own provider order
+//! (`sms_order`, `email_order`) applies, with the default actions of [`default_action`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::Deserialize;
+
+use crate::cache::Refreshing;
+use crate::model::Channel;
+use crate::providers::{ErrorClass, ProviderError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    #[error("routes unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid route: {0}")]
+    Invalid(String),
+}
+
+/// What to do after a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Try the same provider again later (exponential backoff).
+    Retry,
+    /// Give up on this provider for this message; try the channel's next provider.
+    SwitchProvider,
+    /// Give up on this channel; try the next channel of the fallback sequence.
+    SwitchChannel,
+    /// End `failed` now.
+    Fail,
+}
+
+/// Conditions of a rule; every one given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    #[serde(default)]
+    pub class: Option<ErrorClass>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's error code; a trailing `*` matches a prefix (`isv.*`).
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+impl When {
+    fn matches(&self, provider: &str, e: &ProviderError) -> bool {
+        self.class.is_none_or(|c| c == e.class)
+            && self.provider.as_deref().is_none_or(|p| p == provider)
+            && self.code.as_deref().is_none_or(|c| match c.strip_suffix('*') {
+                Some(prefix) => e.code.starts_with(prefix),
+                None => e.code == c,
+            })
+    }
+}
+
+/// One rule: the first whose `when` matches decides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub when: When,
+    pub action: Action,
+}
+
+/// How one app's messages of one business key travel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Providers per channel, in order of preference.
+    #[serde(default)]
+    pub providers: HashMap<Channel, Vec<String>>,
+    /// The channel fallback sequence; a message falls back only to channels it has a
+    /// recipient for (`fallback` in the request). Empty: the request's own order.
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// The action when no rule matches. Deferrable and ambiguous errors never get here:
+/// throttles defer, ambiguous sends follow the provider's ambiguity policy.
+pub fn default_action(class: ErrorClass) -> Action {
+    match class {
+        ErrorClass::Retryable | ErrorClass::Ambiguous | ErrorClass::Deferrable => Action::Retry,
+        // The account is spent: another provider may still send.
+        ErrorClass::Quota => Action::SwitchProvider,
+        ErrorClass::Permanent => Action::Fail,
+    }
+}
+
+impl Route {
+    /// What to do after `provider` failed with `e`.
+    pub fn decide(&self, provider: &str, e: &ProviderError) -> Action {
+        self.rules
+            .iter()
+            .find(|r| r.when.matches(provider, e))
+            .map(|r| r.action)
+            .unwrap_or_else(|| default_action(e.class))
+    }
+
+    /// The channels to try, in order: `primary` first, then the fallback channels the
+    /// message has recipients for, in the route's order (else the message's order).
+    pub fn legs(&self, primary: Channel, available: &[Channel]) -> Vec<Channel> {
+        let mut out = vec![primary];
+        let order: Vec<Channel> = if self.channels.is_empty() {
+            available.to_vec()
+        } else {
+            self.channels.clone()
+        };
+        for c in order {
+            if c != primary && available.contains(&c) && !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// One entry of a routes file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDoc {
+    app: String,
+    key: String,
+    #[serde(default)]
+    providers: HashMap<Channel, Vec<String>>,
+    #[serde(default)]
+    channels: Vec<Channel>,
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+/// Every route, by app and key.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(HashMap<(String, String), Arc<Route>>);
+
+impl Routes {
+    /// Parses a routes file (a JSON array of `{app, key, providers, channels, rules}`).
+    pub fn parse(json: &str) -> Result<Routes, RoutingError> {
+        let docs: Vec<RouteDoc> = serde_json::from_str(json).map_err(|e| RoutingError::Invalid(e.to_string()))?;
+        Ok(Routes(
+            docs.into_iter()
+                .map(|d| {
+                    let route = Route {
+                        providers: d.providers,
+                        channels: d.channels,
+                        rules: d.rules,
+                    };
+                    ((d.app, d.key), Arc::new(route))
+                })
+                .collect(),
+        ))
+    }
+
+    /// The route for `app` and business `key`: the key's own, else the app's `*`.
+    pub fn find(&self, app: &str, key: Option<&str>) -> Option<Arc<Route>> {
+        key.and_then(|k| self.0.get(&(app.to_string(), k.to_string())))
+            .or_else(|| self.0.get(&(app.to_string(), "*".to_string())))
+            .cloned()
+    }
+}
+
+/// Where the dispatcher gets routes: the routes table, re-read every `ttl`; or none.
+pub struct RouteStore {
+    table: Option<(aws_sdk_dynamodb::Client, String)>,
+    cached: Refreshing<Routes>,
+}
+
+impl RouteStore {
+    /// No routes: every app uses its own provider order and the default actions.
+    pub fn none() -> Self {
+        Self {
+            table: None,
+            cached: Refreshing::new(Duration::MAX),
+        }
+    }
+
+    /// Routes from a DynamoDB table (items `{id: "app/key", definition}`), cached for `ttl`.
+    pub fn table(client: aws_sdk_dynamodb::Client, table: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            table: Some((client, table.into())),
+            cached: Refreshing::new(ttl),
+        }
+    }
+
+    /// The current routes; a failed refresh keeps the last good set.
+    pub async fn current(&self) -> Result<Arc<Routes>, RoutingError> {
+        self.cached
+            .get("routes", || async {
+                match &self.table {
+                    None => Ok(Routes::default()),
+                    Some((client, table)) => load(client, table).await,
+                }
+            })
+            .await
+    }
+}
+
+async fn load(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Routes, RoutingError> {
+    let mut docs = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| RoutingError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+        for item in out.items() {
+            if let Some(definition) = item.get("definition").and_then(|v| v.as_s().ok()) {
+                docs.push(
+                    serde_json::from_str::<serde_json::Value>(definition)
+                        .map_err(|e| RoutingError::Invalid(e.to_string()))?,
+                );
+            }
+        }
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => break,
+        }
+    }
+    Routes::parse(&serde_json::Value::Array(docs).to_string())
+}
+
+/// Writes every route of a routes file to the table, after checking the whole file
+/// parses. Returns how many were written.
+pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, json: &str) -> Result<usize, RoutingError> {
+    Routes::parse(json)?;
+    let docs: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| RoutingError::Invalid(e.to_string()))?;
+    for doc in &docs {
+        let id = format!(
+            "{}/{}",
+            doc["app"].as_str().unwrap_or_default(),
+            doc["key"].as_str().unwrap_or_default()
+        );
+        client
+            .put_item()
+            .table_name(table)
+            .item("id", AttributeValue::S(id))
+            .item("definition", AttributeValue::S(doc.to_string()))
+            .send()
+            .await
+            .map_err(|e| RoutingError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+    }
+    Ok(docs.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(class: ErrorClass, code: &str) -> ProviderError {
+        ProviderError::new(class, code, "x")
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_defaults_follow_the_error_class() {
+        let routes = Routes::parse(
+            r#"[{"app":"a","key":"*","rules":[
+                {"when":{"provider":"aliyun","code":"isv.MOBILE*"},"action":"switch_channel"},
+                {"when":{"class":"retryable"},"action":"switch_provider"},
+                {"when":{"code":"isv.MOBILE_NUMBER_ILLEGAL"},"action":"retry"}]}]"#,
+        )
+        .unwrap();
+        let r = routes.find("a", Some("anything")).unwrap();
+        assert_eq!(
+            r.decide("aliyun", &err(ErrorClass::Permanent, "isv.MOBILE_NUMBER_ILLEGAL")),
+            Action::SwitchChannel
+        );
+        assert_eq!(
+            r.decide("tencent", &err(ErrorClass::Permanent, "isv.MOBILE_NUMBER_ILLEGAL")),
+            Action::Retry
+        );
+        assert_eq!(
+            r.decide("tencent", &err(ErrorClass::Retryable, "500")),
+            Action::SwitchProvider
+        );
+        assert_eq!(
+            r.decide("tencent", &err(ErrorClass::Quota, "q")),
+            Action::SwitchProvider
+        );
+        assert_eq!(r.decide("tencent", &err(ErrorClass::Permanent, "p")), Action::Fail);
+        assert!(routes.find("b", None).is_none());
+    }
+
+    #[test]
+    fn a_key_route_wins_over_the_app_default_and_legs_follow_the_route_order() {
+        let routes = Routes::parse(
+            r#"[{"app":"a","key":"*","channels":["email"]},
+                {"app":"a","key":"otp","channels":["wechat","sms","email"]}]"#,
+        )
+        .unwrap();
+        let otp = routes.find("a", Some("otp")).unwrap();
+        assert_eq!(
+            otp.legs(Channel::Wechat, &[Channel::Email, Channel::Sms]),
+            vec![Channel::Wechat, Channel::Sms, Channel::Email]
+        );
+        // Only channels with a recipient, and never the primary twice.
+        assert_eq!(
+            otp.legs(Channel::Sms, &[Channel::Email]),
+            vec![Channel::Sms, Channel::Email]
+        );
+        assert_eq!(routes.find("a", Some("other")).unwrap().channels, vec![Channel::Email]);
+        assert_eq!(
+            Route::default().legs(Channel::Sms, &[Channel::Email, Channel::Webhook]),
+            vec![Channel::Sms, Channel::Email, Channel::Webhook]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_actions_are_refused() {
+        assert!(Routes::parse(r#"[{"app":"a","key":"*","rulez":[]}]"#).is_err());
+        assert!(Routes::parse(r#"[{"app":"a","key":"*","rules":[{"action":"explode"}]}]"#).is_err());
+        assert!(Routes::parse(r#"[{"app":"a","key":"*","providers":{"fax":["x"]}}]"#).is_err());
+    }
+}

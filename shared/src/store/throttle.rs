@@ -1,0 +1,238 @@
+//! Provider rate shaping: a token bucket per provider account, kept as one DynamoDB item
+//! so that every dispatcher instance draws from the same bucket.
+//!
+//! The bucket is GCRA (the generic cell rate algorithm): the item holds only the
+//! theoretical arrival time `tat` of the next send. With interval `T = per / count` and
+//! tolerance `τ = (burst - 1)·T`, a send at `now` may go iff `max(tat, now) - now ≤ τ`,
+//! and then `tat := max(tat, now) + T`; otherwise it waits `tat - τ - now`.
+//!
+//! `tat` is stored in integer **microseconds** since the Unix epoch, not milliseconds:
+//! `T` is fractional in milliseconds for rates above 1000 per second (or not dividing
+//! evenly, e.g. 3 per second), and DynamoDB arithmetic is exact on integers. `T` is
+//! rounded *up* to the microsecond, so rounding can only make the shaped rate a hair
+//! slower than configured, never faster than what the provider allows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+
+use super::{aws_err, n, s, Store, StoreError};
+
+/// How long a bucket item outlives its `tat` before DynamoDB may delete it. Once `tat`
+/// is in the past an absent item means the same as a present one (a full bucket).
+const TTL_MARGIN_US: i64 = 60_000_000;
+
+/// Conditional updates tried per take before giving up on a contended bucket.
+const MAX_ROUNDS: usize = 3;
+
+/// A provider's rate limit: `count` sends per `per_ms` milliseconds, of which up to
+/// `burst` may go back to back. App config carries it as `{"per_second": 5}` or
+/// `{"per_minute": 20, "burst": 3}` (burst defaults to 1: evenly spaced sends).
+///
+/// A `count` or `burst` of 0 is treated as 1 (config rejects both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "RateSpec")]
+pub struct Rate {
+    pub count: u32,
+    pub per_ms: u64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `count` sends a second, evenly spaced (burst 1).
+    pub const fn per_second(count: u32) -> Self {
+        Self {
+            count,
+            per_ms: 1_000,
+            burst: 1,
+        }
+    }
+
+    /// `count` sends a minute, evenly spaced (burst 1).
+    pub const fn per_minute(count: u32) -> Self {
+        Self {
+            count,
+            per_ms: 60_000,
+            burst: 1,
+        }
+    }
+
+    /// The same rate, allowing `burst` sends back to back after an idle period.
+    pub const fn with_burst(self, burst: u32) -> Self {
+        Self { burst, ..self }
+    }
+
+    /// The spacing between sends at the sustained rate (rounded up to the microsecond).
+    pub fn interval(&self) -> Duration {
+        Duration::from_micros(self.interval_us().unsigned_abs())
+    }
+
+    /// `T` in microseconds, rounded up so rounding never exceeds the configured rate.
+    fn interval_us(&self) -> i64 {
+        let per_us = u128::from(self.per_ms) * 1_000;
+        let t = per_us.div_ceil(u128::from(self.count.max(1))).max(1);
+        i64::try_from(t).unwrap_or(i64::MAX)
+    }
+
+    /// `τ` in microseconds: how far ahead of now `tat` may run and still let a send go.
+    fn tolerance_us(&self) -> i64 {
+        i64::from(self.burst.max(1) - 1).saturating_mul(self.interval_us())
+    }
+}
+
+/// The config form of a [`Rate`]: exactly one of `per_second` / `per_minute`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateSpec {
+    per_second: Option<u32>,
+    per_minute: Option<u32>,
+    #[serde(default = "one")]
+    burst: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl TryFrom<RateSpec> for Rate {
+    type Error = String;
+
+    fn try_from(spec: RateSpec) -> Result<Self, Self::Error> {
+        let rate = match (spec.per_second, spec.per_minute) {
+            (Some(c), None) => Rate::per_second(c),
+            (None, Some(c)) => Rate::per_minute(c),
+            _ => return Err("a rate needs exactly one of `per_second`, `per_minute`".into()),
+        };
+        if rate.count == 0 {
+            return Err("a rate's count must be at least 1".into());
+        }
+        if spec.burst == 0 {
+            return Err("a rate's burst must be at least 1".into());
+        }
+        Ok(rate.with_burst(spec.burst))
+    }
+}
+
+/// The answer to a take: send now, or come back after the given time (nothing was
+/// taken, so the caller simply asks again then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    Go,
+    Wait(Duration),
+}
+
+/// The two conditional writes that together make `tat := max(tat, now) + T`.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The bucket is busy (`now ≤ tat ≤ now + τ`), or absent: `tat := tat + T`.
+    Add,
+    /// The bucket is idle (`tat < now`), or absent: `tat := now + T`.
+    Reset,
+}
+
+/// The result of one conditional write.
+enum Written {
+    Applied,
+    /// Refused: the item as it was (`None` when there is none).
+    Refused(Option<HashMap<String, AttributeValue>>),
+}
+
+/// What a refused write saw, which says which write to try next.
+enum Seen {
+    Idle,
+    Busy,
+    /// `tat` (µs) is more than `τ` ahead: the caller must wait.
+    Ahead(i64),
+}
+
+fn bucket_key(key: &str) -> String {
+    // '.' never occurs in message keys, so the item cannot collide with one.
+    format!("_bucket.{key}")
+}
+
+fn wait_us(us: i64) -> Throttle {
+    Throttle::Wait(Duration::from_micros(us.max(1).unsigned_abs()))
+}
+
+impl Store {
+    /// Takes one send from the provider account's shared token bucket at `now_ms`
+    /// (GCRA, see the module doc). Normally one conditional UpdateItem per call, and a
+    /// refusal costs no write; a take contended past a few rounds answers "wait one
+    /// interval" rather than looping on DynamoDB.
+    pub async fn take_token(&self, key: &str, rate: Rate, now_ms: i64) -> Result<Throttle, StoreError> {
+        let pk = bucket_key(key);
+        let now = now_ms.saturating_mul(1_000);
+        let t = rate.interval_us();
+        let tau = rate.tolerance_us();
+        // DynamoDB has no max(): the two branches of max(tat, now) are two conditional
+        // writes, and a refused one returns the item, which says which branch holds.
+        // With burst 1 (τ = 0) a send can only go from an idle bucket, so start with the
+        // reset; with a burst, start with the add, which serves a busy bucket and also
+        // creates an absent one. Either way the common case is one round trip.
+        let mut step = if tau == 0 { Step::Reset } else { Step::Add };
+        for _ in 0..MAX_ROUNDS {
+            let Written::Refused(old) = self.bucket_write(&pk, step, now, t, tau).await? else {
+                return Ok(Throttle::Go);
+            };
+            step = match seen(old.as_ref(), now, tau)? {
+                Seen::Idle => Step::Reset,
+                Seen::Busy => Step::Add,
+                Seen::Ahead(tat) => return Ok(wait_us(tat - tau - now)),
+            };
+        }
+        Ok(wait_us(t))
+    }
+
+    /// One conditional write of the bucket.
+    async fn bucket_write(&self, pk: &str, step: Step, now: i64, t: i64, tau: i64) -> Result<Written, StoreError> {
+        // The item may be deleted once `tat` is past: the furthest a write can move it
+        // is now + τ + T.
+        let ttl = (now.saturating_add(tau).saturating_add(t).saturating_add(TTL_MARGIN_US)) / 1_000_000 + 1;
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", n(ttl))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let req = match step {
+            Step::Add => req
+                .update_expression("SET tat = if_not_exists(tat, :now) + :t, expires_at = :ttl")
+                .condition_expression("attribute_not_exists(tat) OR (tat >= :now AND tat <= :limit)")
+                .expression_attribute_values(":t", n(t))
+                .expression_attribute_values(":limit", n(now.saturating_add(tau))),
+            Step::Reset => req
+                .update_expression("SET tat = :next, expires_at = :ttl")
+                .condition_expression("attribute_not_exists(tat) OR tat < :now")
+                .expression_attribute_values(":next", n(now.saturating_add(t))),
+        };
+        match req.send().await {
+            Ok(_) => Ok(Written::Applied),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(Written::Refused(c.item().cloned())),
+                _ => Err(aws_err(e)),
+            },
+        }
+    }
+}
+
+fn seen(old: Option<&HashMap<String, AttributeValue>>, now: i64, tau: i64) -> Result<Seen, StoreError> {
+    let Some(tat) = old.and_then(|i| i.get("tat")) else {
+        return Ok(Seen::Idle);
+    };
+    let tat: i64 = tat
+        .as_n()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("bucket tat is not an integer: {tat:?}")))?;
+    Ok(if tat < now {
+        Seen::Idle
+    } else if tat - now <= tau {
+        Seen::Busy
+    } else {
+        Seen::Ahead(tat)
+    })
+}

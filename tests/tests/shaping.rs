@@ -1,0 +1,299 @@
+//! Provider shaping against DynamoDB (moto): the shared token bucket (GCRA) and the
+//! shared circuit breaker. Every test passes explicit instants, so none sleeps and the
+//! arithmetic is checked exactly.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use pushgate::store::{Breaker, BreakerPolicy, Circuit, Rate, Store, Throttle};
+use pushgate_tests::*;
+use pushgate_tool::resources::{self, Overrides};
+
+/// An instant on a minute boundary, so fixed windows start with the test.
+const T0: i64 = 1_700_000_040_000;
+
+/// A fresh messages table, and a store whose DynamoDB round trips are counted.
+async fn store() -> (Store, CallCounter) {
+    let sdk = resources::local_sdk(&moto().endpoint()).await;
+    let prefix = format!("t{}-", ulid::Ulid::new().to_string().to_lowercase());
+    let res = resources::create(&sdk, &prefix, &Overrides::default())
+        .await
+        .expect("create resources");
+    let calls = CallCounter::default();
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(calls.clone())
+            .build(),
+    );
+    (Store::new(ddb, res.messages_table()), calls)
+}
+
+async fn take_all(store: &Store, key: &str, rate: Rate, now_ms: i64, takes: usize) -> Vec<Throttle> {
+    join_all((0..takes).map(|_| store.take_token(key, rate, now_ms)))
+        .await
+        .into_iter()
+        .map(|r| r.expect("take"))
+        .collect()
+}
+
+fn goes(answers: &[Throttle]) -> usize {
+    answers.iter().filter(|a| **a == Throttle::Go).count()
+}
+
+fn ms(v: u64) -> Throttle {
+    Throttle::Wait(Duration::from_millis(v))
+}
+
+#[test]
+fn rates_read_from_app_config() {
+    let rate: Rate = serde_json::from_str(r#"{"per_second": 5}"#).unwrap();
+    assert_eq!(rate, Rate::per_second(5));
+    assert_eq!((rate.count, rate.per_ms, rate.burst), (5, 1_000, 1));
+    let rate: Rate = serde_json::from_str(r#"{"per_minute": 20, "burst": 3}"#).unwrap();
+    assert_eq!(rate, Rate::per_minute(20).with_burst(3));
+    assert_eq!(rate.interval(), Duration::from_secs(3));
+    for bad in [
+        r#"{}"#,
+        r#"{"per_second": 1, "per_minute": 1}"#,
+        r#"{"per_second": 0}"#,
+        r#"{"per_second": 1, "burst": 0}"#,
+        r#"{"per_secnod": 1}"#,
+    ] {
+        assert!(serde_json::from_str::<Rate>(bad).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn with_burst_one_a_single_one_of_twenty_concurrent_takes_goes_and_the_rest_go_one_per_interval() {
+    let (store, calls) = store().await;
+    let rate = Rate::per_second(5);
+
+    let answers = take_all(&store, "sms.acct", rate, T0, 20).await;
+    assert_eq!(goes(&answers), 1, "{answers:?}");
+    // A wait reserves nothing: every loser is told the one interval until the next token.
+    assert!(
+        answers.iter().all(|a| *a == Throttle::Go || *a == ms(200)),
+        "{answers:?}"
+    );
+    assert_eq!(calls.service("DynamoDB"), 20, "one round trip per take");
+    assert_eq!(store.take_token("sms.acct", rate, T0 + 50).await.unwrap(), ms(150));
+
+    // The losers come back when told, all at once: one goes per 200 ms, so the k-th
+    // waiter sends at T0 + k·200 ms.
+    let mut waiting = 19;
+    for k in 1..=19 {
+        let answers = take_all(&store, "sms.acct", rate, T0 + k * 200, waiting).await;
+        assert_eq!(goes(&answers), 1, "round {k}: {answers:?}");
+        assert!(
+            answers.iter().all(|a| *a == Throttle::Go || *a == ms(200)),
+            "{answers:?}"
+        );
+        waiting -= 1;
+    }
+    // Another account has its own bucket.
+    assert_eq!(store.take_token("sms.other", rate, T0).await.unwrap(), Throttle::Go);
+}
+
+#[tokio::test]
+async fn tokens_come_back_as_time_passes() {
+    let (store, _) = store().await;
+    // 10 a second (T = 100 ms), 3 back to back (τ = 200 ms).
+    let rate = Rate::per_second(10).with_burst(3);
+    let take = |now| store.take_token("push.acct", rate, now);
+
+    for _ in 0..3 {
+        assert_eq!(take(T0).await.unwrap(), Throttle::Go);
+    }
+    assert_eq!(take(T0).await.unwrap(), ms(100));
+    assert_eq!(take(T0 + 40).await.unwrap(), ms(60));
+    // One token back per interval.
+    assert_eq!(take(T0 + 100).await.unwrap(), Throttle::Go);
+    assert_eq!(take(T0 + 100).await.unwrap(), ms(100));
+    assert_eq!(take(T0 + 250).await.unwrap(), Throttle::Go);
+    assert_eq!(take(T0 + 250).await.unwrap(), ms(50));
+    // Idle long enough, the whole burst is back, and no more than it.
+    for _ in 0..3 {
+        assert_eq!(take(T0 + 10_000).await.unwrap(), Throttle::Go);
+    }
+    assert_eq!(take(T0 + 10_000).await.unwrap(), ms(100));
+
+    // Sub-millisecond intervals are kept exactly (in microseconds), rounded up.
+    let fast = Rate::per_second(3_000);
+    assert_eq!(store.take_token("fast", fast, T0).await.unwrap(), Throttle::Go);
+    assert_eq!(
+        store.take_token("fast", fast, T0).await.unwrap(),
+        Throttle::Wait(Duration::from_micros(334))
+    );
+    assert_eq!(store.take_token("fast", fast, T0 + 1).await.unwrap(), Throttle::Go);
+}
+
+#[tokio::test]
+async fn a_burst_of_twenty_a_minute_lets_exactly_twenty_concurrent_takes_go() {
+    let (store, calls) = store().await;
+    let rate = Rate::per_minute(20).with_burst(20);
+
+    let answers = take_all(&store, "mail.acct", rate, T0, 20).await;
+    assert_eq!(goes(&answers), 20, "{answers:?}");
+    assert_eq!(calls.service("DynamoDB"), 20, "one round trip per take");
+    assert_eq!(
+        store.take_token("mail.acct", rate, T0).await.unwrap(),
+        Throttle::Wait(Duration::from_secs(3))
+    );
+    assert_eq!(
+        store.take_token("mail.acct", rate, T0 + 2_000).await.unwrap(),
+        Throttle::Wait(Duration::from_secs(1))
+    );
+    assert_eq!(
+        store.take_token("mail.acct", rate, T0 + 3_000).await.unwrap(),
+        Throttle::Go
+    );
+}
+
+#[tokio::test]
+async fn n_failures_open_the_circuit_for_every_instance_within_one_cache_ttl() {
+    let (store, calls) = store().await;
+    let policy = BreakerPolicy::default();
+    let (a, b) = (
+        Breaker::new(store.clone(), policy, 1_000),
+        Breaker::new(store.clone(), policy, 1_000),
+    );
+    let key = "twilio.main";
+
+    assert_eq!(b.state(key, T0).await.unwrap(), Circuit::Closed);
+    for i in 0..4 {
+        assert_eq!(a.failure(key, false, T0 + i).await.unwrap(), Circuit::Closed);
+    }
+    assert_eq!(a.state(key, T0 + 5).await.unwrap(), Circuit::Closed);
+    let open = Circuit::Open {
+        until_ms: T0 + 10 + 30_000,
+    };
+    assert_eq!(a.failure(key, false, T0 + 10).await.unwrap(), open);
+
+    // The happy path touches nothing: cached states and plain successes are free.
+    calls.reset();
+    assert_eq!(a.state(key, T0 + 11).await.unwrap(), open);
+    assert_eq!(
+        b.state(key, T0 + 999).await.unwrap(),
+        Circuit::Closed,
+        "b's cache is still fresh"
+    );
+    b.success(key, false, T0 + 999).await.unwrap();
+    assert_eq!(calls.service("DynamoDB"), 0, "{:?}", calls.snapshot());
+
+    assert_eq!(
+        b.state(key, T0 + 1_000).await.unwrap(),
+        open,
+        "b re-reads after its ttl"
+    );
+    assert_eq!(calls.service("DynamoDB"), 1);
+    // Failures in flight when it opened do not re-open it: the count restarted.
+    assert_eq!(b.failure(key, false, T0 + 1_001).await.unwrap(), Circuit::Closed);
+    assert_eq!(store.circuit(key, &policy, T0 + 1_002).await.unwrap(), open);
+    // Other accounts are unaffected.
+    assert_eq!(b.state("twilio.backup", T0 + 1_002).await.unwrap(), Circuit::Closed);
+}
+
+#[tokio::test]
+async fn after_the_cool_down_one_caller_probes_and_its_outcome_decides_for_everyone() {
+    let (store, _) = store().await;
+    // A long window, so every failure below falls into the same one.
+    let policy = BreakerPolicy {
+        failures: 3,
+        window_ms: 600_000,
+        cool_down_ms: 10_000,
+    };
+    let key = "aliyun.main";
+    let probes = |now| {
+        let store = store.clone();
+        async move {
+            join_all((0..10).map(|_| store.circuit(key, &policy, now)))
+                .await
+                .into_iter()
+                .map(|r| r.expect("circuit"))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    for i in 0..3 {
+        store.record_failure(key, &policy, false, T0 + i).await.unwrap();
+    }
+    let opened_until = T0 + 2 + 10_000;
+    assert_eq!(
+        store.circuit(key, &policy, opened_until - 1).await.unwrap(),
+        Circuit::Open { until_ms: opened_until }
+    );
+
+    // Cool-down over: exactly one of ten concurrent callers wins the probe.
+    let now = opened_until + 5;
+    let answers = probes(now).await;
+    assert_eq!(
+        answers.iter().filter(|c| **c == Circuit::Probe).count(),
+        1,
+        "{answers:?}"
+    );
+    let held = Circuit::Open { until_ms: now + 10_000 };
+    assert!(
+        answers.iter().all(|c| *c == Circuit::Probe || *c == held),
+        "{answers:?}"
+    );
+
+    // The probe fails: open again for a full cool-down, for everyone.
+    let reopened = Circuit::Open {
+        until_ms: now + 500 + 10_000,
+    };
+    assert_eq!(
+        store.record_failure(key, &policy, true, now + 500).await.unwrap(),
+        reopened
+    );
+    assert_eq!(store.circuit(key, &policy, now + 600).await.unwrap(), reopened);
+
+    // Next cool-down over: probing through breaker instances this time.
+    let now = now + 500 + 10_000;
+    let instances: Vec<Breaker> = (0..10)
+        .map(|_| Breaker::new(store.clone(), policy, Breaker::DEFAULT_TTL_MS))
+        .collect();
+    let answers: Vec<Circuit> = join_all(instances.iter().map(|b| b.state(key, now)))
+        .await
+        .into_iter()
+        .map(|r| r.expect("state"))
+        .collect();
+    let winner = answers.iter().position(|c| *c == Circuit::Probe).expect("a probe");
+    assert_eq!(
+        answers.iter().filter(|c| **c == Circuit::Probe).count(),
+        1,
+        "{answers:?}"
+    );
+
+    // The probe succeeds: closed for everyone.
+    instances[winner].success(key, true, now + 200).await.unwrap();
+    assert_eq!(instances[winner].state(key, now + 201).await.unwrap(), Circuit::Closed);
+    let other = &instances[(winner + 1) % instances.len()];
+    assert!(
+        matches!(other.state(key, now + 201).await.unwrap(), Circuit::Open { .. }),
+        "cached"
+    );
+    assert_eq!(other.state(key, now + 1_000).await.unwrap(), Circuit::Closed);
+    assert_eq!(store.circuit(key, &policy, now + 1_000).await.unwrap(), Circuit::Closed);
+
+    // Still in the window that opened it, failures count afresh after recovery.
+    for i in 0..2 {
+        assert_eq!(
+            store
+                .record_failure(key, &policy, false, now + 2_000 + i)
+                .await
+                .unwrap(),
+            Circuit::Closed
+        );
+    }
+    assert!(matches!(
+        store.record_failure(key, &policy, false, now + 2_010).await.unwrap(),
+        Circuit::Open { .. }
+    ));
+
+    // A probe's late success does not close a circuit re-opened meanwhile.
+    assert!(!store.record_success(key, true, now + 2_020).await.unwrap());
+    assert!(matches!(
+        store.circuit(key, &policy, now + 2_030).await.unwrap(),
+        Circuit::Open { .. }
+    ));
+}
