@@ -169,6 +169,17 @@ impl Routes {
         ))
     }
 
+    /// Every route as (app, key, route), sorted.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Route)> {
+        let mut all: Vec<_> = self
+            .0
+            .iter()
+            .map(|((a, k), r)| (a.as_str(), k.as_str(), r.as_ref()))
+            .collect();
+        all.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+        all.into_iter()
+    }
+
     /// The route for `app` and business `key`: the key's own, else the app's `*`.
     pub fn find(&self, app: &str, key: Option<&str>) -> Option<Arc<Route>> {
         key.and_then(|k| self.0.get(&(app.to_string(), k.to_string())))
@@ -323,6 +334,12 @@ mod tests {
             Route::default().legs(Channel::Sms, &[Channel::Email, Channel::Webhook]),
             vec![Channel::Sms, Channel::Email, Channel::Webhook]
         );
+    }
+
+    #[test]
+    fn the_repo_routes_file_parses() {
+        let routes = Routes::parse(include_str!("../../infra/routes.json")).unwrap();
+        assert!(routes.find("dev-app", Some("order_shipped")).is_some());
     }
 
     #[test]

@@ -86,6 +86,14 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     )
     .await?;
     println!("pushgate dev: seeded {seeded} templates from infra/templates.json");
+    let routes_table = res.tables["RoutesTable"].clone();
+    let seeded = pushgate::routing::seed(
+        &aws_sdk_dynamodb::Client::new(&sdk),
+        &routes_table,
+        &std::fs::read_to_string(crate::workspace_root().join("infra/routes.json"))?,
+    )
+    .await?;
+    println!("pushgate dev: seeded {seeded} routes from infra/routes.json");
 
     let receiver = Receiver::start(
         SocketAddr::from(([127, 0, 0, 1], opts.receiver_port)),
@@ -104,6 +112,9 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
         ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
         ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
+        ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
+        // Seeded routes and circuit state take effect at once locally.
+        ("PUSHGATE_ROUTES_TTL_SECONDS", "5".into()),
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
         ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
@@ -130,6 +141,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
+        ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
         ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
         ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
         ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),

@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Routing rules: check a routes file, or seed the routes table from it.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// An app's balance of messages (metered apps, `limits.balance`); uses the AWS
     /// environment and PUSHGATE_MESSAGES_TABLE.
     Quota {
@@ -143,6 +148,22 @@ enum DlqCommand {
         /// Only messages created since this time (RFC 3339, or Unix seconds).
         #[arg(long)]
         since: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// Parse --file and print each route (nothing written).
+    Check {
+        #[arg(long, default_value = "infra/routes.json")]
+        file: PathBuf,
+    },
+    /// Write every route of --file to the routes table (uses the AWS environment).
+    Seed {
+        #[arg(long, env = "PUSHGATE_ROUTES_TABLE")]
+        table: String,
+        #[arg(long, default_value = "infra/routes.json")]
+        file: PathBuf,
     },
 }
 
@@ -393,6 +414,34 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                     );
                 }
             }
+            Ok(true)
+        }
+        Command::Routes {
+            command: RoutesCommand::Check { file },
+        } => {
+            let routes = pushgate::routing::Routes::parse(&std::fs::read_to_string(&file)?)?;
+            for (app, key, route) in routes.iter() {
+                let channels: Vec<&str> = route.channels.iter().map(|c| c.as_str()).collect();
+                println!(
+                    "{app}/{key}: channels [{}], {} provider lists, {} rules",
+                    channels.join(", "),
+                    route.providers.len(),
+                    route.rules.len()
+                );
+            }
+            Ok(true)
+        }
+        Command::Routes {
+            command: RoutesCommand::Seed { table, file },
+        } => {
+            let sdk = pushgate::aws::load().await;
+            let n = pushgate::routing::seed(
+                &aws_sdk_dynamodb::Client::new(&sdk),
+                &table,
+                &std::fs::read_to_string(&file)?,
+            )
+            .await?;
+            println!("seeded {n} routes into {table}");
             Ok(true)
         }
         Command::Quota { command } => {
