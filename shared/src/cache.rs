@@ -57,3 +57,29 @@ impl<T> Refreshing<T> {
         }
     }
 }
+
+/// Every `(id, definition)` item of a config-as-code table (templates, routes): one
+/// paginated Scan, as a refresh does.
+pub async fn scan_definitions(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+        for item in page.items() {
+            let field = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+            if let (Some(id), Some(definition)) = (field("id"), field("definition")) {
+                out.push((id, definition));
+            }
+        }
+        match page.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(out),
+        }
+    }
+}

@@ -225,29 +225,12 @@ impl RouteStore {
 }
 
 async fn load(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Routes, RoutingError> {
-    let mut docs = Vec::new();
-    let mut start = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| RoutingError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
-        for item in out.items() {
-            if let Some(definition) = item.get("definition").and_then(|v| v.as_s().ok()) {
-                docs.push(
-                    serde_json::from_str::<serde_json::Value>(definition)
-                        .map_err(|e| RoutingError::Invalid(e.to_string()))?,
-                );
-            }
-        }
-        match out.last_evaluated_key {
-            Some(key) if !key.is_empty() => start = Some(key),
-            _ => break,
-        }
-    }
+    let docs = crate::cache::scan_definitions(client, table)
+        .await
+        .map_err(RoutingError::Unavailable)?
+        .into_iter()
+        .map(|(_, definition)| serde_json::from_str(&definition).map_err(|e| RoutingError::Invalid(e.to_string())))
+        .collect::<Result<Vec<serde_json::Value>, _>>()?;
     Routes::parse(&serde_json::Value::Array(docs).to_string())
 }
 

@@ -306,27 +306,12 @@ impl TemplateStore {
 
 async fn load_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Templates, TemplateError> {
     let mut definitions = Map::new();
-    let mut start = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| TemplateError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
-        for item in out.items() {
-            let field = |k: &str| item.get(k).and_then(|v| v.as_s().ok());
-            let (Some(id), Some(definition)) = (field("id"), field("definition")) else {
-                continue;
-            };
-            let value = serde_json::from_str(definition).map_err(|e| TemplateError::Invalid(format!("{id}: {e}")))?;
-            definitions.insert(id.clone(), value);
-        }
-        match out.last_evaluated_key {
-            Some(key) if !key.is_empty() => start = Some(key),
-            _ => break,
-        }
+    for (id, definition) in crate::cache::scan_definitions(client, table)
+        .await
+        .map_err(TemplateError::Unavailable)?
+    {
+        let value = serde_json::from_str(&definition).map_err(|e| TemplateError::Invalid(format!("{id}: {e}")))?;
+        definitions.insert(id, value);
     }
     Templates::parse(&Value::Object(definitions).to_string())
 }

@@ -326,20 +326,11 @@ impl Dispatcher {
                     if probe {
                         let _ = self.breaker.success(&account, true, now).await;
                     }
-                    let finish = Finish {
-                        status: if sent.delivered {
-                            Status::Delivered
-                        } else {
-                            Status::Sent
-                        },
-                        provider: Some(name.into()),
-                        provider_message_id: sent.provider_message_id,
-                        reason: None,
-                        note: Some(match step.leg.channel == message.channel {
-                            true => format!("sent via {name}"),
-                            false => format!("sent via {name} ({} fallback)", step.leg.channel.as_str()),
-                        }),
+                    let note = match step.leg.channel == message.channel {
+                        true => format!("sent via {name}"),
+                        false => format!("sent via {name} ({} fallback)", step.leg.channel.as_str()),
                     };
+                    let finish = Finish::sent(sent, name, note);
                     return self.finish(message, owner, finish).await;
                 }
                 Err(e) => {
@@ -444,17 +435,8 @@ impl Dispatcher {
             }
             Ambiguity::Reconcile => match step.provider.reconcile(&step.message(message), app).await {
                 Ok(Reconciled::Sent(sent)) => {
-                    let finish = Finish {
-                        status: if sent.delivered {
-                            Status::Delivered
-                        } else {
-                            Status::Sent
-                        },
-                        provider: Some(name.into()),
-                        provider_message_id: sent.provider_message_id,
-                        reason: None,
-                        note: Some(format!("found at {name} after an interrupted send; not resent")),
-                    };
+                    let note = format!("found at {name} after an interrupted send; not resent");
+                    let finish = Finish::sent(sent, name, note);
                     Some(self.finish(message, owner, finish).await)
                 }
                 Ok(Reconciled::NotSent) => None,

@@ -66,6 +66,23 @@ pub struct Finish {
     pub note: Option<String>,
 }
 
+impl Finish {
+    /// The outcome of a send the provider accepted.
+    pub fn sent(sent: crate::providers::Sent, provider: &str, note: String) -> Self {
+        Self {
+            status: if sent.delivered {
+                Status::Delivered
+            } else {
+                Status::Sent
+            },
+            provider: Some(provider.into()),
+            provider_message_id: sent.provider_message_id,
+            reason: None,
+            note: Some(note),
+        }
+    }
+}
+
 /// DynamoDB adapter.
 #[derive(Clone, Debug)]
 pub struct Store {
