@@ -168,7 +168,8 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
             Some(Fault::ServerError) => server_errors += 1,
             Some(Fault::HangBefore(_) | Fault::HangAfter(_)) => timeouts += 1,
             Some(Fault::Throttle) => throttles += 1,
-            None => {}
+            // Not planned here: quota refusals are routing's concern (`tests/routing.rs`).
+            Some(Fault::Quota) | None => {}
         }
         permanent += usize::from(rejected);
         stack.fakes.log.script(&to, faults);

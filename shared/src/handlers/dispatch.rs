@@ -102,6 +102,13 @@ pub fn documented_rate(provider: &str) -> Option<Rate> {
     }
 }
 
+/// `d` rounded up to whole seconds, the unit of SQS visibility: truncated, a sub-second
+/// delay (a token due within the second) would make the job visible again at once, and
+/// its redeliveries would spend the queue's `maxReceiveCount` in a hot loop.
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
 /// How long a message of an app set to wait for its balance stays hidden between looks.
 const QUOTA_WAIT: Duration = Duration::from_secs(60);
 
@@ -137,7 +144,7 @@ impl Dispatcher {
             .filter_map(|(id, o)| match o {
                 Outcome::Retry(_, Some(after)) => handles
                     .get(id)
-                    .map(|h| (h.clone(), (*after).min(self.cfg.max_retry_delay))),
+                    .map(|h| (h.clone(), whole_seconds((*after).min(self.cfg.max_retry_delay)))),
                 _ => None,
             })
             .collect();
@@ -270,6 +277,7 @@ impl Dispatcher {
         let mut open_until: Option<i64> = None;
         let mut skip_channel: Option<Channel> = None;
         let mut last_error: Option<(String, ProviderError)> = None;
+        let tried_before = message.tried.len();
         for step in &plan {
             if skip_channel == Some(step.leg.channel) {
                 continue;
@@ -388,15 +396,36 @@ impl Dispatcher {
                                 e.code
                             ));
                             skip_channel = Some(step.leg.channel);
+                            // The whole channel is given up on, not only this provider: a
+                            // later attempt must not come back to its other providers.
+                            for other in plan.iter().filter(|s| s.leg.channel == step.leg.channel) {
+                                if !message.tried.contains(&other.id()) {
+                                    message.tried.push(other.id());
+                                }
+                            }
                         }
                     }
-                    message.tried.push(id);
+                    if !message.tried.contains(&id) {
+                        message.tried.push(id);
+                    }
                     last_error = Some((name.to_string(), e));
                 }
             }
         }
         if let Some(until) = open_until {
-            // Every provider left is behind an open circuit: wait for its probe.
+            // Every provider left is behind an open circuit: wait for its probe. What this
+            // attempt gave up on stays given up on (no later route step records it).
+            if message.tried.len() > tried_before {
+                let via = message.via.clone().unwrap_or_else(|| first.clone());
+                let now = (self.clock)();
+                if let Err(e) = self
+                    .store
+                    .route_step(&message.pk, owner, &via, &message.tried, Vec::new(), now)
+                    .await
+                {
+                    tracing::warn!(error = %e, id = %message.id, "could not record the providers given up on");
+                }
+            }
             let note = notes.join("; ");
             let after = Duration::from_millis((until - (self.clock)()).clamp(1000, 900_000) as u64);
             return self.release(message, owner, &note, true, after).await;
@@ -543,6 +572,15 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visibility_delays_round_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::from_micros(1)), Duration::from_secs(1));
+        assert_eq!(whole_seconds(Duration::from_millis(200)), Duration::from_secs(1));
+        assert_eq!(whole_seconds(Duration::from_millis(2_001)), Duration::from_secs(3));
+        assert_eq!(whole_seconds(Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(whole_seconds(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn backoff_grows_exponentially_within_jittered_bounds_and_is_capped() {

@@ -23,9 +23,10 @@
 //!
 //! Faults scripted with [`FakeLog::script`] for a `PhoneNumbers` value are played on the
 //! authenticated `SendSms` requests to it, one each, in order: [`Fault::ServerError`]
-//! answers `isp.SYSTEM_ERROR` (HTTP 500) without sending, [`Fault::HangBefore`] waits
-//! before sending (a client that gives up meanwhile leaves nothing sent), and
-//! [`Fault::HangAfter`] sends, then waits before answering (the answer is lost).
+//! answers `isp.SYSTEM_ERROR` (HTTP 500) and [`Fault::Quota`] `isv.AMOUNT_NOT_ENOUGH`
+//! (HTTP 200), both without sending, [`Fault::HangBefore`] waits before sending (a
+//! client that gives up meanwhile leaves nothing sent), and [`Fault::HangAfter`] sends,
+//! then waits before answering (the answer is lost).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -277,6 +278,9 @@ async fn send_sms(fake: &Fake, params: &BTreeMap<String, String>) -> Response {
                 "isv.BUSINESS_LIMIT_CONTROL",
                 "触发号码分钟级流控Permits:1",
             );
+        }
+        Some(Fault::Quota) => {
+            return answer(StatusCode::OK, "isv.AMOUNT_NOT_ENOUGH", "账户余额不足");
         }
         // Dropped here by hyper if the client gives up: nothing is sent.
         Some(Fault::HangBefore(wait)) => tokio::time::sleep(wait).await,

@@ -61,6 +61,8 @@ pub enum Fault {
     ServerError,
     /// Answer the provider's flow-control refusal: nothing is sent.
     Throttle,
+    /// Answer the provider's balance-spent refusal: nothing is sent.
+    Quota,
     /// Wait this long, then handle the request: a client that gives up first (hyper then
     /// drops the handler) leaves nothing sent.
     HangBefore(std::time::Duration),

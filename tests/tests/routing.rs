@@ -1,0 +1,819 @@
+//! Routing end to end: provider failover, route rules, channel fallback, circuit breakers,
+//! rate shaping and reconciliation on takeover. Asserted on what the provider fakes
+//! received, on the message records (status, provider, `tried`, history notes), and on
+//! what the dispatcher left on SQS.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use pushgate::model::{Channel, Job, Message, Status};
+use pushgate::store::{BreakerPolicy, Circuit, Claim};
+use pushgate_tests::*;
+use pushgate_tool::fakes::{aliyun, tencent, wechat, Fault};
+use serde_json::{json, Value};
+
+/// Seeds the routes table. Must run before the stack's first dispatch: the dispatcher
+/// caches its routes for an hour.
+async fn seed_routes(stack: &Stack, routes: Value) {
+    let written = pushgate::routing::seed(
+        &aws_sdk_dynamodb::Client::new(&stack.sdk),
+        &stack.res.tables["RoutesTable"],
+        &routes.to_string(),
+    )
+    .await
+    .expect("seed routes");
+    assert_eq!(written, routes.as_array().map_or(0, Vec::len));
+}
+
+/// Changes the harness app's provider config; before the stack first reads it.
+async fn set_app_providers(stack: &Stack, extra: Value) {
+    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
+    let current = sm.get_secret_value().secret_id(&stack.secret_id).send().await.unwrap();
+    let mut doc: Value = serde_json::from_str(current.secret_string().unwrap()).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        doc["apps"][0]["providers"][k] = v.clone();
+    }
+    sm.put_secret_value()
+        .secret_id(&stack.secret_id)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+}
+
+fn sms(to: &str) -> Value {
+    json!({"channel": "sms", "to": to, "template": "verification_code", "data": {"code": "1234", "minutes": 5}})
+}
+
+/// The number as Aliyun's `PhoneNumbers` carries it (E.164 without `+`).
+fn bare(e164: &str) -> &str {
+    e164.trim_start_matches('+')
+}
+
+/// `SendSms` requests the Aliyun fake received for `to` (E.164).
+fn aliyun_sends(stack: &Stack, to: &str) -> usize {
+    stack
+        .fakes
+        .log
+        .of("aliyun")
+        .iter()
+        .filter(|r| r.action == "SendSms" && r.to == bare(to))
+        .count()
+}
+
+/// `SendSms` requests the Tencent fake received for `to` (E.164).
+fn tencent_sends(stack: &Stack, to: &str) -> usize {
+    stack.fakes.log.of("tencent").iter().filter(|r| r.to == to).count()
+}
+
+/// Template sends (not token requests) the WeChat fake received for `to`.
+fn wechat_sends(stack: &Stack, to: &str) -> usize {
+    stack
+        .fakes
+        .log
+        .of("wechat")
+        .iter()
+        .filter(|r| r.action == "send" && r.to == to)
+        .count()
+}
+
+/// Requests one provider's fake received, of any kind and to anyone.
+fn requests(stack: &Stack, provider: &str) -> usize {
+    stack.fakes.log.of(provider).len()
+}
+
+fn notes(m: &Message) -> Vec<String> {
+    m.history.iter().filter_map(|h| h.note.clone()).collect()
+}
+
+fn has_note(m: &Message, prefix: &str) -> bool {
+    notes(m).iter().any(|n| n.starts_with(prefix))
+}
+
+fn last_note(m: &Message) -> String {
+    m.history.last().and_then(|h| h.note.clone()).unwrap_or_default()
+}
+
+/// The queued jobs of the messages `ids`, as one SQS event. Other jobs received while
+/// looking are left alone: they are visible again after the queue's visibility timeout.
+async fn jobs(stack: &Stack, ids: &[&str]) -> SqsEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut missing: Vec<&str> = ids.to_vec();
+    let mut event = SqsEvent::default();
+    while !missing.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "jobs never came: {missing:?}");
+        for record in stack.receive_event(10).await.records {
+            let job: Job = serde_json::from_str(record.body.as_deref().unwrap_or_default()).expect("job");
+            if let Some(at) = missing.iter().position(|id| *id == job.id) {
+                missing.remove(at);
+                event.records.push(record);
+            }
+        }
+    }
+    event
+}
+
+/// Invokes the dispatcher with `event` and, like the event source mapping, deletes the
+/// records it did not report as failures.
+async fn dispatch(stack: &Stack, event: SqsEvent) -> SqsBatchResponse {
+    let records = event.records.clone();
+    let response = stack.dispatcher.handle(event).await;
+    for r in records {
+        let failed = response
+            .batch_item_failures
+            .iter()
+            .any(|f| Some(&f.item_identifier) == r.message_id.as_ref());
+        if !failed {
+            stack
+                .sqs
+                .delete_message()
+                .queue_url(stack.res.send_queue())
+                .receipt_handle(r.receipt_handle.unwrap_or_default())
+                .send()
+                .await
+                .expect("delete acknowledged job");
+        }
+    }
+    response
+}
+
+/// Dispatches the job of message `id` alone; returns how many records SQS must retry.
+async fn dispatch_one(stack: &Stack, id: &str) -> usize {
+    let event = jobs(stack, &[id]).await;
+    dispatch(stack, event).await.batch_item_failures.len()
+}
+
+fn aliyun_account() -> String {
+    format!("aliyun.{}", aliyun::ACCESS_KEY_ID)
+}
+
+fn tencent_account() -> String {
+    format!("tencent.{}", tencent::SDK_APP_ID)
+}
+
+// 1. Provider failover.
+
+#[tokio::test]
+async fn a_quota_refusal_fails_over_to_the_next_provider() {
+    let stack = Stack::new().await;
+    let to = "+8613912340010";
+    // Aliyun finds its balance spent (isv.AMOUNT_NOT_ENOUGH, class quota). Scripted rather
+    // than the magic suffix 0002, which Tencent's fake refuses for quota too.
+    stack.fakes.log.script(bare(to), vec![Fault::Quota]);
+    let id = stack.accept(sms(to)).await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 0, "settled in one dispatch");
+    assert_eq!(aliyun_sends(&stack, to), 1, "Aliyun asked exactly once");
+    assert!(stack.fakes.log.accepted("aliyun").is_empty(), "and sent nothing");
+    let sent = stack.fakes.log.of("tencent");
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].verified);
+    assert_eq!(
+        sent[0].body["TemplateId"], "1110001",
+        "the Tencent variant of the template"
+    );
+    assert_eq!(requests(&stack, "twilio"), 0);
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
+    assert_eq!(m.tried, vec!["sms:aliyun"]);
+    assert_eq!(m.via.as_deref(), Some("sms:tencent"));
+    assert_eq!(m.attempts, 1, "a failover is not a retry");
+    assert!(
+        has_note(&m, "switching from aliyun: isv.AMOUNT_NOT_ENOUGH"),
+        "{:?}",
+        notes(&m)
+    );
+    assert_eq!(last_note(&m), "sent via tencent");
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn when_every_provider_is_out_of_balance_the_message_fails_quota_exhausted() {
+    let stack = Stack::new().await;
+    seed_routes(
+        &stack,
+        json!([{"app": APP, "key": "*", "providers": {"sms": ["aliyun", "tencent"]}}]),
+    )
+    .await;
+    // Both fakes refuse numbers ending 0002 for quota.
+    let to = format!("+861391234{}", aliyun::SUFFIX_QUOTA);
+    assert!(to.ends_with(tencent::SUFFIX_QUOTA));
+    let id = stack.accept(sms(&to)).await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 0, "nothing to retry");
+    assert_eq!((aliyun_sends(&stack, &to), tencent_sends(&stack, &to)), (1, 1));
+    assert_eq!(requests(&stack, "twilio"), 0, "the route names only aliyun and tencent");
+    let m = stack.record(&id).await;
+    assert_eq!(m.status, Status::Failed);
+    assert!(
+        m.reason.as_deref().unwrap().starts_with("quota_exhausted: tencent: "),
+        "{:?}",
+        m.reason
+    );
+    assert_eq!(last_note(&m), "every provider tried: sms:aliyun, sms:tencent");
+}
+
+// 2. Route rules.
+
+#[tokio::test]
+async fn a_rule_switches_provider_on_a_server_error_within_one_dispatch() {
+    let stack = Stack::new().await;
+    seed_routes(
+        &stack,
+        json!([{"app": APP, "key": "*", "providers": {"sms": ["aliyun", "tencent"]},
+                "rules": [{"when": {"class": "retryable"}, "action": "switch_provider"}]}]),
+    )
+    .await;
+    let to = "+8613912340020";
+    stack.fakes.log.script(bare(to), vec![Fault::ServerError]);
+    let id = stack.accept(sms(to)).await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 0, "no retry: switched at once");
+    assert_eq!((aliyun_sends(&stack, to), tencent_sends(&stack, to)), (1, 1));
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
+    assert_eq!(m.attempts, 1);
+    assert_eq!(m.tried, vec!["sms:aliyun"]);
+    assert!(
+        has_note(&m, "switching from aliyun: isp.SYSTEM_ERROR"),
+        "{:?}",
+        notes(&m)
+    );
+    assert_eq!(
+        stack.queue_count(stack.res.send_queue()).await,
+        0,
+        "nothing left on SQS"
+    );
+}
+
+#[tokio::test]
+async fn without_the_rule_a_server_error_is_retried_on_the_same_provider() {
+    let stack = Stack::new().await;
+    let to = "+8613912340021";
+    stack.fakes.log.script(bare(to), vec![Fault::ServerError]);
+    let id = stack.accept(sms(to)).await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 1, "left on the queue for a retry");
+    assert_eq!((aliyun_sends(&stack, to), tencent_sends(&stack, to)), (1, 0));
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.attempts), (Status::Sending, 1));
+    assert!(m.lease_until.is_none(), "released for the retry");
+    assert!(m.tried.is_empty(), "a retry gives up on nothing");
+    assert_eq!(last_note(&m), "attempt 1 failed: aliyun: isp.SYSTEM_ERROR");
+
+    // The retry, after its backoff: Aliyun again (its fault is spent), never Tencent.
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    assert_eq!((aliyun_sends(&stack, to), tencent_sends(&stack, to)), (2, 0));
+    assert_eq!(requests(&stack, "tencent"), 0);
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
+    assert_eq!(m.attempts, 2);
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
+}
+
+// 3. A switch never sends twice on the same provider.
+
+#[tokio::test]
+async fn after_a_switch_a_retry_stays_on_the_new_provider() {
+    let stack = Stack::new().await;
+    seed_routes(
+        &stack,
+        json!([{"app": APP, "key": "*", "providers": {"sms": ["aliyun", "tencent"]},
+                "rules": [{"when": {"provider": "aliyun", "class": "retryable"}, "action": "switch_provider"}]}]),
+    )
+    .await;
+    // Both fakes fail this number with a 5xx: Aliyun 500 (switch, by the rule), Tencent
+    // 502 (retryable, retried by default).
+    let to = format!("+861391234{}", aliyun::SUFFIX_SERVER_ERROR);
+    assert!(to.ends_with(tencent::SUFFIX_SERVER_ERROR));
+    let id = stack.accept(sms(&to)).await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 1);
+    assert_eq!((aliyun_sends(&stack, &to), tencent_sends(&stack, &to)), (1, 1));
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.attempts), (Status::Sending, 1));
+    assert_eq!(m.tried, vec!["sms:aliyun"]);
+    assert_eq!(m.via.as_deref(), Some("sms:tencent"));
+    assert!(
+        has_note(&m, "switching from aliyun: isp.SYSTEM_ERROR"),
+        "{:?}",
+        notes(&m)
+    );
+    assert_eq!(last_note(&m), "attempt 1 failed: tencent: http_502");
+
+    for attempt in 2..=3 {
+        assert_eq!(dispatch_one(&stack, &id).await, 1, "attempt {attempt} retried");
+        assert_eq!(
+            (aliyun_sends(&stack, &to), tencent_sends(&stack, &to)),
+            (1, attempt),
+            "attempt {attempt}: Tencent only"
+        );
+        let m = stack.record(&id).await;
+        assert_eq!(m.attempts, attempt as u32);
+        assert_eq!(last_note(&m), format!("attempt {attempt} failed: tencent: http_502"));
+    }
+}
+
+#[tokio::test]
+async fn a_switch_is_remembered_while_the_next_provider_waits_out_its_open_circuit() {
+    let policy = BreakerPolicy {
+        failures: 2,
+        window_ms: 60_000,
+        cool_down_ms: 1_000,
+    };
+    let stack = Stack::with(StackOptions {
+        breaker: policy,
+        breaker_cache_ms: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    seed_routes(
+        &stack,
+        json!([{"app": APP, "key": "*", "providers": {"sms": ["aliyun", "tencent"]},
+                "rules": [{"when": {"provider": "aliyun", "class": "retryable"}, "action": "switch_provider"}]}]),
+    )
+    .await;
+    let to = "+8613912340031";
+    stack.fakes.log.script(bare(to), vec![Fault::ServerError]);
+    let id = stack.accept(sms(to)).await;
+    let event = jobs(&stack, &[&id]).await;
+    // Tencent's circuit is open (two failures elsewhere, in one window).
+    let now = pushgate::clock::now_ms();
+    for _ in 0..2 {
+        stack
+            .dispatcher
+            .breaker
+            .failure(&tencent_account(), false, now)
+            .await
+            .unwrap();
+    }
+
+    // Aliyun fails and is given up on; Tencent is behind its open circuit: wait for it.
+    assert_eq!(dispatch(&stack, event).await.batch_item_failures.len(), 1);
+    assert_eq!((aliyun_sends(&stack, to), tencent_sends(&stack, to)), (1, 0));
+    let m = stack.record(&id).await;
+    assert_eq!(
+        (m.status, m.attempts),
+        (Status::Sending, 0),
+        "waiting is not an attempt"
+    );
+    assert!(
+        has_note(&m, "switching from aliyun: isp.SYSTEM_ERROR"),
+        "{:?}",
+        notes(&m)
+    );
+    assert!(notes(&m).iter().any(|n| n.contains("skipped tencent: circuit open")));
+    assert_eq!(m.tried, vec!["sms:aliyun"], "the switch outlives the wait");
+
+    // Once the cool-down is over, Tencent's probe sends it; Aliyun is not asked again.
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    assert_eq!((aliyun_sends(&stack, to), tencent_sends(&stack, to)), (1, 1));
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
+    let now = pushgate::clock::now_ms();
+    assert_eq!(
+        stack.store.circuit(&tencent_account(), &policy, now).await.unwrap(),
+        Circuit::Closed,
+        "the probe's success closed Tencent's circuit"
+    );
+}
+
+// 4. Channel fallback.
+
+fn route_with_channel_fallback(channels: &[&str]) -> Value {
+    json!([{"app": APP, "key": "*", "channels": channels,
+            "rules": [{"when": {"class": "permanent"}, "action": "switch_channel"}]}])
+}
+
+fn order_shipped(channel: &str, to: &str, fallback: Value) -> Value {
+    json!({"channel": channel, "to": to, "template": "order_shipped",
+           "data": {"name": "Ann", "order_id": "A-40"}, "fallback": fallback})
+}
+
+#[tokio::test]
+async fn a_permanent_failure_falls_back_to_the_next_channel() {
+    let stack = Stack::new().await;
+    seed_routes(&stack, route_with_channel_fallback(&["wechat", "sms", "email"])).await;
+    let (phone, email) = ("+8613912340040", "fallback-40@example.com");
+    let id = stack
+        .accept(order_shipped(
+            "wechat",
+            wechat::OPENID_NOT_FOLLOWER,
+            json!([{"channel": "sms", "to": phone}, {"channel": "email", "to": email}]),
+        ))
+        .await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 0, "settled in one dispatch");
+    assert_eq!(wechat_sends(&stack, wechat::OPENID_NOT_FOLLOWER), 1);
+    assert_eq!(aliyun_sends(&stack, phone), 1);
+    let sms = stack
+        .fakes
+        .log
+        .of("aliyun")
+        .into_iter()
+        .find(|r| r.action == "SendSms")
+        .unwrap();
+    assert_eq!(
+        sms.body["TemplateCode"], "SMS_200000001",
+        "the SMS rendering of the template"
+    );
+    assert!(sms.body["TemplateParam"].as_str().unwrap().contains("A-40"));
+    assert_eq!(requests(&stack, "tencent"), 0);
+    assert_eq!(stack.emails_to(email).await, 0, "the channel after sms is not needed");
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
+    assert_eq!(m.tried, vec!["wechat:wechat"]);
+    assert_eq!(m.via.as_deref(), Some("sms:aliyun"));
+    assert!(has_note(&m, "leaving wechat after wechat: 43004"), "{:?}", notes(&m));
+    assert_eq!(last_note(&m), "sent via aliyun (sms fallback)");
+}
+
+#[tokio::test]
+async fn leaving_a_channel_leaves_all_of_its_providers() {
+    let stack = Stack::new().await;
+    seed_routes(&stack, route_with_channel_fallback(&["wechat", "sms", "email"])).await;
+    // Aliyun refuses this number as invalid: leave SMS, without asking Tencent or Twilio.
+    let phone = format!("+861391234{}", aliyun::SUFFIX_PERMANENT);
+    let email = "fallback-41@example.com";
+    let id = stack
+        .accept(order_shipped(
+            "wechat",
+            wechat::OPENID_NOT_FOLLOWER,
+            json!([{"channel": "sms", "to": phone}, {"channel": "email", "to": email}]),
+        ))
+        .await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    assert_eq!(wechat_sends(&stack, wechat::OPENID_NOT_FOLLOWER), 1);
+    assert_eq!(aliyun_sends(&stack, &phone), 1);
+    assert_eq!((requests(&stack, "tencent"), requests(&stack, "twilio")), (0, 0));
+    assert_eq!(stack.emails_to(email).await, 1);
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("ses")));
+    assert!(m
+        .tried
+        .starts_with(&["wechat:wechat".to_string(), "sms:aliyun".to_string()]));
+    let n = notes(&m);
+    assert!(has_note(&m, "leaving wechat after wechat: 43004"), "{n:?}");
+    assert!(
+        has_note(&m, "leaving sms after aliyun: isv.MOBILE_NUMBER_ILLEGAL"),
+        "{n:?}"
+    );
+    assert_eq!(last_note(&m), "sent via ses (email fallback)");
+}
+
+#[tokio::test]
+async fn a_channel_left_stays_left_when_the_next_channel_retries() {
+    let stack = Stack::new().await;
+    seed_routes(&stack, route_with_channel_fallback(&["sms", "wechat"])).await;
+    // Aliyun refuses the number (permanent: leave SMS); WeChat is busy (-1: retry).
+    let phone = format!("+861391235{}", aliyun::SUFFIX_PERMANENT);
+    let id = stack
+        .accept(order_shipped(
+            "sms",
+            &phone,
+            json!([{"channel": "wechat", "to": wechat::OPENID_BUSY}]),
+        ))
+        .await;
+
+    assert_eq!(dispatch_one(&stack, &id).await, 1, "WeChat's failure is retried");
+    assert_eq!(aliyun_sends(&stack, &phone), 1);
+    assert_eq!(wechat_sends(&stack, wechat::OPENID_BUSY), 1);
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.attempts), (Status::Sending, 1));
+    assert!(m.tried.contains(&"sms:aliyun".to_string()));
+    assert!(
+        has_note(&m, "leaving sms after aliyun: isv.MOBILE_NUMBER_ILLEGAL"),
+        "{:?}",
+        notes(&m)
+    );
+    assert_eq!(last_note(&m), "attempt 1 failed: wechat: -1");
+
+    // The retry goes to WeChat only: SMS was given up on, not just Aliyun.
+    assert_eq!(dispatch_one(&stack, &id).await, 1);
+    assert_eq!(wechat_sends(&stack, wechat::OPENID_BUSY), 2);
+    assert_eq!(aliyun_sends(&stack, &phone), 1);
+    assert_eq!((requests(&stack, "tencent"), requests(&stack, "twilio")), (0, 0));
+    let m = stack.record(&id).await;
+    assert_eq!(last_note(&m), "attempt 2 failed: wechat: -1");
+}
+
+#[tokio::test]
+async fn ingest_refuses_a_fallback_it_cannot_render_or_address() {
+    let stack = Stack::new().await;
+    let cases = [
+        // No WeChat rendering of inline email content.
+        (
+            json!({"channel": "email", "to": "a@b.example", "content": {"subject": "s", "text": "t"},
+                   "fallback": [{"channel": "wechat", "to": "oUser1"}]}),
+            "/fallback/0/",
+        ),
+        // Not an email address.
+        (
+            json!({"channel": "sms", "to": "+8613912340042", "template": "verification_code",
+                   "data": {"code": "1", "minutes": 1}, "fallback": [{"channel": "email", "to": "not-an-address"}]}),
+            "/fallback/0/to",
+        ),
+        // Not a phone number in international form.
+        (
+            json!({"channel": "email", "to": "a@b.example", "template": "verification_code",
+                   "data": {"code": "1", "minutes": 1}, "fallback": [{"channel": "sms", "to": "12345"}]}),
+            "/fallback/0/to",
+        ),
+        // The primary channel again.
+        (
+            json!({"channel": "email", "to": "a@b.example", "template": "verification_code",
+                   "data": {"code": "1", "minutes": 1}, "fallback": [{"channel": "email", "to": "c@d.example"}]}),
+            "/fallback/0/channel",
+        ),
+    ];
+    for (body, pointer) in cases {
+        refused_at(&stack, body, pointer).await;
+    }
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0, "nothing queued");
+}
+
+/// Asserts ingest refuses `body` with 422, every error at a pointer under `pointer`.
+async fn refused_at(stack: &Stack, body: Value, pointer: &str) {
+    let (status, _, problem) = stack.submit_as(APP, APP_SECRETS[0], body.clone()).await;
+    assert_eq!(status, 422, "{body}: {problem}");
+    let pointers: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["pointer"].as_str())
+        .collect();
+    assert!(
+        !pointers.is_empty() && pointers.iter().all(|p| p.starts_with(pointer)),
+        "{body}: {problem}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "ingest names /template, not the fallback, when a fallback channel has no template variant"]
+async fn ingest_names_the_fallback_a_template_cannot_render() {
+    let stack = Stack::new().await;
+    // verification_code has no WeChat variant: it is the fallback that cannot be rendered.
+    let body = json!({"channel": "sms", "to": "+8613912340042", "template": "verification_code",
+                      "data": {"code": "1", "minutes": 1}, "fallback": [{"channel": "wechat", "to": "oUser1"}]});
+    refused_at(&stack, body, "/fallback/0/").await;
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0, "nothing queued");
+}
+
+// 5. Circuit breaker.
+
+/// Sleeps past the end of the current fixed window of `window_ms` if less than `margin_ms`
+/// of it is left, so that failures counted next fall into one window.
+async fn clear_of_window_end(window_ms: i64, margin_ms: i64) {
+    let into = pushgate::clock::now_ms().rem_euclid(window_ms);
+    if into > window_ms - margin_ms {
+        tokio::time::sleep(Duration::from_millis((window_ms - into + 50) as u64)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_open_circuit_sends_to_the_next_provider_until_a_probe_closes_it() {
+    let policy = BreakerPolicy {
+        failures: 2,
+        window_ms: 60_000,
+        cool_down_ms: 1_000,
+    };
+    let stack = Stack::with(StackOptions {
+        breaker: policy,
+        breaker_cache_ms: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    let (a, b, c) = ("+8613912340051", "+8613912340052", "+8613912340053");
+    for to in [a, b] {
+        stack.fakes.log.script(bare(to), vec![Fault::ServerError]);
+    }
+    let (ia, ib, ic) = (
+        stack.accept(sms(a)).await,
+        stack.accept(sms(b)).await,
+        stack.accept(sms(c)).await,
+    );
+    let event = jobs(&stack, &[&ia, &ib, &ic]).await;
+    let single = |id: &str| {
+        let mut e = SqsEvent::default();
+        e.records = event
+            .records
+            .iter()
+            .filter(|r| r.body.as_deref().is_some_and(|b| b.contains(id)))
+            .cloned()
+            .collect();
+        e
+    };
+    clear_of_window_end(policy.window_ms, 10_000).await;
+
+    // Two 5xx answers: each retried, and together they open Aliyun's circuit.
+    for (id, to) in [(&ia, a), (&ib, b)] {
+        assert_eq!(dispatch(&stack, single(id)).await.batch_item_failures.len(), 1);
+        assert_eq!(aliyun_sends(&stack, to), 1);
+        let m = stack.record(id).await;
+        assert_eq!((m.status, m.attempts), (Status::Sending, 1));
+        assert_eq!(last_note(&m), "attempt 1 failed: aliyun: isp.SYSTEM_ERROR");
+    }
+    assert!(matches!(
+        stack
+            .store
+            .circuit(&aliyun_account(), &policy, pushgate::clock::now_ms())
+            .await
+            .unwrap(),
+        Circuit::Open { .. }
+    ));
+
+    // The next SMS goes straight to Tencent.
+    assert_eq!(dispatch(&stack, single(&ic)).await.batch_item_failures.len(), 0);
+    assert_eq!((aliyun_sends(&stack, c), tencent_sends(&stack, c)), (0, 1));
+    let m = stack.record(&ic).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
+    assert!(has_note(&m, "skipped aliyun: circuit open"), "{:?}", notes(&m));
+    assert!(m.tried.is_empty(), "an open circuit is skipped, not given up on");
+    assert_eq!(m.attempts, 1);
+
+    // After the cool-down one probe goes to Aliyun; its success closes the circuit.
+    tokio::time::sleep(Duration::from_millis(policy.cool_down_ms as u64 + 200)).await;
+    let (d, e) = ("+8613912340054", "+8613912340055");
+    let id = stack.accept(sms(d)).await;
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    assert_eq!((aliyun_sends(&stack, d), tencent_sends(&stack, d)), (1, 0));
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
+    assert!(!has_note(&m, "skipped"), "{:?}", notes(&m));
+    assert_eq!(
+        stack
+            .store
+            .circuit(&aliyun_account(), &policy, pushgate::clock::now_ms())
+            .await
+            .unwrap(),
+        Circuit::Closed
+    );
+    let id = stack.accept(sms(e)).await;
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    assert_eq!((aliyun_sends(&stack, e), tencent_sends(&stack, e)), (1, 0));
+    assert_eq!(stack.record(&id).await.provider.as_deref(), Some("aliyun"));
+}
+
+// 6. Rate shaping.
+
+/// Accepts 21 messages to the DingTalk robot `ops` and dispatches them as one batch.
+async fn twenty_one_to_dingtalk(stack: &Stack) -> (Vec<String>, SqsBatchResponse) {
+    let mut ids = Vec::new();
+    for i in 0..21 {
+        ids.push(
+            stack
+                .accept(json!({"channel": "dingtalk", "to": "ops", "content": {"text": format!("alert {i}")}}))
+                .await,
+        );
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let event = jobs(stack, &refs).await;
+    assert_eq!(event.records.len(), 21);
+    let response = dispatch(stack, event).await;
+    (ids, response)
+}
+
+/// The deferred records among `ids`, checked to be deferred the way a rate limit defers.
+async fn deferred_by_rate(stack: &Stack, ids: &[String], provider: &str) -> usize {
+    let mut deferred = 0;
+    for id in ids {
+        let m = stack.record(id).await;
+        match m.status {
+            Status::Delivered | Status::Sent => assert_eq!(m.provider.as_deref(), Some(provider)),
+            Status::Sending => {
+                assert_eq!(m.attempts, 0, "a deferral is not an attempt");
+                assert!(m.lease_until.is_none());
+                assert_eq!(last_note(&m), format!("deferred: {provider} rate limit"));
+                deferred += 1;
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    deferred
+}
+
+#[tokio::test]
+async fn a_robot_is_shaped_to_its_documented_rate_evenly_spaced() {
+    // DingTalk's documented 20 a minute, evenly spaced (burst 1): one send every 3 s, so of
+    // 21 at once one goes and the others wait their turn; none meets DingTalk's refusal.
+    assert_eq!(
+        pushgate::handlers::dispatch::documented_rate("dingtalk"),
+        Some(pushgate::store::Rate::per_minute(20))
+    );
+    let stack = Stack::new().await;
+    let (ids, response) = twenty_one_to_dingtalk(&stack).await;
+    assert_eq!(response.batch_item_failures.len(), 20, "deferred, left on the queue");
+    assert_eq!(requests(&stack, "dingtalk"), 1, "exactly one reached the robot");
+    assert_eq!(deferred_by_rate(&stack, &ids, "dingtalk").await, 20);
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 20);
+}
+
+#[tokio::test]
+async fn a_robot_rate_with_a_burst_lets_twenty_through_and_defers_the_twenty_first() {
+    let stack = Stack::new().await;
+    set_app_providers(&stack, json!({"rates": {"dingtalk": {"per_minute": 20, "burst": 20}}})).await;
+    let (ids, response) = twenty_one_to_dingtalk(&stack).await;
+    assert_eq!(response.batch_item_failures.len(), 1, "the 21st is deferred");
+    let got = stack.fakes.log.of("dingtalk");
+    assert_eq!(got.len(), 20, "exactly twenty reached the robot");
+    assert!(got.iter().all(|r| r.verified));
+    assert_eq!(deferred_by_rate(&stack, &ids, "dingtalk").await, 1);
+    let delivered = futures::future::join_all(ids.iter().map(|id| stack.record(id)))
+        .await
+        .iter()
+        .filter(|m| m.status == Status::Delivered)
+        .count();
+    assert_eq!(delivered, 20, "every one the robot took was accepted, none refused");
+}
+
+#[tokio::test]
+async fn an_app_rate_override_defers_the_second_of_two_immediate_sms() {
+    let stack = Stack::new().await;
+    set_app_providers(&stack, json!({"rates": {"aliyun": {"per_second": 1}}})).await;
+    let (a, b) = ("+8613912340061", "+8613912340062");
+    let ids = [stack.accept(sms(a)).await, stack.accept(sms(b)).await];
+    let response = dispatch(&stack, jobs(&stack, &[&ids[0], &ids[1]]).await).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(aliyun_sends(&stack, a) + aliyun_sends(&stack, b), 1);
+    assert_eq!(deferred_by_rate(&stack, &ids, "aliyun").await, 1);
+    assert_eq!(
+        requests(&stack, "tencent"),
+        0,
+        "a deferral waits; it does not fail over"
+    );
+
+    // Its token is due within the second: the retry sends it.
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!((aliyun_sends(&stack, a), aliyun_sends(&stack, b)), (1, 1));
+    for id in &ids {
+        let m = stack.record(id).await;
+        assert_eq!(
+            (m.status, m.provider.as_deref(), m.attempts),
+            (Status::Sent, Some("aliyun"), 1)
+        );
+        // Hidden until its token was due, not redelivered in a loop until SQS gives up.
+        let deferrals = notes(&m).iter().filter(|n| n.starts_with("deferred")).count();
+        assert!(deferrals <= 2, "{id} deferred {deferrals} times");
+    }
+    assert_eq!(stack.queue_count(stack.res.dead_letter_queue()).await, 0);
+}
+
+// 7. Reconcile on takeover.
+
+#[tokio::test]
+async fn a_takeover_asks_aliyun_before_sending_again() {
+    let stack = Stack::new().await;
+    let (sent_to, unsent_to) = ("+8613912340071", "+8613912340072");
+    let sent_id = stack.accept(sms(sent_to)).await;
+    let unsent_id = stack.accept(sms(unsent_to)).await;
+    let app = stack.dispatcher.apps.app(APP).await.unwrap().unwrap();
+    // Two workers claim a message each and die: one after Aliyun accepted it, one before
+    // calling. Their leases run out.
+    for (id, called) in [(&sent_id, true), (&unsent_id, false)] {
+        let m = stack.record(id).await;
+        let now = pushgate::clock::now_ms();
+        let Claim::Claimed { message, takeover } =
+            stack.store.claim(&m.pk, id, "crashed", now, now + 300).await.unwrap()
+        else {
+            panic!("claim {id}")
+        };
+        assert!(!takeover);
+        if called {
+            let provider = stack.dispatcher.providers.select(Channel::Sms, &app).unwrap();
+            assert_eq!(provider.name(), "aliyun");
+            provider.send(&message, &app).await.expect("Aliyun accepts");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let response = dispatch(&stack, jobs(&stack, &[&sent_id, &unsent_id]).await).await;
+    assert!(response.batch_item_failures.is_empty());
+    let ledger = stack.fakes.log.accepted("aliyun");
+    let performed = |id: &str| ledger.iter().filter(|a| a.reference == id).count();
+    assert_eq!(performed(&sent_id), 1, "found at Aliyun, not sent again");
+    assert_eq!(performed(&unsent_id), 1, "never sent, so sent now, once");
+    assert_eq!((aliyun_sends(&stack, sent_to), aliyun_sends(&stack, unsent_to)), (1, 1));
+    let asked = |to: &str| {
+        stack
+            .fakes
+            .log
+            .of("aliyun")
+            .iter()
+            .filter(|r| r.action == "QuerySendDetails" && r.to == bare(to))
+            .count()
+    };
+    assert!(
+        asked(sent_to) >= 1 && asked(unsent_to) >= 1,
+        "both asked before any resend"
+    );
+
+    let m = stack.record(&sent_id).await;
+    // The fake reports every send it holds as delivered (SendStatus 3).
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Delivered, Some("aliyun")));
+    assert!(last_note(&m).contains("found at aliyun"), "{:?}", notes(&m));
+    let m = stack.record(&unsent_id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
+    assert_eq!(last_note(&m), "sent via aliyun");
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
+}
