@@ -550,7 +550,6 @@ async fn refused_at(stack: &Stack, body: Value, pointer: &str) {
 }
 
 #[tokio::test]
-#[ignore = "ingest names /template, not the fallback, when a fallback channel has no template variant"]
 async fn ingest_names_the_fallback_a_template_cannot_render() {
     let stack = Stack::new().await;
     // verification_code has no WeChat variant: it is the fallback that cannot be rendered.

@@ -142,7 +142,16 @@ impl Ingest {
                 }
                 RequestBody::Template { id, data } => {
                     let templates = self.templates.current().await.map_err(template_problem)?;
-                    let content = templates.render(id, channel, data).map_err(template_problem)?;
+                    let content = templates.render(id, channel, data).map_err(|e| match e {
+                        // A fallback the template cannot serve is that fallback's fault.
+                        TemplateError::NoVariant(id, channel) if channel != request.channel.as_str() => {
+                            Problem::unprocessable(vec![FieldError::new(
+                                at.as_str(),
+                                format!("template '{id}' has no {channel} variant"),
+                            )])
+                        }
+                        e => template_problem(e),
+                    })?;
                     errors.extend(check_content(channel, &content, &at));
                     content
                 }
