@@ -233,6 +233,10 @@ pub struct Message {
     /// `channel:provider` pairs already tried and given up on (never sent to again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tried: Vec<String>,
+    /// A provider rate-bucket slot reserved for this message's next attempt
+    /// (`{account}@{unix ms}`): when it falls due the message sends without taking again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_slot: Option<String>,
     /// `channel:provider` of the send in flight when it is not the route's first choice,
     /// so a takeover after a crash knows which provider may already hold the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -550,6 +550,7 @@ pub fn message(
         key: None,
         alternates: Vec::new(),
         tried: Vec::new(),
+        rate_slot: None,
         via: None,
         history: Vec::new(),
     }

@@ -758,6 +758,42 @@ async fn an_app_rate_override_defers_the_second_of_two_immediate_sms() {
     assert_eq!(stack.queue_count(stack.res.dead_letter_queue()).await, 0);
 }
 
+#[tokio::test]
+async fn a_backlog_above_the_rate_is_parked_once_each_in_reserved_slots() {
+    let stack = Stack::new().await;
+    // 5 a second: 8 messages at once are 1 now and 7 slots 200 ms apart.
+    set_app_providers(&stack, json!({"rates": {"aliyun": {"per_second": 5}}})).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(stack.accept(sms(&format!("+86139123401{i:02}"))).await);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let response = dispatch(&stack, jobs(&stack, &refs).await).await;
+    assert_eq!(response.batch_item_failures.len(), 7);
+    let mut slots = Vec::new();
+    for id in &ids {
+        if let Some(slot) = stack.record(id).await.rate_slot {
+            slots.push(slot.rsplit_once('@').unwrap().1.parse::<i64>().unwrap());
+        }
+    }
+    slots.sort_unstable();
+    assert_eq!(slots.len(), 7, "each parked message holds its own slot");
+    assert!(
+        slots.windows(2).all(|w| w[1] - w[0] >= 199),
+        "slots one interval apart: {slots:?}"
+    );
+
+    stack.drain(Duration::from_secs(20)).await;
+    assert_eq!(requests(&stack, "aliyun"), 8, "each sent once, none refused");
+    for id in &ids {
+        let m = stack.record(id).await;
+        assert_eq!((m.status, m.attempts, m.rate_slot.as_deref()), (Status::Sent, 1, None));
+        // Sent in its slot when it came back: not parked again and again.
+        let deferrals = notes(&m).iter().filter(|n| n.starts_with("deferred")).count();
+        assert!(deferrals <= 1, "{id} deferred {deferrals} times: {:?}", notes(&m));
+    }
+}
+
 // 7. Reconcile on takeover.
 
 #[tokio::test]

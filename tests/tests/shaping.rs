@@ -64,32 +64,34 @@ fn rates_read_from_app_config() {
 }
 
 #[tokio::test]
-async fn with_burst_one_a_single_one_of_twenty_concurrent_takes_goes_and_the_rest_go_one_per_interval() {
+async fn with_burst_one_twenty_concurrent_takes_get_twenty_distinct_slots_one_interval_apart() {
     let (store, calls) = store().await;
     let rate = Rate::per_second(5);
 
     let answers = take_all(&store, "sms.acct", rate, T0, 20).await;
     assert_eq!(goes(&answers), 1, "{answers:?}");
-    // A wait reserves nothing: every loser is told the one interval until the next token.
+    // Each wait reserves its slot: the losers are told 200, 400, … 3,800 ms, one each.
+    let mut waits: Vec<u128> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Throttle::Wait(d) => Some(d.as_millis()),
+            Throttle::Go => None,
+        })
+        .collect();
+    waits.sort_unstable();
+    assert_eq!(waits, (1..=19).map(|k| k * 200).collect::<Vec<u128>>());
     assert!(
-        answers.iter().all(|a| *a == Throttle::Go || *a == ms(200)),
-        "{answers:?}"
+        calls.service("DynamoDB") <= 40,
+        "one round trip per take, two when the bucket changed state: {}",
+        calls.service("DynamoDB")
     );
-    assert_eq!(calls.service("DynamoDB"), 20, "one round trip per take");
-    assert_eq!(store.take_token("sms.acct", rate, T0 + 50).await.unwrap(), ms(150));
-
-    // The losers come back when told, all at once: one goes per 200 ms, so the k-th
-    // waiter sends at T0 + k·200 ms.
-    let mut waiting = 19;
-    for k in 1..=19 {
-        let answers = take_all(&store, "sms.acct", rate, T0 + k * 200, waiting).await;
-        assert_eq!(goes(&answers), 1, "round {k}: {answers:?}");
-        assert!(
-            answers.iter().all(|a| *a == Throttle::Go || *a == ms(200)),
-            "{answers:?}"
-        );
-        waiting -= 1;
-    }
+    // The next free slot is after the 19 reserved ones.
+    assert_eq!(store.take_token("sms.acct", rate, T0 + 50).await.unwrap(), ms(3_950));
+    // Once the reservations have passed, the bucket is free again.
+    assert_eq!(
+        store.take_token("sms.acct", rate, T0 + 4_200).await.unwrap(),
+        Throttle::Go
+    );
     // Another account has its own bucket.
     assert_eq!(store.take_token("sms.other", rate, T0).await.unwrap(), Throttle::Go);
 }
@@ -104,13 +106,10 @@ async fn tokens_come_back_as_time_passes() {
     for _ in 0..3 {
         assert_eq!(take(T0).await.unwrap(), Throttle::Go);
     }
+    // The fourth reserves the slot at T0 + 100 ms.
     assert_eq!(take(T0).await.unwrap(), ms(100));
-    assert_eq!(take(T0 + 40).await.unwrap(), ms(60));
-    // One token back per interval.
-    assert_eq!(take(T0 + 100).await.unwrap(), Throttle::Go);
-    assert_eq!(take(T0 + 100).await.unwrap(), ms(100));
-    assert_eq!(take(T0 + 250).await.unwrap(), Throttle::Go);
-    assert_eq!(take(T0 + 250).await.unwrap(), ms(50));
+    // The fifth, 40 ms later, the one after it.
+    assert_eq!(take(T0 + 40).await.unwrap(), ms(160));
     // Idle long enough, the whole burst is back, and no more than it.
     for _ in 0..3 {
         assert_eq!(take(T0 + 10_000).await.unwrap(), Throttle::Go);
@@ -135,16 +134,17 @@ async fn a_burst_of_twenty_a_minute_lets_exactly_twenty_concurrent_takes_go() {
     let answers = take_all(&store, "mail.acct", rate, T0, 20).await;
     assert_eq!(goes(&answers), 20, "{answers:?}");
     assert_eq!(calls.service("DynamoDB"), 20, "one round trip per take");
+    // The 21st reserves the slot 3 s on, the 22nd the one 3 s after that.
     assert_eq!(
         store.take_token("mail.acct", rate, T0).await.unwrap(),
         Throttle::Wait(Duration::from_secs(3))
     );
     assert_eq!(
         store.take_token("mail.acct", rate, T0 + 2_000).await.unwrap(),
-        Throttle::Wait(Duration::from_secs(1))
+        Throttle::Wait(Duration::from_secs(4))
     );
     assert_eq!(
-        store.take_token("mail.acct", rate, T0 + 3_000).await.unwrap(),
+        store.take_token("mail.acct", rate, T0 + 9_000).await.unwrap(),
         Throttle::Go
     );
 }

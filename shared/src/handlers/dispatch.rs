@@ -109,6 +109,9 @@ fn whole_seconds(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
+/// How early a message may use its reserved rate slot (clocks of instances differ).
+const SLOT_EARLY_MS: i64 = 100;
+
 /// How long a message of an app set to wait for its balance stays hidden between looks.
 const QUOTA_WAIT: Duration = Duration::from_secs(60);
 
@@ -317,13 +320,32 @@ impl Dispatcher {
                 message.via = Some(id.clone());
             }
             if let Some(rate) = app.providers.rates.get(name).copied().or_else(|| documented_rate(name)) {
-                match self.store.take_token(&account, rate, now).await {
-                    Ok(Throttle::Go) => {}
-                    Ok(Throttle::Wait(after)) => {
-                        let note = format!("deferred: {name} rate limit");
-                        return self.release(message, owner, &note, true, after).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "rate bucket unavailable; sending"),
+                let now = (self.clock)();
+                let held = message
+                    .rate_slot
+                    .as_deref()
+                    .and_then(|slot| slot.rsplit_once('@'))
+                    .filter(|(a, _)| *a == account)
+                    .and_then(|(_, at)| at.parse::<i64>().ok());
+                let due = match held {
+                    // Its reserved slot is due: the token was taken when it was reserved.
+                    Some(at) if at <= now + SLOT_EARLY_MS => None,
+                    // Back before its slot (delays are capped): park it again, same slot.
+                    Some(at) => Some(at),
+                    None => match self.store.take_token(&account, rate, now).await {
+                        Ok(Throttle::Go) => None,
+                        Ok(Throttle::Wait(after)) => Some(now + after.as_millis() as i64),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "rate bucket unavailable; sending");
+                            None
+                        }
+                    },
+                };
+                if let Some(at) = due {
+                    let note = format!("deferred: {name} rate limit");
+                    let slot = format!("{account}@{at}");
+                    let after = Duration::from_millis((at - now).max(1) as u64);
+                    return self.park(message, owner, &note, Some(&slot), after).await;
                 }
             }
             let leg_message = step.message(message);
@@ -543,12 +565,25 @@ impl Dispatcher {
     async fn release(&self, message: &Message, owner: &str, note: &str, refund: bool, after: Duration) -> Outcome {
         if let Err(e) = self
             .store
-            .release(&message.pk, owner, note, refund, (self.clock)())
+            .release(&message.pk, owner, note, refund, None, (self.clock)())
             .await
         {
             tracing::warn!(error = %e, id = %message.id, "release failed; lease will expire");
         }
         Outcome::Retry("retryable", Some(after))
+    }
+
+    /// Releases a message deferred by a rate bucket, keeping its reserved slot; not an
+    /// attempt.
+    async fn park(&self, message: &Message, owner: &str, note: &str, slot: Option<&str>, after: Duration) -> Outcome {
+        if let Err(e) = self
+            .store
+            .release(&message.pk, owner, note, true, slot, (self.clock)())
+            .await
+        {
+            tracing::warn!(error = %e, id = %message.id, "release failed; lease will expire");
+        }
+        Outcome::Retry("deferred", Some(after))
     }
 
     /// Records the message `failed` and moves its job to the DLQ, where it stays with its

@@ -233,6 +233,7 @@ impl Ingest {
             key,
             alternates,
             tried: Vec::new(),
+            rate_slot: None,
             via: None,
             history: vec![model::HistoryEntry {
                 at: now,

@@ -401,9 +401,9 @@ impl Store {
             }
         }
         let removes = if uncharge {
-            "lease_until, lease_owner, charged"
+            "lease_until, lease_owner, rate_slot, charged"
         } else {
-            "lease_until, lease_owner"
+            "lease_until, lease_owner, rate_slot"
         };
         req.update_expression(format!("SET {} REMOVE {removes}", sets.join(", ")))
             .build()
@@ -460,12 +460,15 @@ impl Store {
     /// next delivery of the job may claim at once. The note marks the attempt as closed.
     /// `refund` gives the attempt back (a deferral by the provider's rate limit is not a
     /// failed attempt).
+    /// `rate_slot` keeps a rate-bucket slot reserved for the message's next attempt
+    /// (`{account}@{unix ms}`); any other release gives up whatever slot it held.
     pub async fn release(
         &self,
         pk: &str,
         owner: &str,
         note: &str,
         refund: bool,
+        rate_slot: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let entry = HistoryEntry {
@@ -473,20 +476,26 @@ impl Store {
             status: Status::Sending,
             note: Some(note.to_string()),
         };
-        let expression = if refund {
-            "SET updated_at = :now, history = list_append(history, :entry), attempts = attempts - :one \
-             REMOVE lease_until, lease_owner"
-        } else {
-            "SET updated_at = :now, history = list_append(history, :entry) REMOVE lease_until, lease_owner"
-        };
+        let mut sets = vec!["updated_at = :now", "history = list_append(history, :entry)"];
+        let mut removes = vec!["lease_until", "lease_owner"];
+        if refund {
+            sets.push("attempts = attempts - :one");
+        }
+        match rate_slot {
+            Some(_) => sets.push("rate_slot = :slot"),
+            None => removes.push("rate_slot"),
+        }
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression(expression);
+            .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")));
         if refund {
             req = req.expression_attribute_values(":one", n(1));
+        }
+        if let Some(slot) = rate_slot {
+            req = req.expression_attribute_values(":slot", s(slot));
         }
         let result = req
             .condition_expression("lease_owner = :owner")

@@ -6,6 +6,12 @@
 //! tolerance `τ = (burst - 1)·T`, a send at `now` may go iff `max(tat, now) - now ≤ τ`,
 //! and then `tat := max(tat, now) + T`; otherwise it waits `tat - τ - now`.
 //!
+//! A send that must wait **reserves** its slot (`tat += T` all the same) and is told
+//! when it falls due: the dispatcher parks the message until then and sends it without
+//! taking again. Without reservations every deferred message would come back at the same
+//! instant, one would win and the rest would be parked again: a backlog far above the
+//! rate would spend SQS receives (and its `maxReceiveCount`) in a loop.
+//!
 //! `tat` is stored in integer **microseconds** since the Unix epoch, not milliseconds:
 //! `T` is fractional in milliseconds for rates above 1000 per second (or not dividing
 //! evenly, e.g. 3 per second), and DynamoDB arithmetic is exact on integers. `T` is
@@ -16,7 +22,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{aws_err, n, s, Store, StoreError};
 
@@ -115,8 +121,8 @@ impl TryFrom<RateSpec> for Rate {
     }
 }
 
-/// The answer to a take: send now, or come back after the given time (nothing was
-/// taken, so the caller simply asks again then).
+/// The answer to a take: send now, or a slot reserved after the given time: come back
+/// then and send without taking again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttle {
     Go,
@@ -130,11 +136,14 @@ enum Step {
     Add,
     /// The bucket is idle (`tat < now`), or absent: `tat := now + T`.
     Reset,
+    /// The bucket is ahead (`tat > now + τ`): `tat := tat + T`, reserving the slot.
+    Reserve,
 }
 
 /// The result of one conditional write.
 enum Written {
-    Applied,
+    /// Applied; `tat` as written (µs).
+    Applied(i64),
     /// Refused: the item as it was (`None` when there is none).
     Refused(Option<HashMap<String, AttributeValue>>),
 }
@@ -143,8 +152,8 @@ enum Written {
 enum Seen {
     Idle,
     Busy,
-    /// `tat` (µs) is more than `τ` ahead: the caller must wait.
-    Ahead(i64),
+    /// `tat` (µs) is more than `τ` ahead: the caller must wait, so reserves.
+    Ahead,
 }
 
 fn bucket_key(key: &str) -> String {
@@ -158,9 +167,10 @@ fn wait_us(us: i64) -> Throttle {
 
 impl Store {
     /// Takes one send from the provider account's shared token bucket at `now_ms`
-    /// (GCRA, see the module doc). Normally one conditional UpdateItem per call, and a
-    /// refusal costs no write; a take contended past a few rounds answers "wait one
-    /// interval" rather than looping on DynamoDB.
+    /// (GCRA, see the module doc): `Go`, or `Wait(d)` with the slot at `now + d`
+    /// reserved. Normally one conditional UpdateItem per call, two when the bucket
+    /// changed state; a take contended past a few rounds answers "wait one interval"
+    /// (unreserved) rather than looping on DynamoDB.
     pub async fn take_token(&self, key: &str, rate: Rate, now_ms: i64) -> Result<Throttle, StoreError> {
         let pk = bucket_key(key);
         let now = now_ms.saturating_mul(1_000);
@@ -173,14 +183,18 @@ impl Store {
         // creates an absent one. Either way the common case is one round trip.
         let mut step = if tau == 0 { Step::Reset } else { Step::Add };
         for _ in 0..MAX_ROUNDS {
-            let Written::Refused(old) = self.bucket_write(&pk, step, now, t, tau).await? else {
-                return Ok(Throttle::Go);
-            };
-            step = match seen(old.as_ref(), now, tau)? {
-                Seen::Idle => Step::Reset,
-                Seen::Busy => Step::Add,
-                Seen::Ahead(tat) => return Ok(wait_us(tat - tau - now)),
-            };
+            match self.bucket_write(&pk, step, now, t, tau).await? {
+                // The slot this take got starts at the old tat (new minus T), τ early.
+                Written::Applied(tat) if matches!(step, Step::Reserve) => return Ok(wait_us(tat - t - tau - now)),
+                Written::Applied(_) => return Ok(Throttle::Go),
+                Written::Refused(old) => {
+                    step = match seen(old.as_ref(), now, tau)? {
+                        Seen::Idle => Step::Reset,
+                        Seen::Busy => Step::Add,
+                        Seen::Ahead => Step::Reserve,
+                    }
+                }
+            }
         }
         Ok(wait_us(t))
     }
@@ -195,22 +209,40 @@ impl Store {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":ttl", n(ttl))
+            .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let req = match step {
             Step::Add => req
                 .update_expression("SET tat = if_not_exists(tat, :now) + :t, expires_at = :ttl")
+                .expression_attribute_values(":now", n(now))
                 .condition_expression("attribute_not_exists(tat) OR (tat >= :now AND tat <= :limit)")
                 .expression_attribute_values(":t", n(t))
                 .expression_attribute_values(":limit", n(now.saturating_add(tau))),
             Step::Reset => req
                 .update_expression("SET tat = :next, expires_at = :ttl")
                 .condition_expression("attribute_not_exists(tat) OR tat < :now")
+                .expression_attribute_values(":now", n(now))
                 .expression_attribute_values(":next", n(now.saturating_add(t))),
+            // A reservation moves tat beyond now + τ + T: the item must live past it.
+            Step::Reserve => req
+                .update_expression("SET tat = tat + :t, expires_at = if_not_exists(expires_at, :ttl) + :t_s")
+                .condition_expression("tat > :limit")
+                .expression_attribute_values(":t", n(t))
+                .expression_attribute_values(":t_s", n(t / 1_000_000 + 1))
+                .expression_attribute_values(":limit", n(now.saturating_add(tau))),
         };
         match req.send().await {
-            Ok(_) => Ok(Written::Applied),
+            Ok(out) => {
+                let tat = out
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("tat"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt("bucket write returned no tat".into()))?;
+                Ok(Written::Applied(tat))
+            }
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(Written::Refused(c.item().cloned())),
                 _ => Err(aws_err(e)),
@@ -233,6 +265,6 @@ fn seen(old: Option<&HashMap<String, AttributeValue>>, now: i64, tau: i64) -> Re
     } else if tat - now <= tau {
         Seen::Busy
     } else {
-        Seen::Ahead(tat)
+        Seen::Ahead
     })
 }
