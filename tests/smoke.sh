@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 1, for real: `make dev` starts the whole local pipeline; we run the
 # example command it prints, exactly as printed, and expect `delivered`; we invoke the
-# ingest function with a re-signed sample event through `cargo lambda invoke`; then
+# ingest function with a re-signed sample event through `cargo lambda invoke`; we run
+# the operator commands (quota, routes, dlq) against the local AWS; then
 # Ctrl-C (SIGINT to the process group, as a terminal sends it) must stop everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,17 @@ invoked=$(cargo lambda invoke dispatcher -A 127.0.0.1 --invoke-port "$PUSHGATE_A
 echo "$invoked" | grep -q 'batchItemFailures' || fail "dispatcher sample: $invoked"
 echo "smoke: events/ samples invoked"
 
+# The operator commands against the local AWS, as the README gives them.
+pg() { bash -c "source .pushgate/dev.env && cargo run -q -p pushgate -- $*" 2>&1; }
+out=$(pg quota set --app dev-app 5) || fail "quota set: $out"
+out=$(pg quota add --app dev-app -2) || fail "quota add: $out"
+[ "$out" = "dev-app: 3 messages available" ] || fail "quota add: $out"
+out=$(pg routes seed) || fail "routes seed: $out"
+echo "$out" | grep -q '^seeded 2 routes into ' || fail "routes seed: $out"
+out=$(pg dlq list) || fail "dlq list: $out"
+echo "$out" | grep -q '^0 dead-lettered$' || fail "dlq list: $out"
+echo "smoke: operator commands (quota, routes, dlq) work"
+
 kill -INT -- -"$pid"
 for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
 kill -0 "$pid" 2>/dev/null && fail "make dev still running 30 s after Ctrl-C"
@@ -60,4 +72,4 @@ for port in "$PUSHGATE_MOTO_PORT" "$PUSHGATE_API_PORT" "$PUSHGATE_RECEIVER_PORT"
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then fail "port $port still served after Ctrl-C"; fi
 done
 echo "smoke: Ctrl-C stopped everything"
-echo "smoke: 4 passed, 0 failed"
+echo "smoke: 5 passed, 0 failed"

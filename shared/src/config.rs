@@ -211,6 +211,22 @@ impl Endpoints {
 
 impl Dispatch {
     pub fn from_env(common: &Common) -> Result<Self, ConfigError> {
+        let cfg = Self::read(common)?;
+        // A send starts only if it can end before the lease does (see the dispatcher).
+        let longest = cfg.provider_timeout.max(cfg.webhook_timeout).as_secs() as i64;
+        if cfg.lease_secs <= longest + 1 {
+            return Err(ConfigError::Invalid(
+                "PUSHGATE_LEASE_SECONDS",
+                format!(
+                    "{} s must exceed the provider/webhook timeout ({longest} s) by more than 1 s",
+                    cfg.lease_secs
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    fn read(common: &Common) -> Result<Self, ConfigError> {
         Ok(Self {
             queue_url: required("PUSHGATE_QUEUE_URL")?,
             dlq_url: required("PUSHGATE_DLQ_URL")?,

@@ -109,6 +109,9 @@ fn whole_seconds(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
+/// Slack between the end of the longest possible send and the end of the lease.
+const SEND_MARGIN_MS: i64 = 500;
+
 /// How early a message may use its reserved rate slot (clocks of instances differ).
 const SLOT_EARLY_MS: i64 = 100;
 
@@ -348,6 +351,22 @@ impl Dispatcher {
                     return self.park(message, owner, &note, Some(&slot), after).await;
                 }
             }
+            // Fence: start a send only if it ends (answer or timeout) before the lease does.
+            // A takeover can then never overlap a send of ours still in flight, however
+            // slow the steps before it were.
+            let must_end_by = (self.clock)() + self.send_budget_ms();
+            if message.lease_until.is_some_and(|until| must_end_by >= until) {
+                tracing::warn!(id = %message.id, "lease too short to start a send; released");
+                return self
+                    .release(
+                        message,
+                        owner,
+                        "lease ran short before the send",
+                        true,
+                        Duration::from_secs(1),
+                    )
+                    .await;
+            }
             let leg_message = step.message(message);
             let result = step.provider.send(&leg_message, &app).await;
             let now = (self.clock)();
@@ -532,6 +551,12 @@ impl Dispatcher {
             }
         }
         steps
+    }
+
+    /// The longest one provider call may take, with a margin for clock steps.
+    fn send_budget_ms(&self) -> i64 {
+        let call = self.cfg.provider_timeout.max(self.cfg.webhook_timeout);
+        call.as_millis() as i64 + SEND_MARGIN_MS
     }
 
     fn lease(&self) -> Duration {
