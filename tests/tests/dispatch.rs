@@ -369,3 +369,26 @@ async fn redirects_are_not_followed() {
     let hooks: Vec<String> = stack.receiver.received().into_iter().map(|r| r.hook).collect();
     assert_eq!(hooks, vec!["moved"], "the Location was not followed");
 }
+
+#[tokio::test]
+async fn a_send_that_could_outlive_its_lease_is_not_started() {
+    // A 1 s lease cannot hold a call that may take 2 s: a takeover could overlap it.
+    let stack = Stack::with(StackOptions {
+        lease_secs: 1,
+        webhook_timeout: Duration::from_secs(2),
+        ..StackOptions::default()
+    })
+    .await;
+    let id = stack
+        .accept(json!({"channel":"webhook","to": stack.receiver.url("fenced"),"content":{"text":"x"}}))
+        .await;
+    let response = stack.dispatcher.handle(stack.receive_event(10).await).await;
+    assert_eq!(response.batch_item_failures.len(), 1, "left for a later attempt");
+    assert!(stack.receiver.received().is_empty(), "nothing was sent");
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.attempts, m.lease_owner), (Status::Sending, 0, None));
+    assert_eq!(
+        m.history.last().and_then(|h| h.note.as_deref()),
+        Some("lease ran short before the send")
+    );
+}
