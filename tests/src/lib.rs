@@ -398,6 +398,29 @@ impl Stack {
         b["id"].as_str().expect("id").to_string()
     }
 
+    /// Changes the harness app's `providers` config (merging `extra`'s keys), before the
+    /// stack first reads the service secret.
+    pub async fn set_app_providers(&self, extra: serde_json::Value) {
+        let sm = aws_sdk_secretsmanager::Client::new(&self.sdk);
+        let current = sm
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .expect("secret");
+        let mut doc: serde_json::Value =
+            serde_json::from_str(current.secret_string().expect("secret string")).expect("secret json");
+        for (k, v) in extra.as_object().expect("an object").iter() {
+            doc["apps"][0]["providers"][k] = v.clone();
+        }
+        sm.put_secret_value()
+            .secret_id(&self.secret_id)
+            .secret_string(doc.to_string())
+            .send()
+            .await
+            .expect("put secret");
+    }
+
     /// Every message record, by id (one paginated Scan: cheaper than a lookup per id
     /// when a test checks thousands).
     pub async fn all_records(&self) -> std::collections::HashMap<String, pushgate::model::Message> {

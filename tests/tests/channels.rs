@@ -62,18 +62,7 @@ async fn a_bad_phone_number_is_a_422_at_ingest() {
 async fn with_app_providers(extra: Value) -> Stack {
     // The harness app sends SMS through Aliyun first; re-point it for one test.
     let stack = Stack::new().await;
-    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
-    let current = sm.get_secret_value().secret_id(&stack.secret_id).send().await.unwrap();
-    let mut doc: Value = serde_json::from_str(current.secret_string().unwrap()).unwrap();
-    for (k, v) in extra.as_object().unwrap() {
-        doc["apps"][0]["providers"][k] = v.clone();
-    }
-    sm.put_secret_value()
-        .secret_id(&stack.secret_id)
-        .secret_string(doc.to_string())
-        .send()
-        .await
-        .unwrap();
+    stack.set_app_providers(extra).await;
     stack
 }
 

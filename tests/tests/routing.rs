@@ -25,22 +25,6 @@ async fn seed_routes(stack: &Stack, routes: Value) {
     assert_eq!(written, routes.as_array().map_or(0, Vec::len));
 }
 
-/// Changes the harness app's provider config; before the stack first reads it.
-async fn set_app_providers(stack: &Stack, extra: Value) {
-    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
-    let current = sm.get_secret_value().secret_id(&stack.secret_id).send().await.unwrap();
-    let mut doc: Value = serde_json::from_str(current.secret_string().unwrap()).unwrap();
-    for (k, v) in extra.as_object().unwrap() {
-        doc["apps"][0]["providers"][k] = v.clone();
-    }
-    sm.put_secret_value()
-        .secret_id(&stack.secret_id)
-        .secret_string(doc.to_string())
-        .send()
-        .await
-        .unwrap();
-}
-
 fn sms(to: &str) -> Value {
     json!({"channel": "sms", "to": to, "template": "verification_code", "data": {"code": "1234", "minutes": 5}})
 }
@@ -711,7 +695,9 @@ async fn a_robot_is_shaped_to_its_documented_rate_evenly_spaced() {
 #[tokio::test]
 async fn a_robot_rate_with_a_burst_lets_twenty_through_and_defers_the_twenty_first() {
     let stack = Stack::new().await;
-    set_app_providers(&stack, json!({"rates": {"dingtalk": {"per_minute": 20, "burst": 20}}})).await;
+    stack
+        .set_app_providers(json!({"rates": {"dingtalk": {"per_minute": 20, "burst": 20}}}))
+        .await;
     let (ids, response) = twenty_one_to_dingtalk(&stack).await;
     assert_eq!(response.batch_item_failures.len(), 1, "the 21st is deferred");
     let got = stack.fakes.log.of("dingtalk");
@@ -729,7 +715,9 @@ async fn a_robot_rate_with_a_burst_lets_twenty_through_and_defers_the_twenty_fir
 #[tokio::test]
 async fn an_app_rate_override_defers_the_second_of_two_immediate_sms() {
     let stack = Stack::new().await;
-    set_app_providers(&stack, json!({"rates": {"aliyun": {"per_second": 1}}})).await;
+    stack
+        .set_app_providers(json!({"rates": {"aliyun": {"per_second": 1}}}))
+        .await;
     let (a, b) = ("+8613912340061", "+8613912340062");
     let ids = [stack.accept(sms(a)).await, stack.accept(sms(b)).await];
     let response = dispatch(&stack, jobs(&stack, &[&ids[0], &ids[1]]).await).await;
@@ -762,7 +750,9 @@ async fn an_app_rate_override_defers_the_second_of_two_immediate_sms() {
 async fn a_backlog_above_the_rate_is_parked_once_each_in_reserved_slots() {
     let stack = Stack::new().await;
     // 5 a second: 8 messages at once are 1 now and 7 slots 200 ms apart.
-    set_app_providers(&stack, json!({"rates": {"aliyun": {"per_second": 5}}})).await;
+    stack
+        .set_app_providers(json!({"rates": {"aliyun": {"per_second": 5}}}))
+        .await;
     let mut ids = Vec::new();
     for i in 0..8 {
         ids.push(stack.accept(sms(&format!("+86139123401{i:02}"))).await);
