@@ -40,6 +40,9 @@ impl Dice {
     }
 }
 
+/// Attempts before a message is dead-lettered.
+const MAX_ATTEMPTS: u32 = 6;
+
 /// The dispatcher's client timeout towards the provider, and how long faults hang.
 const PROVIDER_TIMEOUT: Duration = Duration::from_millis(500);
 const HANG: Duration = Duration::from_millis(1200);
@@ -134,7 +137,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
     let stack = Arc::new(
         Stack::with(StackOptions {
             lease_secs: 3,
-            max_attempts: 8,
+            max_attempts: MAX_ATTEMPTS,
             visibility_timeout: 2,
             webhook_timeout: PROVIDER_TIMEOUT,
             concurrency: 10,
@@ -151,7 +154,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
 
     // The plan: per message, which faults its provider shows.
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
-    let (mut server_errors, mut timeouts, mut throttles, mut permanent) = (0, 0, 0, 0);
+    let (mut server_errors, mut timeouts, mut throttles, mut permanent, mut outages) = (0, 0, 0, 0, 0);
     let mut messages = Vec::with_capacity(n);
     for i in 0..n {
         let rejected = dice.roll() < 200;
@@ -164,7 +167,14 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
             r if r < 1800 => faults.push(Fault::Throttle),
             _ => {}
         }
+        // 0.5 % of messages meet a provider that stays down: their attempts run out.
+        let outage = !rejected && dice.roll() < 50;
+        if outage {
+            faults = vec![Fault::ServerError; 2 * MAX_ATTEMPTS as usize];
+            outages += 1;
+        }
         match faults.first() {
+            Some(Fault::ServerError) if outage => {}
             Some(Fault::ServerError) => server_errors += 1,
             Some(Fault::HangBefore(_) | Fault::HangAfter(_)) => timeouts += 1,
             Some(Fault::Throttle) => throttles += 1,
@@ -299,7 +309,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
         "messages {n}, delivered {delivered}, failed {failed}, dead-lettered {dead}, lost {lost}, double-sent {doubled}, provider calls {provider_calls}"
     );
     println!(
-        "faults: duplicate deliveries {}, 5xx {server_errors}, timeouts {timeouts}, throttles {throttles}, permanent {permanent}, crashes before call {}, crashes after call {}",
+        "faults: duplicate deliveries {}, 5xx {server_errors}, timeouts {timeouts}, throttles {throttles}, permanent {permanent}, provider down {outages}, crashes before call {}, crashes after call {}",
         faulty.duplicates.load(Ordering::Relaxed),
         faulty.crashes_before_call.load(Ordering::Relaxed),
         faulty.crashes_after_call.load(Ordering::Relaxed),
@@ -312,6 +322,10 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
     assert_eq!((lost, doubled), (0, 0), "lost, double-sent");
     assert_eq!(delivered + failed + dead, n);
     assert_eq!(failed, permanent, "only the provider's permanent rejections fail");
+    assert_eq!(
+        dead, outages,
+        "exactly the messages whose provider stayed down are dead-lettered"
+    );
     // Dead-lettered messages are recorded with their job in the DLQ.
     assert_eq!(stack.queue_count(stack.res.dead_letter_queue()).await, dead);
     assert!(
