@@ -40,6 +40,9 @@ impl Dice {
     }
 }
 
+/// The dispatchers' lease.
+const LEASE_SECS: i64 = 3;
+
 /// Attempts before a message is dead-lettered.
 const MAX_ATTEMPTS: u32 = 6;
 
@@ -58,14 +61,16 @@ struct Faulty {
 }
 
 impl Faulty {
-    /// Claims `job` as a dispatcher that then dies (its lease runs out in a second),
-    /// after sending it to the provider if `after_call`.
+    /// Claims `job` as a dispatcher that then dies, after sending it to the provider if
+    /// `after_call`. It holds the lease a real dispatcher would ([`LEASE_SECS`]): that
+    /// lease outlasts any send it starts, which is what keeps a takeover from racing it.
     async fn crash(&self, job: &Job, after_call: bool) {
         let now = pushgate::clock::now_ms();
+        let lease_until = now + LEASE_SECS * 1000;
         let claim = self
             .stack
             .store
-            .claim(&job.pk, &job.id, "crashed", now, now + 1000)
+            .claim(&job.pk, &job.id, "crashed", now, lease_until)
             .await;
         let Ok(pushgate::store::Claim::Claimed { message, .. }) = claim else {
             return;
@@ -136,7 +141,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
         .unwrap_or(1000);
     let stack = Arc::new(
         Stack::with(StackOptions {
-            lease_secs: 3,
+            lease_secs: LEASE_SECS,
             max_attempts: MAX_ATTEMPTS,
             visibility_timeout: 2,
             webhook_timeout: PROVIDER_TIMEOUT,
@@ -290,11 +295,23 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
         .count();
     let (mut delivered, mut failed, mut dead, mut lost, mut doubled) = (0, 0, 0, 0, 0);
     let mut unsettled = Vec::new();
+    let mut doubles = Vec::new();
     let records = stack.all_records().await;
     for id in &ids {
         let m = &records[id];
         let performed = sends.get(id).copied().unwrap_or(0);
         doubled += usize::from(performed > 1);
+        if performed > 1 {
+            let at: Vec<i64> = stack
+                .fakes
+                .log
+                .accepted("aliyun")
+                .iter()
+                .filter(|a| &a.reference == id)
+                .map(|a| a.at_ms)
+                .collect();
+            doubles.push(format!("{id}: sent at {at:?}; history {:#?}", m.history));
+        }
         match m.status {
             Status::Delivered => delivered += 1,
             Status::Failed if m.reason.as_deref().is_some_and(|r| r.starts_with("dead_lettered")) => dead += 1,
@@ -319,6 +336,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
         receipts_from.elapsed()
     );
     assert!(unsettled.is_empty(), "not terminal: {unsettled:#?}");
+    assert!(doubles.is_empty(), "sent twice: {doubles:#?}");
     assert_eq!((lost, doubled), (0, 0), "lost, double-sent");
     assert_eq!(delivered + failed + dead, n);
     assert_eq!(failed, permanent, "only the provider's permanent rejections fail");
