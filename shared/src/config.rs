@@ -213,12 +213,12 @@ impl Dispatch {
     pub fn from_env(common: &Common) -> Result<Self, ConfigError> {
         let cfg = Self::read(common)?;
         // A send starts only if it can end before the lease does (see the dispatcher).
-        let longest = cfg.provider_timeout.max(cfg.webhook_timeout).as_secs() as i64;
-        if cfg.lease_secs <= longest + 1 {
+        let longest = cfg.provider_timeout.max(cfg.webhook_timeout).as_secs_f64();
+        if cfg.lease_secs as f64 <= 2.0 * longest + 1.0 {
             return Err(ConfigError::Invalid(
                 "PUSHGATE_LEASE_SECONDS",
                 format!(
-                    "{} s must exceed the provider/webhook timeout ({longest} s) by more than 1 s",
+                    "{} s must exceed twice the provider/webhook timeout ({longest} s) by more than 1 s",
                     cfg.lease_secs
                 ),
             ));

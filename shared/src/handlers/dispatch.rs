@@ -109,8 +109,8 @@ fn whole_seconds(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
-/// Slack between the end of the longest possible send and the end of the lease.
-const SEND_MARGIN_MS: i64 = 500;
+/// Slack for clock steps between instances.
+const SEND_MARGIN_MS: i64 = 200;
 
 /// How early a message may use its reserved rate slot (clocks of instances differ).
 const SLOT_EARLY_MS: i64 = 100;
@@ -553,10 +553,12 @@ impl Dispatcher {
         steps
     }
 
-    /// The longest one provider call may take, with a margin for clock steps.
+    /// The longest one provider call may take, plus as long again: a provider may still
+    /// act on a request shortly after we gave up on it, and a takeover's reconcile must
+    /// come after that.
     fn send_budget_ms(&self) -> i64 {
-        let call = self.cfg.provider_timeout.max(self.cfg.webhook_timeout);
-        call.as_millis() as i64 + SEND_MARGIN_MS
+        let call = self.cfg.provider_timeout.max(self.cfg.webhook_timeout).as_millis() as i64;
+        2 * call + SEND_MARGIN_MS
     }
 
     fn lease(&self) -> Duration {
