@@ -12,5 +12,5 @@ make --quiet venv
 export PUSHGATE_MOTO_SERVER="$PWD/.pushgate/venv/bin/moto_server" PUSHGATE_FAULT_MESSAGES="$n"
 start=$(date +%s)
 cargo test --quiet -p pushgate-tests --test faults -- --nocapture 2>&1 |
-  grep -E '^(messages|faults|timing)|panicked|FAILED|test result'
+  sed -n '/^messages /,/^test result/p' | grep -v -E '^ +[0-9]+: |^ +at '
 echo "wall time: $(( $(date +%s) - start )) s for $n messages"
