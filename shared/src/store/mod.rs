@@ -147,42 +147,30 @@ impl Store {
 
     /// Clears `ingest_pending` once the job is on the queue.
     pub async fn mark_enqueued(&self, pk: &str) -> Result<(), StoreError> {
-        self.client
+        let result = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
             .update_expression("REMOVE ingest_pending")
             .condition_expression("attribute_exists(pk)")
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if is_condition_failure(&e) {
-                    Ok(())
-                } else {
-                    Err(aws_err(e))
-                }
-            })
+            .await;
+        applied(result).map(|_| ())
     }
 
     /// Removes a record this ingest created but could not queue, so a retry starts clean.
     pub async fn delete(&self, pk: &str, id: &str) -> Result<(), StoreError> {
-        self.client
+        let result = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(pk))
             .condition_expression("id = :id")
             .expression_attribute_values(":id", s(id))
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if is_condition_failure(&e) {
-                    Ok(())
-                } else {
-                    Err(aws_err(e))
-                }
-            })
+            .await;
+        applied(result).map(|_| ())
     }
 
     /// Reads a record by key (strongly consistent).
@@ -344,11 +332,7 @@ impl Store {
             .set_expression_attribute_values(u.expression_attribute_values)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_err(e)),
-        }
+        applied(result)
     }
 
     /// The update that records a finish; `uncharge` also clears the message's charge (for
@@ -504,11 +488,7 @@ impl Store {
             .expression_attribute_values(":entry", history(entry)?)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(aws_err(e)),
-        }
+        applied(result).map(|_| ())
     }
 
     /// Counts one request against `app`'s limit for the calendar minute containing
@@ -567,11 +547,7 @@ impl Store {
             .expression_attribute_values(":entry", history(entry)?)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_err(e)),
-        }
+        applied(result)
     }
 
     /// Applies a provider receipt: moves the status forward only (a late or duplicate
@@ -611,6 +587,19 @@ impl Store {
             Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(aws_err(e)),
         }
+    }
+}
+
+/// Whether a conditional write applied: a failed condition is an answer, not an error.
+fn applied<T, E, R>(result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(aws_err(e)),
     }
 }
 
