@@ -94,7 +94,7 @@ pub struct ProviderAccounts {
     /// Send rates per provider (`{"aliyun": {"per_second": 100}}`), overriding the
     /// documented limits the dispatcher shapes traffic to.
     #[serde(default)]
-    pub rates: HashMap<String, crate::store::Rate>,
+    pub rates: HashMap<String, crate::shaping::Rate>,
 }
 
 impl ProviderAccounts {

@@ -133,7 +133,7 @@ pub struct Dispatch {
     pub routes_ttl: Duration,
     /// `PUSHGATE_BREAKER_FAILURES` (5) failures within `PUSHGATE_BREAKER_WINDOW_SECONDS`
     /// (60) open a provider account's circuit for `PUSHGATE_BREAKER_COOLDOWN_SECONDS` (30).
-    pub breaker: crate::store::BreakerPolicy,
+    pub breaker: crate::shaping::BreakerPolicy,
     /// `PUSHGATE_MAX_RETRY_DELAY_SECONDS` (900): the longest a retry or deferral hides a
     /// job (backoff cap; provider-requested waits are cut to it too).
     pub max_retry_delay: Duration,
@@ -242,7 +242,7 @@ impl Dispatch {
             public_url: public_url(),
             routes_table: var("PUSHGATE_ROUTES_TABLE"),
             routes_ttl: Duration::from_secs(number("PUSHGATE_ROUTES_TTL_SECONDS", 60)?),
-            breaker: crate::store::BreakerPolicy {
+            breaker: crate::shaping::BreakerPolicy {
                 failures: number("PUSHGATE_BREAKER_FAILURES", 5u32)?.max(1),
                 window_ms: number("PUSHGATE_BREAKER_WINDOW_SECONDS", 60i64)?.max(1) * 1000,
                 cool_down_ms: number("PUSHGATE_BREAKER_COOLDOWN_SECONDS", 30i64)?.max(1) * 1000,

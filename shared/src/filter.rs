@@ -4,7 +4,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde::Deserialize;
 
-use crate::model::Content;
+use crate::message::Content;
 use crate::problem::FieldError;
 
 /// What to do on a match.

@@ -3,7 +3,7 @@
 
 use aws_sdk_sqs::Client;
 
-use crate::model::Job;
+use crate::message::Job;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

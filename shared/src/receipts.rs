@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::model::Status;
+use crate::message::Status;
 
 /// One delivery report, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Routing rules as data: per app and business key, which providers serve each channel
 //! (in order: failover), which channels to fall back through, and what to do on which
-//! errors. Stored in the routes table (seeded from `infra/routes.json` with
-//! `pushgate routes seed`) and cached by the dispatcher.
+//! errors. Pure data and decisions; the routes table adapter (`store::routes`, seeded
+//! from `infra/routes.json` with `pushgate routes seed`) loads and caches them.
 //!
 //! ```json
 //! [{"app": "demo", "key": "order_shipped",
@@ -15,14 +15,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Deserialize;
 
-use crate::cache::Refreshing;
-use crate::model::Channel;
-use crate::providers::{ErrorClass, ProviderError};
+use crate::delivery::{ErrorClass, ProviderError};
+use crate::message::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
@@ -186,75 +183,6 @@ impl Routes {
             .or_else(|| self.0.get(&(app.to_string(), "*".to_string())))
             .cloned()
     }
-}
-
-/// Where the dispatcher gets routes: the routes table, re-read every `ttl`; or none.
-pub struct RouteStore {
-    table: Option<(aws_sdk_dynamodb::Client, String)>,
-    cached: Refreshing<Routes>,
-}
-
-impl RouteStore {
-    /// No routes: every app uses its own provider order and the default actions.
-    pub fn none() -> Self {
-        Self {
-            table: None,
-            cached: Refreshing::new(Duration::MAX),
-        }
-    }
-
-    /// Routes from a DynamoDB table (items `{id: "app/key", definition}`), cached for `ttl`.
-    pub fn table(client: aws_sdk_dynamodb::Client, table: impl Into<String>, ttl: Duration) -> Self {
-        Self {
-            table: Some((client, table.into())),
-            cached: Refreshing::new(ttl),
-        }
-    }
-
-    /// The current routes; a failed refresh keeps the last good set.
-    pub async fn current(&self) -> Result<Arc<Routes>, RoutingError> {
-        self.cached
-            .get("routes", || async {
-                match &self.table {
-                    None => Ok(Routes::default()),
-                    Some((client, table)) => load(client, table).await,
-                }
-            })
-            .await
-    }
-}
-
-async fn load(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Routes, RoutingError> {
-    let docs = crate::cache::scan_definitions(client, table)
-        .await
-        .map_err(RoutingError::Unavailable)?
-        .into_iter()
-        .map(|(_, definition)| serde_json::from_str(&definition).map_err(|e| RoutingError::Invalid(e.to_string())))
-        .collect::<Result<Vec<serde_json::Value>, _>>()?;
-    Routes::parse(&serde_json::Value::Array(docs).to_string())
-}
-
-/// Writes every route of a routes file to the table, after checking the whole file
-/// parses. Returns how many were written.
-pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, json: &str) -> Result<usize, RoutingError> {
-    Routes::parse(json)?;
-    let docs: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| RoutingError::Invalid(e.to_string()))?;
-    for doc in &docs {
-        let id = format!(
-            "{}/{}",
-            doc["app"].as_str().unwrap_or_default(),
-            doc["key"].as_str().unwrap_or_default()
-        );
-        client
-            .put_item()
-            .table_name(table)
-            .item("id", AttributeValue::S(id))
-            .item("definition", AttributeValue::S(doc.to_string()))
-            .send()
-            .await
-            .map_err(|e| RoutingError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
-    }
-    Ok(docs.len())
 }
 
 #[cfg(test)]

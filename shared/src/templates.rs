@@ -13,7 +13,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::{Channel, Content};
+use crate::message::{Channel, Content};
 use crate::problem::FieldError;
 
 /// The templates bundled with the build.

@@ -80,8 +80,8 @@ impl Dispatcher {
             &s.common.messages_table,
         )?;
         let routes = match &cfg.routes_table {
-            Some(table) => crate::routing::RouteStore::table(s.ddb.clone(), table.clone(), cfg.routes_ttl),
-            None => crate::routing::RouteStore::none(),
+            Some(table) => crate::store::routes::RouteStore::table(s.ddb.clone(), table.clone(), cfg.routes_ttl),
+            None => crate::store::routes::RouteStore::none(),
         };
         Ok(Self {
             breaker: crate::store::Breaker::new(s.store.clone(), cfg.breaker, cfg.breaker_cache_ms),

@@ -9,16 +9,16 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use lambda_http::{Body, Request};
-use pushgate::apps::{Apps, SecretsManagerSource};
-use pushgate::config;
-use pushgate::handlers::{
+use pushgate_shared::apps::{Apps, SecretsManagerSource};
+use pushgate_shared::config;
+use pushgate_shared::handlers::{
     callback::Callback,
     dispatch::{DispatchQueues, Dispatcher},
     ingest::Ingest,
 };
-use pushgate::queue::Queue;
-use pushgate::store::Store;
-use pushgate::templates::TemplateStore;
+use pushgate_shared::queue::Queue;
+use pushgate_shared::store::Store;
+use pushgate_shared::templates::TemplateStore;
 use pushgate_tool::fakes::Fakes;
 use pushgate_tool::moto::Moto;
 use pushgate_tool::poller::{Invoke, Poller};
@@ -108,7 +108,7 @@ pub struct StackOptions {
     /// Dispatcher concurrency within a batch.
     pub concurrency: usize,
     /// Circuit breakers, and how long an instance trusts the state it read.
-    pub breaker: pushgate::store::BreakerPolicy,
+    pub breaker: pushgate_shared::shaping::BreakerPolicy,
     pub breaker_cache_ms: i64,
     /// Cap on retry and deferral delays (the fault suite keeps them short).
     pub max_retry_delay: Duration,
@@ -122,7 +122,7 @@ impl Default for StackOptions {
             visibility_timeout: 1,
             webhook_timeout: Duration::from_secs(2),
             concurrency: 10,
-            breaker: pushgate::store::BreakerPolicy::default(),
+            breaker: pushgate_shared::shaping::BreakerPolicy::default(),
             breaker_cache_ms: 1000,
             max_retry_delay: Duration::from_secs(900),
         }
@@ -193,10 +193,10 @@ impl Stack {
             .await
             .expect("secret");
         resources::verify_sender(&sdk, EMAIL_FROM).await.expect("verify sender");
-        pushgate::templates::seed(
+        pushgate_shared::templates::seed(
             &aws_sdk_dynamodb::Client::new(&sdk),
             &res.tables["TemplatesTable"],
-            pushgate::templates::BUNDLED,
+            pushgate_shared::templates::BUNDLED,
         )
         .await
         .expect("seed templates");
@@ -250,7 +250,7 @@ impl Stack {
                 templates_table: Some(res.tables["TemplatesTable"].clone()),
                 templates_ttl: Duration::from_secs(60),
             },
-            clock: pushgate::clock::system(),
+            clock: pushgate_shared::clock::system(),
             filters: Default::default(),
         });
         let dispatch_cfg = config::Dispatch {
@@ -272,21 +272,22 @@ impl Stack {
             breaker_cache_ms: opts.breaker_cache_ms,
             max_retry_delay: opts.max_retry_delay,
         };
-        let providers = pushgate::providers::standard(&dispatch_cfg, ses, ddb_for_providers, res.messages_table())
-            .expect("providers");
+        let providers =
+            pushgate_shared::providers::standard(&dispatch_cfg, ses, ddb_for_providers, res.messages_table())
+                .expect("providers");
         let dispatcher = Arc::new(Dispatcher {
-            routes: pushgate::routing::RouteStore::table(
+            routes: pushgate_shared::store::routes::RouteStore::table(
                 aws_sdk_dynamodb::Client::new(&sdk),
                 res.tables["RoutesTable"].clone(),
                 // Loaded at the first dispatch: tests seed their routes before it.
                 Duration::from_secs(3600),
             ),
-            breaker: pushgate::store::Breaker::new(store.clone(), opts.breaker, opts.breaker_cache_ms),
+            breaker: pushgate_shared::store::Breaker::new(store.clone(), opts.breaker, opts.breaker_cache_ms),
             store: store.clone(),
             providers,
             apps: apps.clone(),
             cfg: dispatch_cfg,
-            clock: pushgate::clock::system(),
+            clock: pushgate_shared::clock::system(),
             queues: DispatchQueues {
                 send: Queue::new(sqs.clone(), res.send_queue()),
                 dead_letter: Queue::new(sqs.clone(), res.dead_letter_queue()),
@@ -295,7 +296,7 @@ impl Stack {
         let callback = Arc::new(Callback {
             store: store.clone(),
             apps,
-            clock: pushgate::clock::system(),
+            clock: pushgate_shared::clock::system(),
             public_url: Some(PUBLIC_URL.into()),
         });
         let harness_store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
@@ -423,7 +424,7 @@ impl Stack {
 
     /// Every message record, by id (one paginated Scan: cheaper than a lookup per id
     /// when a test checks thousands).
-    pub async fn all_records(&self) -> std::collections::HashMap<String, pushgate::model::Message> {
+    pub async fn all_records(&self) -> std::collections::HashMap<String, pushgate_shared::message::Message> {
         let ddb = aws_sdk_dynamodb::Client::new(&self.sdk);
         let mut out = std::collections::HashMap::new();
         let mut start = None;
@@ -438,7 +439,7 @@ impl Stack {
             for item in page.items() {
                 // Counters, balances and buckets share the table; only messages have an id.
                 if item.contains_key("id") && item.contains_key("status") {
-                    let m: pushgate::model::Message = serde_dynamo::from_item(item.clone()).expect("message");
+                    let m: pushgate_shared::message::Message = serde_dynamo::from_item(item.clone()).expect("message");
                     out.insert(m.id.clone(), m);
                 }
             }
@@ -463,9 +464,9 @@ impl Stack {
     }
 
     /// The stored record of message `id`.
-    pub async fn record(&self, id: &str) -> pushgate::model::Message {
+    pub async fn record(&self, id: &str) -> pushgate_shared::message::Message {
         self.store
-            .get_by_id(id, pushgate::clock::now_ms())
+            .get_by_id(id, pushgate_shared::clock::now_ms())
             .await
             .expect("store")
             .expect("record")
@@ -503,7 +504,7 @@ pub fn signed(
     ts: i64,
     extra: &[(&str, &str)],
 ) -> Request {
-    let sig = pushgate::auth::sign(secret, ts, method, path, body);
+    let sig = pushgate_shared::auth::sign(secret, ts, method, path, body);
     let mut b = http::Request::builder()
         .method(method)
         .uri(path)
@@ -524,7 +525,7 @@ pub fn signed(
 
 /// Now, Unix seconds.
 pub fn now() -> i64 {
-    pushgate::clock::now_ms() / 1000
+    pushgate_shared::clock::now_ms() / 1000
 }
 
 /// A response's status and JSON body.
@@ -541,13 +542,13 @@ pub fn parts(resp: lambda_http::Response<Body>) -> (u16, http::HeaderMap, serde_
 
 /// A stored-message value for calling a provider directly.
 pub fn message(
-    channel: pushgate::model::Channel,
+    channel: pushgate_shared::message::Channel,
     to: &str,
-    content: pushgate::model::Content,
-) -> pushgate::model::Message {
-    let now = pushgate::clock::now_ms();
+    content: pushgate_shared::message::Content,
+) -> pushgate_shared::message::Message {
+    let now = pushgate_shared::clock::now_ms();
     let id = ulid::Ulid::new().to_string();
-    pushgate::model::Message {
+    pushgate_shared::message::Message {
         pk: format!("{APP}_s_{}", id.to_lowercase()),
         id,
         app: APP.into(),
@@ -555,7 +556,7 @@ pub fn message(
         to: to.into(),
         template: None,
         content,
-        status: pushgate::model::Status::Sending,
+        status: pushgate_shared::message::Status::Sending,
         status_rank: 1,
         attempts: 1,
         created_at: now,

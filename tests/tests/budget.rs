@@ -36,7 +36,7 @@ async fn ingest_and_dispatch_stay_within_the_call_budget() {
     stack
         .dispatcher
         .breaker
-        .state("ses.default", pushgate::clock::now_ms())
+        .state("ses.default", pushgate_shared::clock::now_ms())
         .await
         .unwrap();
     stack.calls.reset();
@@ -106,7 +106,7 @@ async fn a_metered_app_pays_one_transaction_per_delivered_message() {
     stack
         .dispatcher
         .breaker
-        .state(&host, pushgate::clock::now_ms())
+        .state(&host, pushgate_shared::clock::now_ms())
         .await
         .unwrap();
     stack.calls.reset();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pushgate::model::Status;
+use pushgate_shared::message::Status;
 use pushgate_tests::*;
 use serde_json::{json, Value};
 
@@ -118,8 +118,8 @@ async fn sms_goes_through_twilio_and_its_signed_status_callback_delivers_it() {
         .finish();
     let path = format!("/v1/callbacks/twilio?app={APP}");
     let url = format!("{PUBLIC_URL}{path}");
-    let good = pushgate::providers::twilio::signature(pushgate_tool::fakes::twilio::AUTH_TOKEN, &url, &fields);
-    let forged = pushgate::providers::twilio::signature("wrong-token", &url, &fields);
+    let good = pushgate_shared::providers::twilio::signature(pushgate_tool::fakes::twilio::AUTH_TOKEN, &url, &fields);
+    let forged = pushgate_shared::providers::twilio::signature("wrong-token", &url, &fields);
     let form_type = "application/x-www-form-urlencoded";
     assert_eq!(
         parts(
@@ -243,7 +243,7 @@ async fn wechat_template_message_and_its_receipt() {
 
     let xml = format!("<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser123]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msg_id}</MsgID><Status><![CDATA[success]]></Status></xml>");
     let (ts, nonce) = ("1700000000", "n0nce");
-    let sig = pushgate::handlers::callback::wechat_signature(CALLBACK_TOKEN, ts, nonce);
+    let sig = pushgate_shared::handlers::callback::wechat_signature(CALLBACK_TOKEN, ts, nonce);
     let bad = format!("/v1/callbacks/wechat?signature=00&timestamp={ts}&nonce={nonce}");
     assert_eq!(
         parts(stack.callback.handle(post(&bad, "text/xml", xml.as_bytes(), &[])).await).0,

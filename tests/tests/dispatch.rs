@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use pushgate::model::Status;
-use pushgate::store::Claim;
+use pushgate_shared::message::Status;
+use pushgate_shared::ports::Claim;
 use pushgate_tests::*;
 use serde_json::{json, Value};
 
@@ -89,7 +89,7 @@ async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
     let id = stack.accept(email(to)).await;
     let m = stack.record(&id).await;
     // A dispatcher claimed it, then died before calling SES; its lease runs out.
-    let now = pushgate::clock::now_ms();
+    let now = pushgate_shared::clock::now_ms();
     assert!(matches!(
         stack
             .store
@@ -115,7 +115,7 @@ async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
         .await;
     let m = stack.record(&id).await;
     // Claimed and sent, then the worker died before recording the outcome.
-    let now = pushgate::clock::now_ms();
+    let now = pushgate_shared::clock::now_ms();
     let Claim::Claimed { message, .. } = stack
         .store
         .claim(&m.pk, &id, "dead-worker", now, now + 50)
@@ -124,10 +124,10 @@ async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
     else {
         panic!("claim")
     };
-    let webhook = pushgate::providers::webhook::Webhook::new(Duration::from_secs(2), true).unwrap();
-    let app: pushgate::apps::AppConfig =
+    let webhook = pushgate_shared::providers::webhook::Webhook::new(Duration::from_secs(2), true).unwrap();
+    let app: pushgate_shared::apps::AppConfig =
         serde_json::from_value(json!({"key": APP, "secrets": [], "webhook_secret": WEBHOOK_SECRET})).unwrap();
-    pushgate::providers::Provider::send(&webhook, &message, &app)
+    pushgate_shared::providers::Provider::send(&webhook, &message, &app)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pushgate::model::{Job, Status};
+use pushgate_shared::message::{Job, Status};
 use pushgate_tests::*;
 use serde_json::json;
 
@@ -31,7 +31,7 @@ async fn redrive_resends_dead_letters_and_never_resends_what_was_sent() {
 
     // A stray job for the delivered message also sits in the DLQ (as after an SQS redrive).
     let d = stack.record(&done).await;
-    let dead_letter_queue = pushgate::queue::Queue::new(stack.sqs.clone(), stack.res.dead_letter_queue());
+    let dead_letter_queue = pushgate_shared::queue::Queue::new(stack.sqs.clone(), stack.res.dead_letter_queue());
     dead_letter_queue
         .send(&Job {
             pk: d.pk.clone(),
@@ -43,7 +43,7 @@ async fn redrive_resends_dead_letters_and_never_resends_what_was_sent() {
     let dlq = pushgate_tool::dlq::Dlq {
         sqs: stack.sqs.clone(),
         dlq_url: stack.res.dead_letter_queue().to_string(),
-        queue: pushgate::queue::Queue::new(stack.sqs.clone(), stack.res.send_queue()),
+        queue: pushgate_shared::queue::Queue::new(stack.sqs.clone(), stack.res.send_queue()),
         store: stack.store.clone(),
     };
     let listed = dlq.list(1).await.unwrap();

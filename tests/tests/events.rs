@@ -54,7 +54,7 @@ async fn dispatcher_and_callback_events_are_accepted() {
     let id = body["id"].as_str().unwrap();
     let pk = stack
         .store
-        .get_by_id(id, pushgate::clock::now_ms())
+        .get_by_id(id, pushgate_shared::clock::now_ms())
         .await
         .unwrap()
         .unwrap()

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use futures::StreamExt;
-use pushgate::model::{Job, Status};
-use pushgate::store::BreakerPolicy;
+use pushgate_shared::message::{Job, Status};
+use pushgate_shared::shaping::BreakerPolicy;
 use pushgate_tests::*;
 use pushgate_tool::fakes::Fault;
 use pushgate_tool::poller::{Invoke, Poller};
@@ -68,14 +68,14 @@ impl Faulty {
     /// `after_call`. It holds the lease a real dispatcher would ([`LEASE_SECS`]): that
     /// lease outlasts any send it starts, which is what keeps a takeover from racing it.
     async fn crash(&self, job: &Job, after_call: bool) {
-        let now = pushgate::clock::now_ms();
+        let now = pushgate_shared::clock::now_ms();
         let lease_until = now + LEASE_SECS * 1000;
         let claim = self
             .stack
             .store
             .claim(&job.pk, &job.id, "crashed", now, lease_until)
             .await;
-        let Ok(pushgate::store::Claim::Claimed { message, .. }) = claim else {
+        let Ok(pushgate_shared::ports::Claim::Claimed { message, .. }) = claim else {
             return;
         };
         if after_call {
@@ -278,7 +278,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
                 let note = Some("aliyun: DELIVERED".to_string());
                 stack
                     .store
-                    .apply_receipt(&pk, Status::Delivered, note, pushgate::clock::now_ms())
+                    .apply_receipt(&pk, Status::Delivered, note, pushgate_shared::clock::now_ms())
                     .await
                     .unwrap()
             }

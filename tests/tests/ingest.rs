@@ -29,12 +29,12 @@ async fn good_signature_is_accepted_with_one_record_and_one_job() {
     assert_eq!(stack.queue_count(stack.res.send_queue()).await, 1);
     let record = stack
         .store
-        .get_by_id(id, pushgate::clock::now_ms())
+        .get_by_id(id, pushgate_shared::clock::now_ms())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(record.app, APP);
-    assert_eq!(record.status, pushgate::model::Status::Accepted);
+    assert_eq!(record.status, pushgate_shared::message::Status::Accepted);
 }
 
 #[tokio::test]
@@ -158,7 +158,7 @@ async fn idempotent_request_still_in_flight_is_409() {
     let id = b1["id"].as_str().unwrap();
     let record = stack
         .store
-        .get_by_id(id, pushgate::clock::now_ms())
+        .get_by_id(id, pushgate_shared::clock::now_ms())
         .await
         .unwrap()
         .unwrap();
@@ -186,7 +186,7 @@ async fn idempotent_request_still_in_flight_is_409() {
 
     // Still pending 30 s on, the first ingest died between its write and its SQS send:
     // the retry queues the job itself and answers as the first would have.
-    pending(pushgate::clock::now_ms() - 31_000).await;
+    pending(pushgate_shared::clock::now_ms() - 31_000).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (s3, h3, b3) = send(&stack, &body, &key).await;
     assert_eq!((s3, &b3["id"]), (202, &b1["id"]));
@@ -198,7 +198,7 @@ async fn idempotent_request_still_in_flight_is_409() {
     );
     let after = stack
         .store
-        .get_by_id(id, pushgate::clock::now_ms())
+        .get_by_id(id, pushgate_shared::clock::now_ms())
         .await
         .unwrap()
         .unwrap();
@@ -209,13 +209,13 @@ async fn idempotent_request_still_in_flight_is_409() {
 async fn a_failed_enqueue_answers_503_and_keeps_no_record() {
     let stack = Stack::new().await;
     // Same adapters, but a queue that does not exist.
-    let broken = pushgate::handlers::ingest::Ingest {
+    let broken = pushgate_shared::handlers::ingest::Ingest {
         store: stack.store.clone(),
-        queue: pushgate::queue::Queue::new(stack.sqs.clone(), format!("{}-missing", stack.res.send_queue())),
+        queue: pushgate_shared::queue::Queue::new(stack.sqs.clone(), format!("{}-missing", stack.res.send_queue())),
         apps: stack.ingest.apps.clone(),
-        templates: pushgate::templates::TemplateStore::bundled(),
+        templates: pushgate_shared::templates::TemplateStore::bundled(),
         cfg: stack.ingest.cfg.clone(),
-        clock: pushgate::clock::system(),
+        clock: pushgate_shared::clock::system(),
         filters: Default::default(),
     };
     let body = webhook_body(&stack, "lost?");
@@ -301,7 +301,7 @@ async fn validation_errors_name_fields_and_change_nothing() {
 async fn private_webhook_targets_are_refused_by_default() {
     let body = br#"{"channel":"webhook","to":"http://169.254.169.254/latest/meta-data","content":{"text":"x"}}"#;
     let value: serde_json::Value = serde_json::from_slice(body).unwrap();
-    let errors = pushgate::model::validate(&value, false).unwrap_err();
+    let errors = pushgate_shared::request::validate(&value, false).unwrap_err();
     assert_eq!(errors[0].pointer, "/to");
 }
 
@@ -380,7 +380,7 @@ async fn sensitive_words_are_rejected_or_masked_per_app() {
     assert_eq!(status, 202);
     let record = stack
         .store
-        .get_by_id(accepted["id"].as_str().unwrap(), pushgate::clock::now_ms())
+        .get_by_id(accepted["id"].as_str().unwrap(), pushgate_shared::clock::now_ms())
         .await
         .unwrap()
         .unwrap();
@@ -391,7 +391,7 @@ async fn sensitive_words_are_rejected_or_masked_per_app() {
 async fn an_app_over_its_per_minute_limit_gets_429_with_retry_after_and_nothing_is_queued() {
     let stack = Stack::new().await;
     // Stay inside one calendar minute (the limit's window).
-    let into_minute = pushgate::clock::now_ms() % 60_000;
+    let into_minute = pushgate_shared::clock::now_ms() % 60_000;
     if into_minute > 50_000 {
         tokio::time::sleep(std::time::Duration::from_millis((60_000 - into_minute + 100) as u64)).await;
     }

@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use pushgate::apps::AppConfig;
-use pushgate::model::{Channel, Content, Mentions, Message};
-use pushgate::providers::dingtalk::DingTalk;
-use pushgate::providers::feishu::Feishu;
-use pushgate::providers::wecom::WeCom;
-use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider, ProviderError};
+use pushgate_shared::apps::AppConfig;
+use pushgate_shared::delivery::{Ambiguity, ErrorClass, ProviderError};
+use pushgate_shared::message::{Channel, Content, Mentions, Message};
+use pushgate_shared::providers::dingtalk::DingTalk;
+use pushgate_shared::providers::feishu::Feishu;
+use pushgate_shared::providers::wecom::WeCom;
+use pushgate_shared::providers::{http_client, Provider};
 use pushgate_tests::message;
 use pushgate_tool::fakes::{dingtalk as fake_dt, feishu as fake_fs, wecom as fake_wc, Fakes};
 use serde_json::json;

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pushgate::apps::AppConfig;
-use pushgate::model::{AliyunSmsTemplate, Channel, Content, Message, SmsTemplates, TencentSmsTemplate};
-use pushgate::providers::aliyun::{phone_number, Aliyun};
-use pushgate::providers::tencent::Tencent;
-use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider, ProviderError, Reconciled, Sent};
+use pushgate_shared::apps::AppConfig;
+use pushgate_shared::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
+use pushgate_shared::message::{AliyunSmsTemplate, Channel, Content, Message, SmsTemplates, TencentSmsTemplate};
+use pushgate_shared::providers::aliyun::{phone_number, Aliyun};
+use pushgate_shared::providers::tencent::Tencent;
+use pushgate_shared::providers::{http_client, Provider};
 use pushgate_tool::fakes::{aliyun as fake_aliyun, tencent as fake_tencent, Fakes, Fault};
 use serde_json::json;
 

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate::apps::AppConfig;
-use pushgate::model::{Channel, Content};
-use pushgate::providers::smtp::{message_id, Smtp};
-use pushgate::providers::{Ambiguity, ErrorClass, Provider, Providers};
+use pushgate_shared::apps::AppConfig;
+use pushgate_shared::delivery::{Ambiguity, ErrorClass};
+use pushgate_shared::message::{Channel, Content};
+use pushgate_shared::providers::smtp::{message_id, Smtp};
+use pushgate_shared::providers::{Provider, Providers};
 use pushgate_tests::message;
 use pushgate_tool::fakes::smtp::{self as fake, SmtpFake};
 use serde_json::{json, Value};
@@ -50,7 +51,7 @@ fn app_for(f: &SmtpFake) -> AppConfig {
     app(account(f.addr.port(), fake::PASSWORD), Some(APP_FROM))
 }
 
-fn email(to: &str) -> pushgate::model::Message {
+fn email(to: &str) -> pushgate_shared::message::Message {
     message(
         Channel::Email,
         to,
@@ -240,7 +241,8 @@ async fn the_email_order_picks_smtp_first() {
         .behavior_version(aws_sdk_sesv2::config::BehaviorVersion::latest())
         .region(aws_sdk_sesv2::config::Region::new("us-east-1"))
         .build();
-    let ses = pushgate::providers::ses::Ses::new(aws_sdk_sesv2::Client::from_conf(sdk), DEFAULT_FROM.into(), None);
+    let ses =
+        pushgate_shared::providers::ses::Ses::new(aws_sdk_sesv2::Client::from_conf(sdk), DEFAULT_FROM.into(), None);
     let providers = Providers::new(vec![Arc::new(ses), Arc::new(provider())]);
     let smtp = account(2525, fake::PASSWORD)["smtp"].clone();
 

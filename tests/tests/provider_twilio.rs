@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use pushgate::apps::AppConfig;
-use pushgate::model::{Channel, Content};
-use pushgate::providers::twilio::Twilio;
-use pushgate::providers::{http_client, Ambiguity, ErrorClass, Provider};
+use pushgate_shared::apps::AppConfig;
+use pushgate_shared::delivery::{Ambiguity, ErrorClass};
+use pushgate_shared::message::{Channel, Content};
+use pushgate_shared::providers::twilio::Twilio;
+use pushgate_shared::providers::{http_client, Provider};
 use pushgate_tests::message;
 use pushgate_tool::fakes::{twilio as fake, Fakes};
 use serde_json::json;
@@ -36,7 +37,7 @@ fn account() -> AppConfig {
     app(json!({"account_sid": fake::ACCOUNT_SID, "auth_token": fake::AUTH_TOKEN, "from": fake::FROM}))
 }
 
-fn sms(to: &str, text: &str) -> pushgate::model::Message {
+fn sms(to: &str, text: &str) -> pushgate_shared::message::Message {
     message(
         Channel::Sms,
         to,

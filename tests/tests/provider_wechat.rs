@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use pushgate::apps::AppConfig;
-use pushgate::model::{Channel, Content, Message, WechatTemplate};
-use pushgate::providers::wechat::{Wechat, TOKEN_PK_PREFIX};
-use pushgate::providers::{http_client, ErrorClass, Provider, ProviderError};
+use pushgate_shared::apps::AppConfig;
+use pushgate_shared::delivery::{ErrorClass, ProviderError};
+use pushgate_shared::message::{Channel, Content, Message, WechatTemplate};
+use pushgate_shared::providers::wechat::{Wechat, TOKEN_PK_PREFIX};
+use pushgate_shared::providers::{http_client, Provider};
 use pushgate_tests::*;
 use pushgate_tool::fakes::{wechat as fake, Fakes, Recorded};
 use serde_json::json;
@@ -124,7 +125,7 @@ fn s(v: &str) -> AttributeValue {
 }
 
 fn now_ms() -> i64 {
-    pushgate::clock::now_ms()
+    pushgate_shared::clock::now_ms()
 }
 
 fn app_with(appid: &str, secret: &str) -> AppConfig {
@@ -165,7 +166,7 @@ async fn a_template_send_returns_the_msgid_with_the_documented_body() {
     let (wechat, _) = env.instance();
     assert_eq!(wechat.name(), "wechat");
     assert_eq!(wechat.channel(), Channel::Wechat);
-    assert_eq!(wechat.on_ambiguous(), pushgate::providers::Ambiguity::MarkUnknown);
+    assert_eq!(wechat.on_ambiguous(), pushgate_shared::delivery::Ambiguity::MarkUnknown);
 
     let sent = wechat.send(&msg("oUser_1"), &app()).await.expect("sent");
     assert!(!sent.delivered, "the TEMPLATESENDJOBFINISH receipt settles delivery");

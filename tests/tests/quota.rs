@@ -2,7 +2,7 @@
 //! ingest, and apps that wait for a top-up instead of failing.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use pushgate::model::Status;
+use pushgate_shared::message::Status;
 use pushgate_tests::*;
 use serde_json::json;
 

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use pushgate::model::{Channel, Job, Message, Status};
-use pushgate::store::{BreakerPolicy, Circuit, Claim};
+use pushgate_shared::message::{Channel, Job, Message, Status};
+use pushgate_shared::ports::Claim;
+use pushgate_shared::shaping::{BreakerPolicy, Circuit};
 use pushgate_tests::*;
 use pushgate_tool::fakes::{aliyun, tencent, wechat, Fault};
 use serde_json::{json, Value};
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 /// Seeds the routes table. Must run before the stack's first dispatch: the dispatcher
 /// caches its routes for an hour.
 async fn seed_routes(stack: &Stack, routes: Value) {
-    let written = pushgate::routing::seed(
+    let written = pushgate_shared::store::routes::seed(
         &aws_sdk_dynamodb::Client::new(&stack.sdk),
         &stack.res.tables["RoutesTable"],
         &routes.to_string(),
@@ -322,7 +323,7 @@ async fn a_switch_is_remembered_while_the_next_provider_waits_out_its_open_circu
     let id = stack.accept(sms(to)).await;
     let event = jobs(&stack, &[&id]).await;
     // Tencent's circuit is open (two failures elsewhere, in one window).
-    let now = pushgate::clock::now_ms();
+    let now = pushgate_shared::clock::now_ms();
     for _ in 0..2 {
         stack
             .dispatcher
@@ -354,7 +355,7 @@ async fn a_switch_is_remembered_while_the_next_provider_waits_out_its_open_circu
     assert_eq!((aliyun_sends(&stack, to), tencent_sends(&stack, to)), (1, 1));
     let m = stack.record(&id).await;
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
-    let now = pushgate::clock::now_ms();
+    let now = pushgate_shared::clock::now_ms();
     assert_eq!(
         stack.store.circuit(&tencent_account(), &policy, now).await.unwrap(),
         Circuit::Closed,
@@ -548,7 +549,7 @@ async fn ingest_names_the_fallback_a_template_cannot_render() {
 /// Sleeps past the end of the current fixed window of `window_ms` if less than `margin_ms`
 /// of it is left, so that failures counted next fall into one window.
 async fn clear_of_window_end(window_ms: i64, margin_ms: i64) {
-    let into = pushgate::clock::now_ms().rem_euclid(window_ms);
+    let into = pushgate_shared::clock::now_ms().rem_euclid(window_ms);
     if into > window_ms - margin_ms {
         tokio::time::sleep(Duration::from_millis((window_ms - into + 50) as u64)).await;
     }
@@ -600,7 +601,7 @@ async fn an_open_circuit_sends_to_the_next_provider_until_a_probe_closes_it() {
     assert!(matches!(
         stack
             .store
-            .circuit(&aliyun_account(), &policy, pushgate::clock::now_ms())
+            .circuit(&aliyun_account(), &policy, pushgate_shared::clock::now_ms())
             .await
             .unwrap(),
         Circuit::Open { .. }
@@ -627,7 +628,7 @@ async fn an_open_circuit_sends_to_the_next_provider_until_a_probe_closes_it() {
     assert_eq!(
         stack
             .store
-            .circuit(&aliyun_account(), &policy, pushgate::clock::now_ms())
+            .circuit(&aliyun_account(), &policy, pushgate_shared::clock::now_ms())
             .await
             .unwrap(),
         Circuit::Closed
@@ -681,8 +682,8 @@ async fn a_robot_is_shaped_to_its_documented_rate_evenly_spaced() {
     // DingTalk's documented 20 a minute, evenly spaced (burst 1): one send every 3 s, so of
     // 21 at once one goes and the others wait their turn; none meets DingTalk's refusal.
     assert_eq!(
-        pushgate::handlers::dispatch::documented_rate("dingtalk"),
-        Some(pushgate::store::Rate::per_minute(20))
+        pushgate_shared::handlers::dispatch::documented_rate("dingtalk"),
+        Some(pushgate_shared::shaping::Rate::per_minute(20))
     );
     let stack = Stack::new().await;
     let (ids, response) = twenty_one_to_dingtalk(&stack).await;
@@ -797,7 +798,7 @@ async fn a_takeover_asks_aliyun_before_sending_again() {
     // calling. Their leases run out.
     for (id, called) in [(&sent_id, true), (&unsent_id, false)] {
         let m = stack.record(id).await;
-        let now = pushgate::clock::now_ms();
+        let now = pushgate_shared::clock::now_ms();
         let Claim::Claimed { message, takeover } =
             stack.store.claim(&m.pk, id, "crashed", now, now + 300).await.unwrap()
         else {

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use pushgate::store::{Breaker, BreakerPolicy, Circuit, Rate, Store, Throttle};
+use pushgate_shared::shaping::{BreakerPolicy, Circuit, Rate, Throttle};
+use pushgate_shared::store::{Breaker, Store};
 use pushgate_tests::*;
 use pushgate_tool::resources::{self, Overrides};
 

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use lambda_http::{run, service_fn, Error, Request};
-use pushgate::handlers::callback::Callback;
+use pushgate_shared::handlers::callback::Callback;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    pushgate::telemetry::init();
+    pushgate_shared::telemetry::init();
     let callback = Arc::new(Callback::from_env().await?);
     run(service_fn(move |req: Request| {
         let callback = callback.clone();

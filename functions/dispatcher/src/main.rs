@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use pushgate::handlers::dispatch::Dispatcher;
+use pushgate_shared::handlers::dispatch::Dispatcher;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    pushgate::telemetry::init();
+    pushgate_shared::telemetry::init();
     let dispatcher = Arc::new(Dispatcher::from_env().await?);
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let dispatcher = dispatcher.clone();

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use lambda_http::{run, service_fn, Error, Request};
-use pushgate::handlers::ingest::Ingest;
+use pushgate_shared::handlers::ingest::Ingest;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    pushgate::telemetry::init();
+    pushgate_shared::telemetry::init();
     let ingest = Arc::new(Ingest::from_env().await?);
     run(service_fn(move |req: Request| {
         let ingest = ingest.clone();

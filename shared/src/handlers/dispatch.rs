@@ -8,7 +8,6 @@
 //! deferrals. A message whose attempts are spent is recorded `failed` (`dead_lettered`)
 //! and moved to the DLQ with its job, from where `pushgate dlq redrive` can bring it back.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +18,15 @@ use crate::apps::WhenExhausted;
 use crate::apps::{AppConfig, Apps};
 use crate::clock::Clock;
 use crate::config;
-use crate::model::{Alternate, Channel, Job, Message, Status};
-use crate::providers::{Ambiguity, ErrorClass, Provider, ProviderError, Providers, Reconciled};
+use crate::delivery::{Ambiguity, ErrorClass, Finish, ProviderError, Reconciled};
+use crate::message::{Alternate, Channel, Job, Message, Status};
+use crate::ports::{Charge, Claim};
+use crate::providers::{Provider, Providers};
 use crate::queue::Queue;
-use crate::routing::{Action, Route, RouteStore};
-use crate::store::{Breaker, Charge, Circuit, Claim, Finish, Rate, Store, Throttle};
+use crate::routing::{Action, Route};
+use crate::shaping::{backoff, whole_seconds, Circuit, Rate, Throttle};
+use crate::store::routes::RouteStore;
+use crate::store::{Breaker, Store};
 
 /// Everything the dispatcher needs; built once per cold start.
 pub struct Dispatcher {
@@ -102,13 +105,6 @@ pub fn documented_rate(provider: &str) -> Option<Rate> {
     }
 }
 
-/// `d` rounded up to whole seconds, the unit of SQS visibility: truncated, a sub-second
-/// delay (a token due within the second) would make the job visible again at once, and
-/// its redeliveries would spend the queue's `maxReceiveCount` in a hot loop.
-fn whole_seconds(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
-}
-
 /// Slack for clock steps between instances.
 const SEND_MARGIN_MS: i64 = 200;
 
@@ -117,17 +113,6 @@ const SLOT_EARLY_MS: i64 = 100;
 
 /// How long a message of an app set to wait for its balance stays hidden between looks.
 const QUOTA_WAIT: Duration = Duration::from_secs(60);
-
-/// Backoff before retry `attempt` (1-based): 2^attempt seconds capped at 15 minutes,
-/// with "equal jitter" (half fixed, half random) so retries of a failed batch spread out.
-pub fn backoff(attempt: u32, seed: &str) -> Duration {
-    let cap = 900u64;
-    let full = 2u64.saturating_pow(attempt.min(20)).min(cap);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(seed.as_bytes());
-    let jitter = h.finish() % (full / 2 + 1);
-    Duration::from_secs(full / 2 + jitter)
-}
 
 impl Dispatcher {
     /// Handles one SQS batch; records run concurrently (bounded).
@@ -628,33 +613,5 @@ impl Dispatcher {
                 .await;
         }
         self.finish(message, owner, finish).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn visibility_delays_round_up_to_whole_seconds() {
-        assert_eq!(whole_seconds(Duration::from_micros(1)), Duration::from_secs(1));
-        assert_eq!(whole_seconds(Duration::from_millis(200)), Duration::from_secs(1));
-        assert_eq!(whole_seconds(Duration::from_millis(2_001)), Duration::from_secs(3));
-        assert_eq!(whole_seconds(Duration::from_secs(5)), Duration::from_secs(5));
-        assert_eq!(whole_seconds(Duration::ZERO), Duration::ZERO);
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_within_jittered_bounds_and_is_capped() {
-        for (attempt, full) in [(1u32, 2u64), (3, 8), (6, 64), (12, 900), (40, 900)] {
-            for seed in ["a", "b", "c", "d"] {
-                let d = backoff(attempt, seed).as_secs();
-                assert!(
-                    (full / 2..=full).contains(&d),
-                    "attempt {attempt}: {d}s not in [{}, {full}]",
-                    full / 2
-                );
-            }
-        }
     }
 }

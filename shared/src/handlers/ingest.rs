@@ -13,10 +13,12 @@ use crate::auth::{self, AuthError};
 use crate::clock::{rfc3339, Clock};
 use crate::config;
 use crate::filter::FilterCache;
-use crate::model::{self, check_content, Job, Message, RequestBody, Status};
+use crate::message::{Alternate, HistoryEntry, Job, Message, Status};
+use crate::ports::Created;
 use crate::problem::{FieldError, Problem};
 use crate::queue::Queue;
-use crate::store::{Created, Store};
+use crate::request::{self, check_content, RequestBody};
+use crate::store::Store;
 use crate::templates::{TemplateError, TemplateStore};
 
 /// Header carrying the client's idempotency key.
@@ -118,7 +120,7 @@ impl Ingest {
                 )
             }
         };
-        let request = model::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
+        let request = request::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
         // The primary channel, then each fallback channel, rendered now: a message that
         // cannot be rendered for a channel it may fall back to is refused, not half-sent.
         let mut legs = vec![(request.channel, request.to.clone(), "/template".to_string())];
@@ -156,7 +158,7 @@ impl Ingest {
                     content
                 }
             };
-            rendered.push(model::Alternate { channel, to, content });
+            rendered.push(Alternate { channel, to, content });
         }
         if !errors.is_empty() {
             return Err(Problem::unprocessable(errors));
@@ -179,7 +181,7 @@ impl Ingest {
         let key = request.key.clone().or_else(|| template.clone());
         let mut legs = rendered.into_iter();
         let content = legs.next().map(|l| l.content).unwrap_or_default();
-        let alternates: Vec<model::Alternate> = legs.collect();
+        let alternates: Vec<Alternate> = legs.collect();
 
         let now = (self.clock)();
         if let Some(limit) = app.limits.per_minute {
@@ -235,7 +237,7 @@ impl Ingest {
             tried: Vec::new(),
             rate_slot: None,
             via: None,
-            history: vec![model::HistoryEntry {
+            history: vec![HistoryEntry {
                 at: now,
                 status: Status::Accepted,
                 note: None,

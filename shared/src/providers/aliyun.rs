@@ -13,9 +13,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Reconciled, Sent};
+use super::{transport_error, Provider};
 use crate::apps::{AliyunAccount, AppConfig};
-use crate::model::{Channel, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
+use crate::message::{Channel, Message};
 
 pub const API_VERSION: &str = "2017-05-25";
 

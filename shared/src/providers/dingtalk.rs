@@ -7,9 +7,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::{transport_error, Provider};
 use crate::apps::AppConfig;
-use crate::model::{Channel, Content, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Content, Message};
 
 /// A robot over 20 messages a minute is throttled for 10 minutes (`130101`).
 const THROTTLE_WAIT: Duration = Duration::from_secs(600);
@@ -146,7 +147,7 @@ impl Provider for DingTalk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Mentions;
+    use crate::message::Mentions;
 
     /// Doc inputs (open.dingtalk.com), value computed independently (providers.md).
     #[test]

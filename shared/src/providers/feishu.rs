@@ -10,9 +10,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::{transport_error, Provider};
 use crate::apps::AppConfig;
-use crate::model::{Channel, Content, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Content, Message};
 
 /// `11232` (rate limited): Feishu asks for a backoff; the per-second window is short.
 const THROTTLE_WAIT: Duration = Duration::from_secs(5);
@@ -177,7 +178,7 @@ impl Provider for Feishu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Mentions;
+    use crate::message::Mentions;
 
     /// Doc inputs (open.feishu.cn custom bot guide), value computed independently
     /// (providers.md): the key is "1599360473\ndemo", the message empty.

@@ -6,9 +6,10 @@ use aws_sdk_sesv2::operation::send_email::SendEmailError;
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message as SesMessage, MessageTag};
 use aws_sdk_sesv2::Client;
 
-use super::{Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::Provider;
 use crate::apps::AppConfig;
-use crate::model::{Channel, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Message};
 
 /// Tag naming the record key (`pk`) on every email.
 pub const TAG_PK: &str = "pushgate_pk";

@@ -28,9 +28,10 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use lettre::transport::smtp::Error as SmtpError;
 use sha2::{Digest, Sha256};
 
-use super::{Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::Provider;
 use crate::apps::{AppConfig, SmtpAccount};
-use crate::model::{Channel, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Message};
 
 /// Idle connections kept per account.
 const MAX_IDLE: usize = 8;

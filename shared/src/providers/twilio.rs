@@ -8,9 +8,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::{transport_error, Provider};
 use crate::apps::AppConfig;
-use crate::model::{Channel, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Message};
 
 /// Wait used when Twilio throttles without a `Retry-After` header.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);

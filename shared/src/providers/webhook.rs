@@ -7,9 +7,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::{Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::Provider;
 use crate::apps::AppConfig;
-use crate::model::{Channel, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Message};
 use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
 
 /// Standard Webhooks signature of the exact bytes sent: `v1,` + base64(HMAC-SHA256(key,

@@ -20,9 +20,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::{transport_error, Provider};
 use crate::apps::{AppConfig, WechatAccount};
-use crate::model::{Channel, Message, WechatTemplate};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Message, WechatTemplate};
 
 /// Prefix of the token items' keys. Message keys are `{app}_s_{hex}` / `{app}_i_{hex}`:
 /// their last `_`-separated part is hex, while here it holds dots (and the appid is

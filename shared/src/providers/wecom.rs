@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use super::{transport_error, Ambiguity, ErrorClass, Provider, ProviderError, Sent};
+use super::{transport_error, Provider};
 use crate::apps::AppConfig;
-use crate::model::{Channel, Content, Message};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::{Channel, Content, Message};
 
 /// `45009` (over 20 messages a minute): the window is a minute.
 const THROTTLE_WAIT: Duration = Duration::from_secs(60);
@@ -149,7 +150,7 @@ impl Provider for WeCom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Mentions;
+    use crate::message::Mentions;
 
     #[test]
     fn text_payload_carries_mentions_and_at_all() {

@@ -13,40 +13,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{aws_err, is_condition_failure, n, s, Store, StoreError};
-
-/// When a provider account's circuit opens, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerPolicy {
-    /// This many failures ...
-    pub failures: u32,
-    /// ... within one fixed window of this length (ms) open the circuit.
-    pub window_ms: i64,
-    /// The circuit stays open this long (ms); then one caller probes the provider.
-    pub cool_down_ms: i64,
-}
-
-impl Default for BreakerPolicy {
-    /// 5 failures within 60 s open the circuit for 30 s.
-    fn default() -> Self {
-        Self {
-            failures: 5,
-            window_ms: 60_000,
-            cool_down_ms: 30_000,
-        }
-    }
-}
-
-/// A provider account's circuit, as seen by one caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Circuit {
-    /// Send as usual.
-    Closed,
-    /// Do not send before `until_ms` (the provider is failing, or another caller probes it).
-    Open { until_ms: i64 },
-    /// The caller won the half-open probe: send one message and report its outcome
-    /// with `probe = true`, which closes or re-opens the circuit for everyone.
-    Probe,
-}
+use crate::shaping::{BreakerPolicy, Circuit};
 
 fn circuit_key(key: &str) -> String {
     // '.' never occurs in message keys, so the items cannot collide with them.

@@ -1,20 +1,21 @@
-//! The message store: one DynamoDB item per message, written with conditional writes so
-//! that the record is the replay guard, the idempotency record, the dispatch lease and a
-//! forward-only status at once.
+//! DynamoDB adapters, one file per kind of item in the messages table: `messages` (the
+//! message ledger: one item per message), `quota` (balances), `throttle` (rate buckets),
+//! `breaker` (circuits); and `routes` (the routes table). They implement the ports of
+//! `crate::ports`; every decision they serve is made elsewhere.
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use crate::model::{HistoryEntry, Message, Status};
+use crate::message::{HistoryEntry, Message};
 
-mod quota;
-pub use quota::Charge;
-mod throttle;
-pub use throttle::{Rate, Throttle};
 mod breaker;
-pub use breaker::{Breaker, BreakerPolicy, Circuit};
+mod messages;
+mod quota;
+pub mod routes;
+mod throttle;
+pub use breaker::Breaker;
 
 /// Name of the GSI that maps a message id to its key.
 pub const BY_ID_INDEX: &str = "by_id";
@@ -30,80 +31,31 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-fn aws_err<E: std::error::Error + 'static>(e: E) -> StoreError {
+pub(crate) fn aws_err<E: std::error::Error + 'static>(e: E) -> StoreError {
     StoreError::Aws(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
-}
-
-/// Result of creating a record.
-#[derive(Debug)]
-pub enum Created {
-    Created,
-    /// A live record already holds this key; it is returned as stored.
-    Exists(Box<Message>),
-}
-
-/// Result of claiming a record for sending.
-#[derive(Debug)]
-pub enum Claim {
-    /// The caller holds the lease. `takeover` is true when a previous claim's lease
-    /// expired mid-send: whether that send reached the provider is unknown.
-    Claimed { message: Box<Message>, takeover: bool },
-    /// Already past sending (sent, delivered, failed…): acknowledge without sending.
-    Done(Status),
-    /// Another worker holds a live lease: try again later.
-    Leased,
-    /// No such record (e.g. ingest rolled it back): nothing to send.
-    Missing,
-}
-
-/// The outcome of a send, written when the lease holder finishes.
-#[derive(Debug, Clone)]
-pub struct Finish {
-    pub status: Status,
-    pub provider: Option<String>,
-    pub provider_message_id: Option<String>,
-    pub reason: Option<String>,
-    pub note: Option<String>,
-}
-
-impl Finish {
-    /// The outcome of a send the provider accepted.
-    pub fn sent(sent: crate::providers::Sent, provider: &str, note: String) -> Self {
-        Self {
-            status: if sent.delivered {
-                Status::Delivered
-            } else {
-                Status::Sent
-            },
-            provider: Some(provider.into()),
-            provider_message_id: sent.provider_message_id,
-            reason: None,
-            note: Some(note),
-        }
-    }
 }
 
 /// DynamoDB adapter.
 #[derive(Clone, Debug)]
 pub struct Store {
-    client: Client,
-    table: String,
+    pub(crate) client: Client,
+    pub(crate) table: String,
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(crate) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn history(entry: HistoryEntry) -> Result<AttributeValue, StoreError> {
+pub(crate) fn history(entry: HistoryEntry) -> Result<AttributeValue, StoreError> {
     let item: serde_dynamo::Item = serde_dynamo::to_item(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(AttributeValue::L(vec![AttributeValue::M(item.into())]))
 }
 
-fn decode(item: HashMap<String, AttributeValue>) -> Result<Message, StoreError> {
+pub(crate) fn decode(item: HashMap<String, AttributeValue>) -> Result<Message, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -114,484 +66,10 @@ impl Store {
             table: table.into(),
         }
     }
-
-    /// Writes a new record unless a live one holds the key (one conditional PutItem).
-    /// Records past their TTL count as absent: DynamoDB deletes them late.
-    pub async fn create(&self, message: &Message, now_ms: i64) -> Result<Created, StoreError> {
-        let item: serde_dynamo::Item =
-            serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item.into()))
-            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
-            .expression_attribute_values(":now", n(now_ms / 1000))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Created::Created),
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                    let old = c
-                        .item()
-                        .cloned()
-                        .ok_or_else(|| StoreError::Corrupt("condition failed without item".into()))?;
-                    Ok(Created::Exists(Box::new(decode(old)?)))
-                }
-                _ => Err(aws_err(e)),
-            },
-        }
-    }
-
-    /// Clears `ingest_pending` once the job is on the queue.
-    pub async fn mark_enqueued(&self, pk: &str) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression("REMOVE ingest_pending")
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
-        applied(result).map(|_| ())
-    }
-
-    /// Removes a record this ingest created but could not queue, so a retry starts clean.
-    pub async fn delete(&self, pk: &str, id: &str) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .condition_expression("id = :id")
-            .expression_attribute_values(":id", s(id))
-            .send()
-            .await;
-        applied(result).map(|_| ())
-    }
-
-    /// Reads a record by key (strongly consistent).
-    pub async fn get(&self, pk: &str, now_ms: i64) -> Result<Option<Message>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(aws_err)?;
-        match out.item {
-            Some(item) => Ok(Some(decode(item)?).filter(|m| m.expires_at >= now_ms / 1000)),
-            None => Ok(None),
-        }
-    }
-
-    /// Finds a record by message id through the `by_id` index.
-    pub async fn get_by_id(&self, id: &str, now_ms: i64) -> Result<Option<Message>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(BY_ID_INDEX)
-            .key_condition_expression("id = :id")
-            .expression_attribute_values(":id", s(id))
-            .limit(1)
-            .send()
-            .await
-            .map_err(aws_err)?;
-        let Some(pk) = out
-            .items()
-            .first()
-            .and_then(|i| i.get("pk"))
-            .and_then(|v| v.as_s().ok())
-        else {
-            return Ok(None);
-        };
-        Ok(self.get(pk, now_ms).await?.filter(|m| m.id == id))
-    }
-
-    /// Finds a record's key by the provider's message id (`by_provider_ref` index).
-    pub async fn key_by_provider_ref(
-        &self,
-        provider: &str,
-        provider_message_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(BY_PROVIDER_REF_INDEX)
-            .key_condition_expression("provider_ref = :r")
-            .expression_attribute_values(":r", s(format!("{provider}#{provider_message_id}")))
-            .limit(1)
-            .send()
-            .await
-            .map_err(aws_err)?;
-        Ok(out
-            .items()
-            .first()
-            .and_then(|i| i.get("pk"))
-            .and_then(|v| v.as_s().ok())
-            .cloned())
-    }
-
-    /// Claims a record for sending with a lease (one conditional UpdateItem). Succeeds
-    /// for a fresh record, or one in `sending` whose lease was released or has expired.
-    pub async fn claim(
-        &self,
-        pk: &str,
-        id: &str,
-        owner: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Claim, StoreError> {
-        let entry = HistoryEntry {
-            at: now_ms,
-            status: Status::Sending,
-            note: None,
-        };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression(
-                "SET #st = :sending, status_rank = :one, lease_until = :lease, lease_owner = :owner, \
-                 attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, \
-                 history = list_append(history, :entry) REMOVE ingest_pending",
-            )
-            .condition_expression(
-                "id = :id AND (status_rank = :zero OR (status_rank = :one AND \
-                 (attribute_not_exists(lease_until) OR lease_until < :now)))",
-            )
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":lease", n(lease_until_ms))
-            .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":id", s(id))
-            .expression_attribute_values(":entry", history(entry)?)
-            .return_values(ReturnValue::AllOld)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let mut message = decode(out.attributes.unwrap_or_default())?;
-                // A lease still set on the old record means its holder neither finished
-                // nor released: it was cut short mid-send.
-                let takeover = message.status == Status::Sending && message.lease_until.is_some();
-                message.status = Status::Sending;
-                message.status_rank = Status::Sending.rank();
-                message.attempts += 1;
-                message.lease_until = Some(lease_until_ms);
-                message.lease_owner = Some(owner.to_string());
-                message.ingest_pending = None;
-                Ok(Claim::Claimed {
-                    message: Box::new(message),
-                    takeover,
-                })
-            }
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    let Some(old) = c.item().cloned() else {
-                        return Ok(Claim::Missing);
-                    };
-                    let old = decode(old)?;
-                    Ok(if old.id != id || old.expires_at < now_ms / 1000 {
-                        Claim::Missing
-                    } else if old.status_rank >= 2 {
-                        Claim::Done(old.status)
-                    } else {
-                        Claim::Leased
-                    })
-                }
-                _ => Err(aws_err(e)),
-            },
-        }
-    }
-
-    /// Records the outcome of a send if the caller still holds the lease and the status
-    /// moves forward. Returns whether it applied.
-    pub async fn finish(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {
-        let u = self.finish_update(pk, owner, finish, now_ms, false)?;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(u.key))
-            .update_expression(u.update_expression)
-            .set_condition_expression(u.condition_expression)
-            .set_expression_attribute_names(u.expression_attribute_names)
-            .set_expression_attribute_values(u.expression_attribute_values)
-            .send()
-            .await;
-        applied(result)
-    }
-
-    /// The update that records a finish; `uncharge` also clears the message's charge (for
-    /// a refund written in the same transaction).
-    fn finish_update(
-        &self,
-        pk: &str,
-        owner: &str,
-        finish: Finish,
-        now_ms: i64,
-        uncharge: bool,
-    ) -> Result<Update, StoreError> {
-        let entry = HistoryEntry {
-            at: now_ms,
-            status: finish.status,
-            note: finish.note.clone(),
-        };
-        let mut sets = vec![
-            "#st = :status",
-            "status_rank = :rank",
-            "updated_at = :now",
-            "history = list_append(history, :entry)",
-        ];
-        let mut req = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .condition_expression("lease_owner = :owner AND status_rank < :rank")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":status", s(finish.status.as_str()))
-            .expression_attribute_values(":rank", n(finish.status.rank()))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":entry", history(entry)?);
-        if let (Some(provider), Some(provider_id)) = (&finish.provider, &finish.provider_message_id) {
-            sets.push("provider_ref = :provider_ref");
-            req = req.expression_attribute_values(":provider_ref", s(format!("{provider}#{provider_id}")));
-        }
-        for (name, value) in [
-            ("provider", finish.provider),
-            ("provider_message_id", finish.provider_message_id),
-            ("reason", finish.reason),
-        ] {
-            if let Some(v) = value {
-                sets.push(match name {
-                    "provider" => "provider = :provider",
-                    "provider_message_id" => "provider_message_id = :provider_message_id",
-                    _ => "reason = :reason",
-                });
-                req = req.expression_attribute_values(format!(":{name}"), s(v));
-            }
-        }
-        let removes = if uncharge {
-            "lease_until, lease_owner, rate_slot, charged"
-        } else {
-            "lease_until, lease_owner, rate_slot"
-        };
-        req.update_expression(format!("SET {} REMOVE {removes}", sets.join(", ")))
-            .build()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-
-    /// Records, before a send that is not the route's first choice, which provider it
-    /// goes to (`via`), which were given up on (`tried`), and why (history notes).
-    pub async fn route_step(
-        &self,
-        pk: &str,
-        owner: &str,
-        via: &str,
-        tried: &[String],
-        notes: Vec<String>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let entries: Vec<AttributeValue> = notes
-            .into_iter()
-            .map(|note| {
-                let entry = HistoryEntry {
-                    at: now_ms,
-                    status: Status::Sending,
-                    note: Some(note),
-                };
-                serde_dynamo::to_item(entry)
-                    .map(|item: serde_dynamo::Item| AttributeValue::M(item.into()))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression(
-                "SET via = :via, tried = :tried, updated_at = :now, history = list_append(history, :entries)",
-            )
-            .condition_expression("lease_owner = :owner")
-            .expression_attribute_values(":via", s(via))
-            .expression_attribute_values(
-                ":tried",
-                AttributeValue::L(tried.iter().map(|t| s(t.as_str())).collect()),
-            )
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":entries", AttributeValue::L(entries))
-            .expression_attribute_values(":owner", s(owner))
-            .send()
-            .await
-            .map_err(aws_err)?;
-        Ok(())
-    }
-
-    /// Gives the lease back after a failed attempt that certainly did not send, so the
-    /// next delivery of the job may claim at once. The note marks the attempt as closed.
-    /// `refund` gives the attempt back (a deferral by the provider's rate limit is not a
-    /// failed attempt).
-    /// `rate_slot` keeps a rate-bucket slot reserved for the message's next attempt
-    /// (`{account}@{unix ms}`); any other release gives up whatever slot it held.
-    pub async fn release(
-        &self,
-        pk: &str,
-        owner: &str,
-        note: &str,
-        refund: bool,
-        rate_slot: Option<&str>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let entry = HistoryEntry {
-            at: now_ms,
-            status: Status::Sending,
-            note: Some(note.to_string()),
-        };
-        let mut sets = vec!["updated_at = :now", "history = list_append(history, :entry)"];
-        let mut removes = vec!["lease_until", "lease_owner"];
-        if refund {
-            sets.push("attempts = attempts - :one");
-        }
-        match rate_slot {
-            Some(_) => sets.push("rate_slot = :slot"),
-            None => removes.push("rate_slot"),
-        }
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")));
-        if refund {
-            req = req.expression_attribute_values(":one", n(1));
-        }
-        if let Some(slot) = rate_slot {
-            req = req.expression_attribute_values(":slot", s(slot));
-        }
-        let result = req
-            .condition_expression("lease_owner = :owner")
-            .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":entry", history(entry)?)
-            .send()
-            .await;
-        applied(result).map(|_| ())
-    }
-
-    /// Counts one request against `app`'s limit for the calendar minute containing
-    /// `now_ms` (one conditional UpdateItem on a counter item that expires with its
-    /// window). Returns `None` when allowed, else how long until the window ends.
-    pub async fn hit_rate_limit(&self, app: &str, limit: u32, now_ms: i64) -> Result<Option<u64>, StoreError> {
-        let window = now_ms / 60_000;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            // '.' never occurs in message keys, so counters cannot collide with them.
-            .key("pk", s(format!("_rate.{app}.{window}")))
-            .update_expression("SET expires_at = :ttl ADD hits :one")
-            .condition_expression("attribute_not_exists(hits) OR hits < :limit")
-            .expression_attribute_values(":ttl", n((window + 2) * 60))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(limit))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(None),
-            Err(e) if is_condition_failure(&e) => {
-                let window_end = (window + 1) * 60_000;
-                Ok(Some(((window_end - now_ms + 999) / 1000).max(1) as u64))
-            }
-            Err(e) => Err(aws_err(e)),
-        }
-    }
-
-    /// Reopens a dead-lettered message for an operator's redrive: the one transition
-    /// against the forward-only rule, allowed only from `failed` with a `dead_lettered`
-    /// reason (never from a message a provider accepted). Returns whether it applied.
-    pub async fn reopen(&self, pk: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let entry = HistoryEntry {
-            at: now_ms,
-            status: Status::Accepted,
-            note: Some("redriven from the DLQ".into()),
-        };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression(
-                "SET #st = :accepted, status_rank = :zero, attempts = :zero, updated_at = :now, \
-                 history = list_append(history, :entry) REMOVE reason, lease_until, lease_owner",
-            )
-            .condition_expression("#st = :failed AND begins_with(reason, :dead)")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":accepted", s(Status::Accepted.as_str()))
-            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
-            .expression_attribute_values(":dead", s("dead_lettered"))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":entry", history(entry)?)
-            .send()
-            .await;
-        applied(result)
-    }
-
-    /// Applies a provider receipt: moves the status forward only (a late or duplicate
-    /// receipt changes nothing). Returns whether it applied.
-    pub async fn apply_receipt(
-        &self,
-        pk: &str,
-        status: Status,
-        note: Option<String>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let entry = HistoryEntry {
-            at: now_ms,
-            status,
-            note: note.clone(),
-        };
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .condition_expression("attribute_exists(pk) AND status_rank < :rank")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":rank", n(status.rank()))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":entry", history(entry)?);
-        let mut expr =
-            "SET #st = :status, status_rank = :rank, updated_at = :now, history = list_append(history, :entry)"
-                .to_string();
-        if status == Status::Failed {
-            expr.push_str(", reason = :reason");
-            req = req.expression_attribute_values(":reason", s(note.unwrap_or_else(|| "failed".into())));
-        }
-        match req.update_expression(expr).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_err(e)),
-        }
-    }
 }
 
 /// Whether a conditional write applied: a failed condition is an answer, not an error.
-fn applied<T, E, R>(result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>) -> Result<bool, StoreError>
+pub(crate) fn applied<T, E, R>(result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>) -> Result<bool, StoreError>
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + 'static,
@@ -603,7 +81,7 @@ where
     }
 }
 
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+pub(crate) fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
     e: &aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> bool {
     e.as_service_error()

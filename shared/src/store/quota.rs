@@ -4,18 +4,9 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::{aws_err, is_condition_failure, n, s, Finish, Store, StoreError};
-
-/// Result of charging a message to its app's balance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charge {
-    /// One unit taken, and the message marked paid.
-    Charged,
-    /// The balance is spent: nothing taken.
-    Exhausted,
-    /// The caller no longer holds the lease, or the message was already paid: nothing taken.
-    NotHeld,
-}
+use super::{aws_err, is_condition_failure, n, s, Store, StoreError};
+use crate::delivery::Finish;
+use crate::ports::Charge;
 
 fn balance_key(app: &str) -> String {
     // '.' never occurs in message keys, so the item cannot collide with one.

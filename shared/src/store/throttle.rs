@@ -25,6 +25,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{aws_err, n, s, Store, StoreError};
+use crate::shaping::{Rate, Throttle};
 
 /// How long a bucket item outlives its `tat` before DynamoDB may delete it. Once `tat`
 /// is in the past an absent item means the same as a present one (a full bucket).
@@ -32,102 +33,6 @@ const TTL_MARGIN_US: i64 = 60_000_000;
 
 /// Conditional updates tried per take before giving up on a contended bucket.
 const MAX_ROUNDS: usize = 3;
-
-/// A provider's rate limit: `count` sends per `per_ms` milliseconds, of which up to
-/// `burst` may go back to back. App config carries it as `{"per_second": 5}` or
-/// `{"per_minute": 20, "burst": 3}` (burst defaults to 1: evenly spaced sends).
-///
-/// A `count` or `burst` of 0 is treated as 1 (config rejects both).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "RateSpec")]
-pub struct Rate {
-    pub count: u32,
-    pub per_ms: u64,
-    pub burst: u32,
-}
-
-impl Rate {
-    /// `count` sends a second, evenly spaced (burst 1).
-    pub const fn per_second(count: u32) -> Self {
-        Self {
-            count,
-            per_ms: 1_000,
-            burst: 1,
-        }
-    }
-
-    /// `count` sends a minute, evenly spaced (burst 1).
-    pub const fn per_minute(count: u32) -> Self {
-        Self {
-            count,
-            per_ms: 60_000,
-            burst: 1,
-        }
-    }
-
-    /// The same rate, allowing `burst` sends back to back after an idle period.
-    pub const fn with_burst(self, burst: u32) -> Self {
-        Self { burst, ..self }
-    }
-
-    /// The spacing between sends at the sustained rate (rounded up to the microsecond).
-    pub fn interval(&self) -> Duration {
-        Duration::from_micros(self.interval_us().unsigned_abs())
-    }
-
-    /// `T` in microseconds, rounded up so rounding never exceeds the configured rate.
-    fn interval_us(&self) -> i64 {
-        let per_us = u128::from(self.per_ms) * 1_000;
-        let t = per_us.div_ceil(u128::from(self.count.max(1))).max(1);
-        i64::try_from(t).unwrap_or(i64::MAX)
-    }
-
-    /// `τ` in microseconds: how far ahead of now `tat` may run and still let a send go.
-    fn tolerance_us(&self) -> i64 {
-        i64::from(self.burst.max(1) - 1).saturating_mul(self.interval_us())
-    }
-}
-
-/// The config form of a [`Rate`]: exactly one of `per_second` / `per_minute`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RateSpec {
-    per_second: Option<u32>,
-    per_minute: Option<u32>,
-    #[serde(default = "one")]
-    burst: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl TryFrom<RateSpec> for Rate {
-    type Error = String;
-
-    fn try_from(spec: RateSpec) -> Result<Self, Self::Error> {
-        let rate = match (spec.per_second, spec.per_minute) {
-            (Some(c), None) => Rate::per_second(c),
-            (None, Some(c)) => Rate::per_minute(c),
-            _ => return Err("a rate needs exactly one of `per_second`, `per_minute`".into()),
-        };
-        if rate.count == 0 {
-            return Err("a rate's count must be at least 1".into());
-        }
-        if spec.burst == 0 {
-            return Err("a rate's burst must be at least 1".into());
-        }
-        Ok(rate.with_burst(spec.burst))
-    }
-}
-
-/// The answer to a take: send now, or a slot reserved after the given time: come back
-/// then and send without taking again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Throttle {
-    Go,
-    Wait(Duration),
-}
 
 /// The two conditional writes that together make `tat := max(tat, now) + T`.
 #[derive(Debug, Clone, Copy)]

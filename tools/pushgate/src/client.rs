@@ -47,7 +47,7 @@ impl ApiClient {
             ("X-Timestamp", timestamp.to_string()),
             (
                 "X-Signature",
-                pushgate::auth::sign(&self.app_secret, timestamp, method, path_and_query, body),
+                pushgate_shared::auth::sign(&self.app_secret, timestamp, method, path_and_query, body),
             ),
         ]
     }
@@ -61,7 +61,7 @@ impl ApiClient {
         extra: &[(&str, &str)],
     ) -> Result<ApiResponse, BoxError> {
         let bytes = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
-        let ts = pushgate::clock::now_ms() / 1000;
+        let ts = pushgate_shared::clock::now_ms() / 1000;
         let mut req = self
             .http
             .request(method.parse()?, format!("{}{path}", self.base_url))

@@ -79,7 +79,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let secret_arn = resources::put_secret(&sdk, "pushgate-dev/config", &doc).await?;
     resources::verify_sender(&sdk, &email_from).await?;
     let templates_table = res.tables["TemplatesTable"].clone();
-    let seeded = pushgate::templates::seed(
+    let seeded = pushgate_shared::templates::seed(
         &aws_sdk_dynamodb::Client::new(&sdk),
         &templates_table,
         &std::fs::read_to_string(crate::workspace_root().join("infra/templates.json"))?,
@@ -87,7 +87,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     .await?;
     println!("pushgate dev: seeded {seeded} templates from infra/templates.json");
     let routes_table = res.tables["RoutesTable"].clone();
-    let seeded = pushgate::routing::seed(
+    let seeded = pushgate_shared::store::routes::seed(
         &aws_sdk_dynamodb::Client::new(&sdk),
         &routes_table,
         &std::fs::read_to_string(crate::workspace_root().join("infra/routes.json"))?,

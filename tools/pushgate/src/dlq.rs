@@ -1,16 +1,16 @@
 //! Operator commands for the dead-letter queue: list what is there, and redrive it.
 //! Redrive keeps each message's claim: a message a provider had in fact accepted is
 //! dropped from the DLQ without a second send; one dead-lettered after spending its
-//! attempts is reopened (`pushgate::store::Store::reopen`) and queued again; a job
+//! attempts is reopened (`pushgate_shared::store::Store::reopen`) and queued again; a job
 //! SQS moved there itself (still `accepted`/`sending`) is queued again, and its claim
 //! decides as for any duplicate.
 
 use std::collections::HashSet;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use pushgate::model::{Job, Message, Status};
-use pushgate::queue::Queue;
-use pushgate::store::Store;
+use pushgate_shared::message::{Job, Message, Status};
+use pushgate_shared::queue::Queue;
+use pushgate_shared::store::Store;
 
 use crate::BoxError;
 
@@ -87,7 +87,7 @@ impl Dlq {
             if fresh.is_empty() {
                 return Ok(out);
             }
-            let now = pushgate::clock::now_ms();
+            let now = pushgate_shared::clock::now_ms();
             for m in fresh {
                 let job: Option<Job> = m.body.as_deref().and_then(|b| serde_json::from_str(b).ok());
                 let record = match &job {
@@ -123,7 +123,7 @@ impl Dlq {
             } else {
                 match (&letter.job, &letter.record) {
                     (Some(job), Some(record)) => {
-                        let now = pushgate::clock::now_ms();
+                        let now = pushgate_shared::clock::now_ms();
                         let requeue = match record.status {
                             Status::Accepted | Status::Sending => true,
                             Status::Failed => self.store.reopen(&record.pk, now).await?,

@@ -50,7 +50,7 @@ pub fn resign(
         }
         Some(b) => b.as_bytes().to_vec(),
     };
-    let signature = pushgate::auth::sign(secret, now, &method, &path_and_query, &body);
+    let signature = pushgate_shared::auth::sign(secret, now, &method, &path_and_query, &body);
     let headers = event
         .get_mut("headers")
         .and_then(Value::as_object_mut)
@@ -66,7 +66,7 @@ pub fn resign(
 
 /// Re-signs every `*.json` event in `dir`; returns the files changed.
 pub fn resign_dir(dir: &Path, key: &str, secret: &str, callback_token: Option<&str>) -> Result<Vec<String>, BoxError> {
-    let now = pushgate::clock::now_ms() / 1000;
+    let now = pushgate_shared::clock::now_ms() / 1000;
     let mut changed = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)

@@ -310,7 +310,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                 (None, Some(f)) => std::fs::read(f)?,
                 (None, None) => Vec::new(),
             };
-            let ts = pushgate::clock::now_ms() / 1000;
+            let ts = pushgate_shared::clock::now_ms() / 1000;
             for (k, v) in client.sign(&method.to_ascii_uppercase(), &path, &bytes, ts) {
                 println!("{k}: {v}");
             }
@@ -325,8 +325,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                     file,
                 },
         } => {
-            let templates = pushgate::templates::Templates::parse(&std::fs::read_to_string(&file)?)?;
-            let channel = pushgate::model::Channel::parse(&channel).ok_or("unknown --channel")?;
+            let templates = pushgate_shared::templates::Templates::parse(&std::fs::read_to_string(&file)?)?;
+            let channel = pushgate_shared::message::Channel::parse(&channel).ok_or("unknown --channel")?;
             let data = match parse_json("data", &data)? {
                 Value::Object(m) => m,
                 _ => return Err("--data must be a JSON object".into()),
@@ -336,7 +336,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                     println!("{}", serde_json::to_string_pretty(&content)?);
                     Ok(true)
                 }
-                Err(pushgate::templates::TemplateError::Data(errors)) => {
+                Err(pushgate_shared::templates::TemplateError::Data(errors)) => {
                     for e in errors {
                         eprintln!("{}: {}", e.pointer, e.detail);
                     }
@@ -348,8 +348,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         Command::Template {
             command: TemplateCommand::Seed { table, file },
         } => {
-            let sdk = pushgate::aws::load().await;
-            let n = pushgate::templates::seed(
+            let sdk = pushgate_shared::aws::load().await;
+            let n = pushgate_shared::templates::seed(
                 &aws_sdk_dynamodb::Client::new(&sdk),
                 &table,
                 &std::fs::read_to_string(&file)?,
@@ -360,12 +360,12 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         }
         Command::Dlq { command } => {
             let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"));
-            let sdk = pushgate::aws::load().await;
+            let sdk = pushgate_shared::aws::load().await;
             let sqs = aws_sdk_sqs::Client::new(&sdk);
             let dlq = pushgate_tool::dlq::Dlq {
                 dlq_url: var("PUSHGATE_DLQ_URL")?,
-                queue: pushgate::queue::Queue::new(sqs.clone(), var("PUSHGATE_QUEUE_URL")?),
-                store: pushgate::store::Store::new(
+                queue: pushgate_shared::queue::Queue::new(sqs.clone(), var("PUSHGATE_QUEUE_URL")?),
+                store: pushgate_shared::store::Store::new(
                     aws_sdk_dynamodb::Client::new(&sdk),
                     var("PUSHGATE_MESSAGES_TABLE")?,
                 ),
@@ -419,7 +419,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         Command::Routes {
             command: RoutesCommand::Check { file },
         } => {
-            let routes = pushgate::routing::Routes::parse(&std::fs::read_to_string(&file)?)?;
+            let routes = pushgate_shared::routing::Routes::parse(&std::fs::read_to_string(&file)?)?;
             for (app, key, route) in routes.iter() {
                 let channels: Vec<&str> = route.channels.iter().map(|c| c.as_str()).collect();
                 println!(
@@ -434,8 +434,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         Command::Routes {
             command: RoutesCommand::Seed { table, file },
         } => {
-            let sdk = pushgate::aws::load().await;
-            let n = pushgate::routing::seed(
+            let sdk = pushgate_shared::aws::load().await;
+            let n = pushgate_shared::store::routes::seed(
                 &aws_sdk_dynamodb::Client::new(&sdk),
                 &table,
                 &std::fs::read_to_string(&file)?,
@@ -447,8 +447,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         Command::Quota { command } => {
             let table = std::env::var("PUSHGATE_MESSAGES_TABLE")
                 .map_err(|_| "PUSHGATE_MESSAGES_TABLE is not set (source .pushgate/dev.env)")?;
-            let sdk = pushgate::aws::load().await;
-            let store = pushgate::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+            let sdk = pushgate_shared::aws::load().await;
+            let store = pushgate_shared::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk), table);
             let (app, balance) = match command {
                 QuotaCommand::Show { app } => {
                     let b = store.balance(&app).await?.unwrap_or(0);

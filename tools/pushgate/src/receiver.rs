@@ -82,8 +82,8 @@ async fn hook(
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let verified = match (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) {
         (Some(id), Some(ts), Some(sigs)) => ts.parse::<i64>().ok().is_some_and(|ts| {
-            let fresh = (pushgate::clock::now_ms() / 1000 - ts).abs() <= 300;
-            let expected = pushgate::providers::webhook::sign(&state.secret, &id, ts, &body).ok();
+            let fresh = (pushgate_shared::clock::now_ms() / 1000 - ts).abs() <= 300;
+            let expected = pushgate_shared::providers::webhook::sign(&state.secret, &id, ts, &body).ok();
             fresh && sigs.split(' ').any(|s| Some(s) == expected.as_deref())
         }),
         _ => false,

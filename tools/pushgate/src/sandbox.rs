@@ -144,7 +144,7 @@ impl ReceiptSandbox {
                     ("To".to_string(), m.to.clone()),
                 ];
                 let path = format!("/v1/callbacks/twilio?app={}", m.app);
-                let signature = pushgate::providers::twilio::signature(
+                let signature = pushgate_shared::providers::twilio::signature(
                     crate::fakes::twilio::AUTH_TOKEN,
                     &format!("{}{path}", self.public_url),
                     &fields,
@@ -160,9 +160,9 @@ impl ReceiptSandbox {
                 })
             }
             "wechat" => {
-                let ts = (pushgate::clock::now_ms() / 1000).to_string();
+                let ts = (pushgate_shared::clock::now_ms() / 1000).to_string();
                 let nonce = ulid::Ulid::new().to_string();
-                let signature = pushgate::handlers::callback::wechat_signature(token, &ts, &nonce);
+                let signature = pushgate_shared::handlers::callback::wechat_signature(token, &ts, &nonce);
                 let xml = format!(
                     "<xml><ToUserName><![CDATA[gh_pushgate]]></ToUserName><FromUserName><![CDATA[{}]]></FromUserName>\
                      <CreateTime>{ts}</CreateTime><MsgType><![CDATA[event]]></MsgType>\

@@ -204,9 +204,9 @@ impl Fakes {
     }
 
     /// Provider endpoints pointing at these fakes.
-    pub fn endpoints(&self) -> pushgate::config::Endpoints {
+    pub fn endpoints(&self) -> pushgate_shared::config::Endpoints {
         let base = format!("http://{}", self.addr);
-        pushgate::config::Endpoints {
+        pushgate_shared::config::Endpoints {
             aliyun_sms: format!("{base}/aliyun"),
             tencent_sms: format!("{base}/tencent"),
             twilio: format!("{base}/twilio"),

@@ -1,0 +1,79 @@
+//! The routes table: route documents (`{id: "app/key", definition}`) loaded into
+//! [`Routes`] and cached by the dispatcher; written by `pushgate routes seed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::cache::Refreshing;
+use crate::routing::{Routes, RoutingError};
+
+/// Where the dispatcher gets routes: the routes table, re-read every `ttl`; or none.
+pub struct RouteStore {
+    table: Option<(aws_sdk_dynamodb::Client, String)>,
+    cached: Refreshing<Routes>,
+}
+
+impl RouteStore {
+    /// No routes: every app uses its own provider order and the default actions.
+    pub fn none() -> Self {
+        Self {
+            table: None,
+            cached: Refreshing::new(Duration::MAX),
+        }
+    }
+
+    /// Routes from a DynamoDB table (items `{id: "app/key", definition}`), cached for `ttl`.
+    pub fn table(client: aws_sdk_dynamodb::Client, table: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            table: Some((client, table.into())),
+            cached: Refreshing::new(ttl),
+        }
+    }
+
+    /// The current routes; a failed refresh keeps the last good set.
+    pub async fn current(&self) -> Result<Arc<Routes>, RoutingError> {
+        self.cached
+            .get("routes", || async {
+                match &self.table {
+                    None => Ok(Routes::default()),
+                    Some((client, table)) => load(client, table).await,
+                }
+            })
+            .await
+    }
+}
+
+async fn load(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Routes, RoutingError> {
+    let docs = crate::cache::scan_definitions(client, table)
+        .await
+        .map_err(RoutingError::Unavailable)?
+        .into_iter()
+        .map(|(_, definition)| serde_json::from_str(&definition).map_err(|e| RoutingError::Invalid(e.to_string())))
+        .collect::<Result<Vec<serde_json::Value>, _>>()?;
+    Routes::parse(&serde_json::Value::Array(docs).to_string())
+}
+
+/// Writes every route of a routes file to the table, after checking the whole file
+/// parses. Returns how many were written.
+pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, json: &str) -> Result<usize, RoutingError> {
+    Routes::parse(json)?;
+    let docs: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| RoutingError::Invalid(e.to_string()))?;
+    for doc in &docs {
+        let id = format!(
+            "{}/{}",
+            doc["app"].as_str().unwrap_or_default(),
+            doc["key"].as_str().unwrap_or_default()
+        );
+        client
+            .put_item()
+            .table_name(table)
+            .item("id", AttributeValue::S(id))
+            .item("definition", AttributeValue::S(doc.to_string()))
+            .send()
+            .await
+            .map_err(|e| RoutingError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+    }
+    Ok(docs.len())
+}
