@@ -116,6 +116,11 @@ impl Provider for DingTalk {
         Channel::Dingtalk
     }
 
+    /// Documented per robot (`../shared/providers.md`).
+    fn documented_rate(&self) -> Option<crate::shaping::Rate> {
+        Some(crate::shaping::Rate::per_minute(20))
+    }
+
     fn on_ambiguous(&self) -> Ambiguity {
         // A second post is a second group message, and there is no receipt to ask.
         Ambiguity::MarkUnknown

@@ -131,6 +131,11 @@ impl Provider for Feishu {
         Channel::Feishu
     }
 
+    /// Documented per robot (`../shared/providers.md`).
+    fn documented_rate(&self) -> Option<crate::shaping::Rate> {
+        Some(crate::shaping::Rate::per_second(5))
+    }
+
     fn on_ambiguous(&self) -> Ambiguity {
         // A second post is a second chat message, and there is no receipt to ask.
         Ambiguity::MarkUnknown

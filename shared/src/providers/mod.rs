@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::apps::AppConfig;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
+use crate::shaping::Rate;
 
 pub mod aliyun;
 pub mod dingtalk;
@@ -25,6 +26,19 @@ pub trait Provider: Send + Sync {
     fn channel(&self) -> Channel;
     fn on_ambiguous(&self) -> Ambiguity;
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError>;
+    /// Which of the app's accounts a message to `to` goes through (the unit providers
+    /// rate-limit and fail by, so rate buckets and circuits are kept per account), or
+    /// `None` when the app has no account for this provider. Never a secret.
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        app.providers
+            .configured(self.name())
+            .then(|| app.providers.account_id(self.name(), to))
+    }
+    /// The send rate the vendor documents per account, which the dispatcher shapes
+    /// traffic to unless the app sets its own (`providers.rates`).
+    fn documented_rate(&self) -> Option<Rate> {
+        None
+    }
     /// Looks the message up at the provider after an ambiguous send; only providers whose
     /// policy is [`Ambiguity::Reconcile`] implement it.
     async fn reconcile(&self, _message: &Message, _app: &AppConfig) -> Result<Reconciled, ProviderError> {
