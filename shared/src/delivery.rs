@@ -80,7 +80,7 @@ pub enum Reconciled {
 }
 
 /// The outcome of a send, written when the lease holder finishes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finish {
     pub status: Status,
     pub provider: Option<String>,
@@ -90,6 +90,17 @@ pub struct Finish {
 }
 
 impl Finish {
+    /// A `failed` finish with `reason` (also its history note).
+    pub fn failed(reason: &str, provider: Option<&str>) -> Self {
+        Self {
+            status: Status::Failed,
+            provider: provider.map(String::from),
+            provider_message_id: None,
+            reason: Some(reason.to_string()),
+            note: Some(reason.to_string()),
+        }
+    }
+
     /// The outcome of a send the provider accepted.
     pub fn sent(sent: Sent, provider: &str, note: String) -> Self {
         Self {

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod delivery;
+pub mod dispatch;
 pub mod filter;
 pub mod handlers;
 pub mod message;

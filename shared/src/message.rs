@@ -232,6 +232,11 @@ pub struct Message {
     /// `channel:provider` pairs already tried and given up on (never sent to again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tried: Vec<String>,
+    /// The part of `tried` given up on for good (a permanent or quota error, a rule that
+    /// says so). A round of the plan that ends in transient failures starts the next
+    /// attempt with only these left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spent: Vec<String>,
     /// A provider rate-bucket slot reserved for this message's next attempt
     /// (`{account}@{unix ms}`): when it falls due the message sends without taking again.
     #[serde(default, skip_serializing_if = "Option::is_none")]

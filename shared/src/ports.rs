@@ -36,3 +36,97 @@ pub enum Charge {
     /// The caller no longer holds the lease, or the message was already paid: nothing taken.
     NotHeld,
 }
+
+/// A port call that failed for a reason outside the domain (the store or queue is
+/// unreachable, an item is malformed): the dispatcher backs off and tries again later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PortError(pub String);
+
+/// Giving a claimed message back without finishing it: the lease is released so the next
+/// delivery of its job may claim at once, with a history note. One write covers every
+/// way an attempt can end without a send: a retry after a failure, a deferral by the
+/// provider, a wait for an open circuit or a balance, a park in a reserved rate slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub note: String,
+    /// Give the attempt back: a deferral, a wait or a park is not a failed attempt.
+    pub refund: bool,
+    /// A rate-bucket slot reserved for the message's next attempt (`{account}@{unix ms}`);
+    /// any release without one gives up whatever slot it held.
+    pub slot: Option<String>,
+    /// Replace the providers given up on (a new round of the plan after transient
+    /// failures keeps only those given up on for good).
+    pub tried: Option<Vec<String>>,
+    /// When the job should be visible again.
+    pub after: std::time::Duration,
+}
+
+/// The message ledger: every write of a message's lifecycle the dispatcher makes.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Takes the lease on a message (one conditional write returning the record).
+    async fn claim(
+        &self,
+        pk: &str,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Claim, PortError>;
+    /// Takes one unit of the app's balance and marks the message paid, atomically.
+    async fn charge(&self, pk: &str, app: &str, owner: &str) -> Result<Charge, PortError>;
+    /// Records, before a send that is not the plan's first choice, where it goes (`via`)
+    /// and what was given up on (`tried`, `spent`), so a takeover knows.
+    async fn route_step(&self, pk: &str, owner: &str, step: &RouteStep, now_ms: i64) -> Result<(), PortError>;
+    /// Gives the lease back (see [`Release`]).
+    async fn release(&self, pk: &str, owner: &str, release: &Release, now_ms: i64) -> Result<bool, PortError>;
+    /// Records the final outcome if the lease is still held; `refund_app` gives the
+    /// app's unit back in the same write.
+    async fn finish(
+        &self,
+        pk: &str,
+        owner: &str,
+        finish: crate::delivery::Finish,
+        refund_app: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, PortError>;
+}
+
+/// What a route step records (see [`Ledger::route_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStep {
+    pub via: String,
+    pub tried: Vec<String>,
+    pub spent: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Circuit breakers per provider account, shared by every dispatcher instance.
+#[async_trait::async_trait]
+pub trait Circuits: Send + Sync {
+    async fn state(&self, account: &str, now_ms: i64) -> Result<crate::shaping::Circuit, PortError>;
+    /// Reports a send's outcome on the provider's side (`failed`: retryable or
+    /// ambiguous); `probe` when the send was the half-open probe.
+    async fn report(&self, account: &str, failed: bool, probe: bool, now_ms: i64) -> Result<(), PortError>;
+}
+
+/// Rate buckets per provider account.
+#[async_trait::async_trait]
+pub trait Buckets: Send + Sync {
+    async fn take(
+        &self,
+        account: &str,
+        rate: crate::shaping::Rate,
+        now_ms: i64,
+    ) -> Result<crate::shaping::Throttle, PortError>;
+}
+
+/// The queues the dispatcher writes to besides acknowledging.
+#[async_trait::async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Sets when each left-over job (by receipt handle) becomes visible again.
+    async fn delay(&self, handles: &[(String, std::time::Duration)]) -> Result<(), PortError>;
+    /// Moves a job whose attempts are spent to the dead-letter queue.
+    async fn dead_letter(&self, job: &crate::message::Job) -> Result<(), PortError>;
+}

@@ -66,3 +66,28 @@ impl Queue {
             .map_err(|e| QueueError::Aws(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
     }
 }
+
+/// The queues the dispatcher writes to besides acknowledging: the send queue (visibility
+/// changes of the jobs it leaves for later) and the dead-letter queue.
+#[derive(Clone, Debug)]
+pub struct DispatchQueues {
+    pub send: Queue,
+    pub dead_letter: Queue,
+}
+
+#[async_trait::async_trait]
+impl crate::ports::JobQueue for DispatchQueues {
+    async fn delay(&self, handles: &[(String, std::time::Duration)]) -> Result<(), crate::ports::PortError> {
+        self.send
+            .change_visibility(handles)
+            .await
+            .map_err(|e| crate::ports::PortError(e.to_string()))
+    }
+
+    async fn dead_letter(&self, job: &Job) -> Result<(), crate::ports::PortError> {
+        self.dead_letter
+            .send(job)
+            .await
+            .map_err(|e| crate::ports::PortError(e.to_string()))
+    }
+}

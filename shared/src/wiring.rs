@@ -4,12 +4,8 @@ use std::sync::Arc;
 
 use crate::apps::{Apps, SecretsManagerSource};
 use crate::config::{self, ConfigError};
-use crate::handlers::{
-    callback::Callback,
-    dispatch::{DispatchQueues, Dispatcher},
-    ingest::Ingest,
-};
-use crate::queue::Queue;
+use crate::handlers::{callback::Callback, dispatch::Dispatcher, ingest::Ingest};
+use crate::queue::{DispatchQueues, Queue};
 use crate::store::Store;
 use crate::templates::TemplateStore;
 

@@ -574,6 +574,7 @@ pub fn message(
         key: None,
         alternates: Vec::new(),
         tried: Vec::new(),
+        spent: Vec::new(),
         rate_slot: None,
         via: None,
         history: Vec::new(),

@@ -681,11 +681,11 @@ async fn deferred_by_rate(stack: &Stack, ids: &[String], provider: &str) -> usiz
 async fn a_robot_is_shaped_to_its_documented_rate_evenly_spaced() {
     // DingTalk's documented 20 a minute, evenly spaced (burst 1): one send every 3 s, so of
     // 21 at once one goes and the others wait their turn; none meets DingTalk's refusal.
+    let stack = Stack::new().await;
     assert_eq!(
-        pushgate_shared::handlers::dispatch::documented_rate("dingtalk"),
+        stack.dispatcher.providers.named("dingtalk").unwrap().documented_rate(),
         Some(pushgate_shared::shaping::Rate::per_minute(20))
     );
-    let stack = Stack::new().await;
     let (ids, response) = twenty_one_to_dingtalk(&stack).await;
     assert_eq!(response.batch_item_failures.len(), 20, "deferred, left on the queue");
     assert_eq!(requests(&stack, "dingtalk"), 1, "exactly one reached the robot");

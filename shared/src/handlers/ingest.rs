@@ -235,6 +235,7 @@ impl Ingest {
             key,
             alternates,
             tried: Vec::new(),
+            spent: Vec::new(),
             rate_slot: None,
             via: None,
             history: vec![HistoryEntry {

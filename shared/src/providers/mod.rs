@@ -85,6 +85,11 @@ impl Providers {
             .collect()
     }
 
+    /// The provider in service named `name`.
+    pub fn named(&self, name: &str) -> Option<Arc<dyn Provider>> {
+        self.0.iter().find(|p| p.name() == name).cloned()
+    }
+
     /// The first of [`Providers::candidates`] without a route.
     pub fn select(&self, channel: Channel, app: &AppConfig) -> Option<Arc<dyn Provider>> {
         self.candidates(channel, app, None).into_iter().next()

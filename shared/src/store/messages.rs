@@ -10,7 +10,7 @@ use super::{
 };
 use crate::delivery::Finish;
 use crate::message::{HistoryEntry, Message, Status};
-use crate::ports::{Claim, Created};
+use crate::ports::{Claim, Created, Release, RouteStep};
 
 impl Store {
     /// Writes a new record unless a live one holds the key (one conditional PutItem).
@@ -292,43 +292,37 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    /// Records, before a send that is not the route's first choice, which provider it
-    /// goes to (`via`), which were given up on (`tried`), and why (history notes).
-    pub async fn route_step(
-        &self,
-        pk: &str,
-        owner: &str,
-        via: &str,
-        tried: &[String],
-        notes: Vec<String>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let entries: Vec<AttributeValue> = notes
-            .into_iter()
+    /// Records, before a send that is not the plan's first choice, which provider it
+    /// goes to (`via`), which were given up on (`tried`, of which `spent` for good), and
+    /// why (history notes).
+    pub async fn route_step(&self, pk: &str, owner: &str, step: &RouteStep, now_ms: i64) -> Result<(), StoreError> {
+        let entries: Vec<AttributeValue> = step
+            .notes
+            .iter()
             .map(|note| {
                 let entry = HistoryEntry {
                     at: now_ms,
                     status: Status::Sending,
-                    note: Some(note),
+                    note: Some(note.clone()),
                 };
                 serde_dynamo::to_item(entry)
                     .map(|item: serde_dynamo::Item| AttributeValue::M(item.into()))
                     .map_err(|e| StoreError::Corrupt(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
+        let list = |l: &[String]| AttributeValue::L(l.iter().map(|t| s(t.as_str())).collect());
         self.client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
             .update_expression(
-                "SET via = :via, tried = :tried, updated_at = :now, history = list_append(history, :entries)",
+                "SET via = :via, tried = :tried, spent = :spent, updated_at = :now, \
+                 history = list_append(history, :entries)",
             )
             .condition_expression("lease_owner = :owner")
-            .expression_attribute_values(":via", s(via))
-            .expression_attribute_values(
-                ":tried",
-                AttributeValue::L(tried.iter().map(|t| s(t.as_str())).collect()),
-            )
+            .expression_attribute_values(":via", s(&step.via))
+            .expression_attribute_values(":tried", list(&step.tried))
+            .expression_attribute_values(":spent", list(&step.spent))
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":entries", AttributeValue::L(entries))
             .expression_attribute_values(":owner", s(owner))
@@ -338,34 +332,26 @@ impl Store {
         Ok(())
     }
 
-    /// Gives the lease back after a failed attempt that certainly did not send, so the
-    /// next delivery of the job may claim at once. The note marks the attempt as closed.
-    /// `refund` gives the attempt back (a deferral by the provider's rate limit is not a
-    /// failed attempt).
-    /// `rate_slot` keeps a rate-bucket slot reserved for the message's next attempt
-    /// (`{account}@{unix ms}`); any other release gives up whatever slot it held.
-    pub async fn release(
-        &self,
-        pk: &str,
-        owner: &str,
-        note: &str,
-        refund: bool,
-        rate_slot: Option<&str>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    /// Gives the lease back after an attempt that certainly did not send (see
+    /// [`Release`]), so the next delivery of the job may claim at once. The note marks
+    /// the attempt as closed. Returns whether it applied.
+    pub async fn release(&self, pk: &str, owner: &str, release: &Release, now_ms: i64) -> Result<bool, StoreError> {
         let entry = HistoryEntry {
             at: now_ms,
             status: Status::Sending,
-            note: Some(note.to_string()),
+            note: Some(release.note.clone()),
         };
         let mut sets = vec!["updated_at = :now", "history = list_append(history, :entry)"];
         let mut removes = vec!["lease_until", "lease_owner"];
-        if refund {
+        if release.refund {
             sets.push("attempts = attempts - :one");
         }
-        match rate_slot {
+        match release.slot {
             Some(_) => sets.push("rate_slot = :slot"),
             None => removes.push("rate_slot"),
+        }
+        if release.tried.is_some() {
+            sets.push("tried = :tried");
         }
         let mut req = self
             .client
@@ -373,11 +359,17 @@ impl Store {
             .table_name(&self.table)
             .key("pk", s(pk))
             .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")));
-        if refund {
+        if release.refund {
             req = req.expression_attribute_values(":one", n(1));
         }
-        if let Some(slot) = rate_slot {
+        if let Some(slot) = &release.slot {
             req = req.expression_attribute_values(":slot", s(slot));
+        }
+        if let Some(tried) = &release.tried {
+            req = req.expression_attribute_values(
+                ":tried",
+                AttributeValue::L(tried.iter().map(|t| s(t.as_str())).collect()),
+            );
         }
         let result = req
             .condition_expression("lease_owner = :owner")
@@ -386,7 +378,7 @@ impl Store {
             .expression_attribute_values(":entry", history(entry)?)
             .send()
             .await;
-        applied(result).map(|_| ())
+        applied(result)
     }
 
     /// Counts one request against `app`'s limit for the calendar minute containing

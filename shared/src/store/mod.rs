@@ -12,6 +12,7 @@ use crate::message::{HistoryEntry, Message};
 
 mod breaker;
 mod messages;
+mod ports;
 mod quota;
 pub mod routes;
 mod throttle;
