@@ -256,6 +256,46 @@ async fn without_the_rule_a_server_error_is_retried_on_the_same_provider() {
     assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
 }
 
+#[tokio::test]
+async fn a_webhook_503_under_a_switch_rule_is_retried_not_failed() {
+    // The dev app's default route: retryable → switch_provider. The webhook channel has
+    // one provider, so the switch leaves the plan empty after one transient failure; the
+    // next attempt starts the plan again instead of ending the message `failed`.
+    let stack = Stack::new().await;
+    seed_routes(
+        &stack,
+        json!([{"app": APP, "key": "*", "rules": [{"when": {"class": "retryable"}, "action": "switch_provider"}]}]),
+    )
+    .await;
+    let target = format!("{}?fail_times=1", stack.receiver.url("flaky"));
+    let id = stack
+        .accept(json!({"channel": "webhook", "to": target, "content": {"text": "x"}}))
+        .await;
+
+    assert_eq!(
+        dispatch_one(&stack, &id).await,
+        1,
+        "left on the queue for the next round"
+    );
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.attempts), (Status::Sending, 1));
+    assert!(
+        m.tried.is_empty() && m.spent.is_empty(),
+        "given up on for that round only"
+    );
+    assert!(
+        last_note(&m).ends_with("attempt 1 failed: webhook: http_503"),
+        "{:?}",
+        notes(&m)
+    );
+
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.attempts), (Status::Delivered, 2));
+    let answered: Vec<u16> = stack.receiver.received().iter().map(|r| r.status).collect();
+    assert_eq!(answered, [503, 204], "one 503, then one delivery");
+}
+
 // 3. A switch never sends twice on the same provider.
 
 #[tokio::test]
