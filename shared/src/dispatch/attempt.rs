@@ -381,12 +381,13 @@ impl<'a, P> Attempt<'a, P> {
         }
     }
 
-    pub fn on_token(&mut self, token: Result<Throttle, PortError>, now: i64) -> Next {
+    /// `asked_at`: the instant the bucket was asked at (its answer is relative to it).
+    pub fn on_token(&mut self, token: Result<Throttle, PortError>, asked_at: i64, now: i64) -> Next {
         match token {
             // A bucket that cannot be read does not stop a send.
             Ok(Throttle::Go) | Err(_) => self.fence(now),
             Ok(Throttle::Wait(after)) => {
-                let at = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
+                let at = asked_at.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
                 self.park(at, now)
             }
         }

@@ -136,7 +136,7 @@ fn drive(a: &mut Attempt<'_, ()>, takeover: bool, w: &mut World) -> End {
             }
             Next::Token(i, _) => {
                 w.trace.push(format!("token {}", a.step(i).provider));
-                a.on_token(clone_port(&w.token), NOW)
+                a.on_token(clone_port(&w.token), NOW, NOW + 7)
             }
             Next::Send(i) => {
                 w.trace.push(format!("send {}", a.step(i).provider));

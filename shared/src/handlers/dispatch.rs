@@ -184,8 +184,10 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
                     attempt.on_recorded(logged(recorded, "route step", &id), (self.clock)())
                 }
                 Next::Token(i, rate) => {
-                    let token = self.store.take(&attempt.step(i).account, rate, (self.clock)()).await;
-                    attempt.on_token(logged(token, "rate bucket", &id), (self.clock)())
+                    // The bucket's answer is relative to the instant it was asked at.
+                    let asked_at = (self.clock)();
+                    let token = self.store.take(&attempt.step(i).account, rate, asked_at).await;
+                    attempt.on_token(logged(token, "rate bucket", &id), asked_at, (self.clock)())
                 }
                 Next::Send(i) => {
                     let step = attempt.step(i);
