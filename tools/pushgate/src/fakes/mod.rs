@@ -19,6 +19,7 @@ use crate::BoxError;
 pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
+mod robot;
 pub mod smtp;
 pub mod tencent;
 pub mod twilio;
