@@ -20,6 +20,7 @@ pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
 mod robot;
+mod sms;
 pub mod smtp;
 pub mod tencent;
 pub mod twilio;
