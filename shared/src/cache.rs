@@ -83,3 +83,56 @@ pub async fn scan_definitions(client: &aws_sdk_dynamodb::Client, table: &str) ->
         }
     }
 }
+
+/// Why [`seed_definitions`] stopped; each caller maps it onto its own error type.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError<E> {
+    /// The file's own check refused it: nothing was written.
+    #[error("{0}")]
+    Check(E),
+    /// The file is not the JSON shape its documents are read from: nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// A write failed: the items before it are in the table, the rest are not.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Writes one `{id, definition}` item per document of a config-as-code file (templates,
+/// routes): the items [`scan_definitions`] reads back. The whole file goes through
+/// `check` and is parsed as `Docs` before the first write, so a bad file leaves the
+/// table as it was; `entry` gives a document's id and the definition stored under it.
+/// `updated_at` (Unix ms) is stamped on every item of a table that keeps one. Returns
+/// how many items were written.
+pub async fn seed_definitions<Docs, E>(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    json: &str,
+    check: impl FnOnce(&str) -> Result<(), E>,
+    entry: impl Fn(Docs::Item) -> (String, serde_json::Value),
+    updated_at: Option<i64>,
+) -> Result<usize, SeedError<E>>
+where
+    Docs: serde::de::DeserializeOwned + IntoIterator,
+{
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    check(json).map_err(SeedError::Check)?;
+    let docs: Docs = serde_json::from_str(json).map_err(|e| SeedError::Invalid(e.to_string()))?;
+    let mut written = 0;
+    for (id, definition) in docs.into_iter().map(entry) {
+        let mut put = client
+            .put_item()
+            .table_name(table)
+            .item("id", AttributeValue::S(id))
+            .item("definition", AttributeValue::S(definition.to_string()));
+        if let Some(at) = updated_at {
+            put = put.item("updated_at", AttributeValue::N(at.to_string()));
+        }
+        put.send()
+            .await
+            .map_err(|e| SeedError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
+        written += 1;
+    }
+    Ok(written)
+}

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::Refreshing;
-use aws_sdk_dynamodb::types::AttributeValue;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Deserialize;
@@ -319,21 +318,24 @@ async fn load_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Te
 /// Writes every template of a set (JSON as in `infra/templates.json`) to the table,
 /// after checking that the whole set compiles. Returns how many were written.
 pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, json: &str) -> Result<usize, TemplateError> {
-    Templates::parse(json)?;
-    let set: Map<String, Value> = serde_json::from_str(json).map_err(|e| TemplateError::Invalid(e.to_string()))?;
-    let now = crate::clock::now_ms();
-    for (id, definition) in &set {
-        client
-            .put_item()
-            .table_name(table)
-            .item("id", AttributeValue::S(id.clone()))
-            .item("definition", AttributeValue::S(definition.to_string()))
-            .item("updated_at", AttributeValue::N(now.to_string()))
-            .send()
-            .await
-            .map_err(|e| TemplateError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
-    }
-    Ok(set.len())
+    use crate::cache::SeedError;
+    let check = |json: &str| Templates::parse(json).map(drop);
+    // A template's id is its key in the set; its definition is the value under it.
+    let entry = |(id, definition): (String, Value)| (id, definition);
+    crate::cache::seed_definitions::<Map<String, Value>, _>(
+        client,
+        table,
+        json,
+        check,
+        entry,
+        Some(crate::clock::now_ms()),
+    )
+    .await
+    .map_err(|e| match e {
+        SeedError::Check(e) => e,
+        SeedError::Invalid(m) => TemplateError::Invalid(m),
+        SeedError::Unavailable(m) => TemplateError::Unavailable(m),
+    })
 }
 
 #[cfg(test)]

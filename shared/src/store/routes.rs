@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-
 use crate::cache::Refreshing;
 use crate::routing::{Routes, RoutingError};
 
@@ -58,22 +56,22 @@ async fn load(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Routes, 
 /// Writes every route of a routes file to the table, after checking the whole file
 /// parses. Returns how many were written.
 pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, json: &str) -> Result<usize, RoutingError> {
-    Routes::parse(json)?;
-    let docs: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| RoutingError::Invalid(e.to_string()))?;
-    for doc in &docs {
+    use crate::cache::SeedError;
+    let check = |json: &str| Routes::parse(json).map(drop);
+    // A route is stored under `app/key`, the whole document as its definition.
+    let entry = |doc: serde_json::Value| {
         let id = format!(
             "{}/{}",
             doc["app"].as_str().unwrap_or_default(),
             doc["key"].as_str().unwrap_or_default()
         );
-        client
-            .put_item()
-            .table_name(table)
-            .item("id", AttributeValue::S(id))
-            .item("definition", AttributeValue::S(doc.to_string()))
-            .send()
-            .await
-            .map_err(|e| RoutingError::Unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
-    }
-    Ok(docs.len())
+        (id, doc)
+    };
+    crate::cache::seed_definitions::<Vec<serde_json::Value>, _>(client, table, json, check, entry, None)
+        .await
+        .map_err(|e| match e {
+            SeedError::Check(e) => e,
+            SeedError::Invalid(m) => RoutingError::Invalid(m),
+            SeedError::Unavailable(m) => RoutingError::Unavailable(m),
+        })
 }

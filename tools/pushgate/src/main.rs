@@ -1,9 +1,9 @@
 //! `pushgate`: run the local stack, send and inspect signed messages, re-sign events.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use pushgate_tool::client::ApiClient;
 use pushgate_tool::BoxError;
 use serde_json::{json, Value};
@@ -18,54 +18,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole pipeline locally (moto, functions, poller, webhook receiver).
-    Dev {
-        #[arg(long, env = "PUSHGATE_MOTO_PORT", default_value_t = 4566)]
-        moto_port: u16,
-        #[arg(long, env = "PUSHGATE_API_PORT", default_value_t = 9000)]
-        api_port: u16,
-        #[arg(long, env = "PUSHGATE_RECEIVER_PORT", default_value_t = 9100)]
-        receiver_port: u16,
-        #[arg(long, env = "PUSHGATE_FAKES_PORT", default_value_t = 9200)]
-        fakes_port: u16,
-        #[arg(long, env = "PUSHGATE_SMTP_PORT", default_value_t = 2525)]
-        smtp_port: u16,
-        /// Local queue visibility timeout (seconds): how soon a retry is attempted.
-        #[arg(long, default_value_t = 5)]
-        visibility_timeout: u32,
-        /// Run release builds of the functions.
-        #[arg(long)]
-        release: bool,
-    },
+    Dev(DevArgs),
     /// Send a signed message (POST /v1/messages).
-    Send {
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        to: String,
-        /// Template id (with --data), instead of inline content.
-        #[arg(long)]
-        template: Option<String>,
-        /// Template data, a JSON object.
-        #[arg(long)]
-        data: Option<String>,
-        #[arg(long)]
-        subject: Option<String>,
-        #[arg(long)]
-        text: Option<String>,
-        #[arg(long)]
-        html: Option<String>,
-        /// Markdown (chat robots).
-        #[arg(long)]
-        markdown: Option<String>,
-        /// Webhook body, any JSON.
-        #[arg(long)]
-        body: Option<String>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Poll the status until it settles.
-        #[arg(long)]
-        wait: bool,
-    },
+    Send(SendArgs),
     /// Show a message's status (GET /v1/messages/{id}).
     Status {
         id: String,
@@ -110,6 +65,59 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+}
+
+/// `dev`'s ports and options.
+#[derive(Args)]
+struct DevArgs {
+    #[arg(long, env = "PUSHGATE_MOTO_PORT", default_value_t = 4566)]
+    moto_port: u16,
+    #[arg(long, env = "PUSHGATE_API_PORT", default_value_t = 9000)]
+    api_port: u16,
+    #[arg(long, env = "PUSHGATE_RECEIVER_PORT", default_value_t = 9100)]
+    receiver_port: u16,
+    #[arg(long, env = "PUSHGATE_FAKES_PORT", default_value_t = 9200)]
+    fakes_port: u16,
+    #[arg(long, env = "PUSHGATE_SMTP_PORT", default_value_t = 2525)]
+    smtp_port: u16,
+    /// Local queue visibility timeout (seconds): how soon a retry is attempted.
+    #[arg(long, default_value_t = 5)]
+    visibility_timeout: u32,
+    /// Run release builds of the functions.
+    #[arg(long)]
+    release: bool,
+}
+
+/// `send`'s message: recipient, then a template with data or inline content.
+#[derive(Args)]
+struct SendArgs {
+    #[arg(long)]
+    channel: String,
+    #[arg(long)]
+    to: String,
+    /// Template id (with --data), instead of inline content.
+    #[arg(long)]
+    template: Option<String>,
+    /// Template data, a JSON object.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    text: Option<String>,
+    #[arg(long)]
+    html: Option<String>,
+    /// Markdown (chat robots).
+    #[arg(long)]
+    markdown: Option<String>,
+    /// Webhook body, any JSON.
+    #[arg(long)]
+    body: Option<String>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Poll the status until it settles.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -227,257 +235,283 @@ async fn show_status(client: &ApiClient, id: &str, wait: bool) -> Result<bool, B
 
 async fn run(cli: Cli) -> Result<bool, BoxError> {
     match cli.command {
-        Command::Dev {
-            moto_port,
-            api_port,
-            receiver_port,
-            fakes_port,
-            smtp_port,
-            visibility_timeout,
-            release,
-        } => {
-            pushgate_tool::dev::run(pushgate_tool::dev::Options {
-                moto_port,
-                api_port,
-                receiver_port,
-                fakes_port,
-                smtp_port,
-                visibility_timeout,
-                release,
-            })
-            .await?;
-            Ok(true)
-        }
-        Command::Send {
-            channel,
-            to,
-            template,
-            data,
-            subject,
-            text,
-            html,
-            markdown,
-            body,
-            idempotency_key,
-            wait,
-        } => {
-            let client = ApiClient::from_env()?;
-            let mut message = json!({"channel": channel, "to": to});
-            if let Some(t) = template {
-                message["template"] = json!(t);
-                message["data"] = data
-                    .map(|d| parse_json("data", &d))
-                    .transpose()?
-                    .unwrap_or_else(|| json!({}));
-            } else {
-                let mut content = json!({});
-                for (k, v) in [
-                    ("subject", subject),
-                    ("text", text),
-                    ("html", html),
-                    ("markdown", markdown),
-                ] {
-                    if let Some(v) = v {
-                        content[k] = json!(v);
-                    }
-                }
-                if let Some(b) = body {
-                    content["body"] = parse_json("body", &b)?;
-                }
-                message["content"] = content;
-            }
-            let resp = client.send(&message, idempotency_key.as_deref()).await?;
-            println!("HTTP {}", resp.status);
-            println!("{}", serde_json::to_string_pretty(&resp.body)?);
-            if resp.status != 202 {
-                return Ok(false);
-            }
-            match resp.body["id"].as_str() {
-                Some(id) if wait => show_status(&client, id, true).await,
-                _ => Ok(true),
-            }
-        }
+        Command::Dev(args) => dev(args).await,
+        Command::Send(args) => send(args).await,
         Command::Status { id, wait } => show_status(&ApiClient::from_env()?, &id, wait).await,
         Command::Sign {
             method,
             path,
             body,
             body_file,
-        } => {
-            let client = ApiClient::from_env()?;
-            let bytes = match (body, body_file) {
-                (Some(b), _) => b.into_bytes(),
-                (None, Some(f)) => std::fs::read(f)?,
-                (None, None) => Vec::new(),
-            };
-            let ts = pushgate_shared::clock::now_ms() / 1000;
-            for (k, v) in client.sign(&method.to_ascii_uppercase(), &path, &bytes, ts) {
-                println!("{k}: {v}");
-            }
-            Ok(true)
-        }
-        Command::Template {
-            command:
-                TemplateCommand::Render {
-                    id,
-                    channel,
-                    data,
-                    file,
-                },
-        } => {
-            let templates = pushgate_shared::templates::Templates::parse(&std::fs::read_to_string(&file)?)?;
-            let channel = pushgate_shared::message::Channel::parse(&channel).ok_or("unknown --channel")?;
-            let data = match parse_json("data", &data)? {
-                Value::Object(m) => m,
-                _ => return Err("--data must be a JSON object".into()),
-            };
-            match templates.render(&id, channel, &data) {
-                Ok(content) => {
-                    println!("{}", serde_json::to_string_pretty(&content)?);
-                    Ok(true)
-                }
-                Err(pushgate_shared::templates::TemplateError::Data(errors)) => {
-                    for e in errors {
-                        eprintln!("{}: {}", e.pointer, e.detail);
-                    }
-                    Ok(false)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Command::Template {
-            command: TemplateCommand::Seed { table, file },
-        } => {
-            let sdk = pushgate_shared::aws::load().await;
-            let n = pushgate_shared::templates::seed(
-                &aws_sdk_dynamodb::Client::new(&sdk),
-                &table,
-                &std::fs::read_to_string(&file)?,
-            )
-            .await?;
-            println!("seeded {n} templates into {table}");
-            Ok(true)
-        }
-        Command::Dlq { command } => {
-            let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"));
-            let sdk = pushgate_shared::aws::load().await;
-            let sqs = aws_sdk_sqs::Client::new(&sdk);
-            let dlq = pushgate_tool::dlq::Dlq {
-                dlq_url: var("PUSHGATE_DLQ_URL")?,
-                queue: pushgate_shared::queue::Queue::new(sqs.clone(), var("PUSHGATE_QUEUE_URL")?),
-                store: pushgate_shared::store::Store::new(
-                    aws_sdk_dynamodb::Client::new(&sdk),
-                    var("PUSHGATE_MESSAGES_TABLE")?,
-                ),
-                sqs,
-            };
-            match command {
-                DlqCommand::List => {
-                    let letters = dlq.list(30).await?;
-                    println!("{:<28} {:<16} {:<10} {:>8}  reason", "id", "app", "status", "receives");
-                    for l in &letters {
-                        let (id, app, status, reason) = match &l.record {
-                            Some(m) => (
-                                m.id.as_str(),
-                                m.app.as_str(),
-                                m.status.as_str(),
-                                m.reason.as_deref().unwrap_or(""),
-                            ),
-                            None => (
-                                l.job.as_ref().map(|j| j.id.as_str()).unwrap_or("?"),
-                                "?",
-                                "no record",
-                                "",
-                            ),
-                        };
-                        println!("{id:<28} {app:<16} {status:<10} {:>8}  {reason}", l.receive_count);
-                    }
-                    println!("{} dead-lettered", letters.len());
-                }
-                DlqCommand::Redrive { app, since } => {
-                    let since_ms = since.as_deref().map(parse_since).transpose()?;
-                    let bar = indicatif::ProgressBar::new(0);
-                    bar.set_style(
-                        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} redriven")
-                            .map_err(|e| e.to_string())?,
-                    );
-                    let report = dlq
-                        .redrive(&pushgate_tool::dlq::Filter { app, since_ms }, |done, total| {
-                            bar.set_length(total as u64);
-                            bar.set_position(done as u64);
-                        })
-                        .await?;
-                    bar.finish();
-                    println!(
-                        "requeued {}, already settled {}, without record {}, skipped {}",
-                        report.requeued, report.settled, report.orphaned, report.skipped
-                    );
-                }
-            }
-            Ok(true)
-        }
-        Command::Routes {
-            command: RoutesCommand::Check { file },
-        } => {
-            let routes = pushgate_shared::routing::Routes::parse(&std::fs::read_to_string(&file)?)?;
-            for (app, key, route) in routes.iter() {
-                let channels: Vec<&str> = route.channels.iter().map(|c| c.as_str()).collect();
-                println!(
-                    "{app}/{key}: channels [{}], {} provider lists, {} rules",
-                    channels.join(", "),
-                    route.providers.len(),
-                    route.rules.len()
-                );
-            }
-            Ok(true)
-        }
-        Command::Routes {
-            command: RoutesCommand::Seed { table, file },
-        } => {
-            let sdk = pushgate_shared::aws::load().await;
-            let n = pushgate_shared::store::routes::seed(
-                &aws_sdk_dynamodb::Client::new(&sdk),
-                &table,
-                &std::fs::read_to_string(&file)?,
-            )
-            .await?;
-            println!("seeded {n} routes into {table}");
-            Ok(true)
-        }
-        Command::Quota { command } => {
-            let table = std::env::var("PUSHGATE_MESSAGES_TABLE")
-                .map_err(|_| "PUSHGATE_MESSAGES_TABLE is not set (source .pushgate/dev.env)")?;
-            let sdk = pushgate_shared::aws::load().await;
-            let store = pushgate_shared::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk), table);
-            let (app, balance) = match command {
-                QuotaCommand::Show { app } => {
-                    let b = store.balance(&app).await?.unwrap_or(0);
-                    (app, b)
-                }
-                QuotaCommand::Set { app, units } => {
-                    store.set_balance(&app, units).await?;
-                    (app, units)
-                }
-                QuotaCommand::Add { app, units } => {
-                    let b = store.add_balance(&app, units).await?;
-                    (app, b)
-                }
-            };
-            println!("{app}: {balance} messages available");
-            Ok(true)
-        }
+        } => sign(&method, &path, body, body_file),
+        Command::Template { command } => template(command).await,
+        Command::Dlq { command } => dlq(command).await,
+        Command::Routes { command } => routes(command).await,
+        Command::Quota { command } => quota(command).await,
         Command::Events {
             command: EventsCommand::Resign { dir },
-        } => {
-            let key = std::env::var("PUSHGATE_APP_KEY").map_err(|_| "PUSHGATE_APP_KEY is not set")?;
-            let secret = std::env::var("PUSHGATE_APP_SECRET").map_err(|_| "PUSHGATE_APP_SECRET is not set")?;
-            let token = std::env::var("PUSHGATE_CALLBACK_TOKEN").ok();
-            for f in pushgate_tool::events::resign_dir(&dir, &key, &secret, token.as_deref())? {
-                println!("re-signed {f}");
+        } => resign(&dir),
+    }
+}
+
+/// `dev`: runs the local stack until interrupted.
+async fn dev(args: DevArgs) -> Result<bool, BoxError> {
+    pushgate_tool::dev::run(pushgate_tool::dev::Options {
+        moto_port: args.moto_port,
+        api_port: args.api_port,
+        receiver_port: args.receiver_port,
+        fakes_port: args.fakes_port,
+        smtp_port: args.smtp_port,
+        visibility_timeout: args.visibility_timeout,
+        release: args.release,
+    })
+    .await?;
+    Ok(true)
+}
+
+/// The message `send` posts: a template with its data, or inline content.
+fn message(args: &SendArgs) -> Result<Value, BoxError> {
+    let mut message = json!({"channel": args.channel, "to": args.to});
+    if let Some(t) = &args.template {
+        message["template"] = json!(t);
+        message["data"] = args
+            .data
+            .as_deref()
+            .map(|d| parse_json("data", d))
+            .transpose()?
+            .unwrap_or_else(|| json!({}));
+    } else {
+        let mut content = json!({});
+        for (k, v) in [
+            ("subject", &args.subject),
+            ("text", &args.text),
+            ("html", &args.html),
+            ("markdown", &args.markdown),
+        ] {
+            if let Some(v) = v {
+                content[k] = json!(v);
             }
+        }
+        if let Some(b) = &args.body {
+            content["body"] = parse_json("body", b)?;
+        }
+        message["content"] = content;
+    }
+    Ok(message)
+}
+
+/// `send`: posts the message; with `--wait`, follows its status until it settles.
+/// The API client is made first so a missing environment is reported before a bad flag.
+async fn send(args: SendArgs) -> Result<bool, BoxError> {
+    let client = ApiClient::from_env()?;
+    let message = message(&args)?;
+    let resp = client.send(&message, args.idempotency_key.as_deref()).await?;
+    println!("HTTP {}", resp.status);
+    println!("{}", serde_json::to_string_pretty(&resp.body)?);
+    if resp.status != 202 {
+        return Ok(false);
+    }
+    match resp.body["id"].as_str() {
+        Some(id) if args.wait => show_status(&client, id, true).await,
+        _ => Ok(true),
+    }
+}
+
+/// `sign`: prints the headers a request with this body would carry now.
+fn sign(method: &str, path: &str, body: Option<String>, body_file: Option<PathBuf>) -> Result<bool, BoxError> {
+    let client = ApiClient::from_env()?;
+    let bytes = match (body, body_file) {
+        (Some(b), _) => b.into_bytes(),
+        (None, Some(f)) => std::fs::read(f)?,
+        (None, None) => Vec::new(),
+    };
+    let ts = pushgate_shared::clock::now_ms() / 1000;
+    for (k, v) in client.sign(&method.to_ascii_uppercase(), path, &bytes, ts) {
+        println!("{k}: {v}");
+    }
+    Ok(true)
+}
+
+/// `template render|seed`.
+async fn template(command: TemplateCommand) -> Result<bool, BoxError> {
+    match command {
+        TemplateCommand::Render {
+            id,
+            channel,
+            data,
+            file,
+        } => render(&id, &channel, &data, &file),
+        TemplateCommand::Seed { table, file } => seed(Seeded::Templates, &table, &file).await,
+    }
+}
+
+/// `template render`: renders as ingest would; data errors are listed, not fatal.
+fn render(id: &str, channel: &str, data: &str, file: &Path) -> Result<bool, BoxError> {
+    let templates = pushgate_shared::templates::Templates::parse(&std::fs::read_to_string(file)?)?;
+    let channel = pushgate_shared::message::Channel::parse(channel).ok_or("unknown --channel")?;
+    let data = match parse_json("data", data)? {
+        Value::Object(m) => m,
+        _ => return Err("--data must be a JSON object".into()),
+    };
+    match templates.render(id, channel, &data) {
+        Ok(content) => {
+            println!("{}", serde_json::to_string_pretty(&content)?);
             Ok(true)
         }
+        Err(pushgate_shared::templates::TemplateError::Data(errors)) => {
+            for e in errors {
+                eprintln!("{}: {}", e.pointer, e.detail);
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// The config-as-code tables `template seed` and `routes seed` fill from a file.
+#[derive(Clone, Copy)]
+enum Seeded {
+    Templates,
+    Routes,
+}
+
+/// `template seed` / `routes seed`: one path, so both report and fail alike.
+async fn seed(what: Seeded, table: &str, file: &Path) -> Result<bool, BoxError> {
+    let sdk = pushgate_shared::aws::load().await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let json = std::fs::read_to_string(file)?;
+    let (n, noun) = match what {
+        Seeded::Templates => (
+            pushgate_shared::templates::seed(&client, table, &json).await?,
+            "templates",
+        ),
+        Seeded::Routes => (
+            pushgate_shared::store::routes::seed(&client, table, &json).await?,
+            "routes",
+        ),
+    };
+    println!("seeded {n} {noun} into {table}");
+    Ok(true)
+}
+
+/// `dlq list` / `dlq redrive`, against the queues and table of the environment.
+async fn dlq(command: DlqCommand) -> Result<bool, BoxError> {
+    let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set (source .pushgate/dev.env)"));
+    let sdk = pushgate_shared::aws::load().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let dlq = pushgate_tool::dlq::Dlq {
+        dlq_url: var("PUSHGATE_DLQ_URL")?,
+        queue: pushgate_shared::queue::Queue::new(sqs.clone(), var("PUSHGATE_QUEUE_URL")?),
+        store: pushgate_shared::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk), var("PUSHGATE_MESSAGES_TABLE")?),
+        sqs,
+    };
+    match command {
+        DlqCommand::List => list_dead_letters(&dlq).await?,
+        DlqCommand::Redrive { app, since } => redrive(&dlq, app, since).await?,
+    }
+    Ok(true)
+}
+
+/// `dlq list`: one line per dead-lettered message, with its record if there is one.
+async fn list_dead_letters(dlq: &pushgate_tool::dlq::Dlq) -> Result<(), BoxError> {
+    let letters = dlq.list(30).await?;
+    println!("{:<28} {:<16} {:<10} {:>8}  reason", "id", "app", "status", "receives");
+    for l in &letters {
+        let (id, app, status, reason) = match &l.record {
+            Some(m) => (
+                m.id.as_str(),
+                m.app.as_str(),
+                m.status.as_str(),
+                m.reason.as_deref().unwrap_or(""),
+            ),
+            None => (
+                l.job.as_ref().map(|j| j.id.as_str()).unwrap_or("?"),
+                "?",
+                "no record",
+                "",
+            ),
+        };
+        println!("{id:<28} {app:<16} {status:<10} {:>8}  {reason}", l.receive_count);
+    }
+    println!("{} dead-lettered", letters.len());
+    Ok(())
+}
+
+/// `dlq redrive`: requeues the matching messages with a progress bar.
+async fn redrive(dlq: &pushgate_tool::dlq::Dlq, app: Option<String>, since: Option<String>) -> Result<(), BoxError> {
+    let since_ms = since.as_deref().map(parse_since).transpose()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} redriven").map_err(|e| e.to_string())?);
+    let report = dlq
+        .redrive(&pushgate_tool::dlq::Filter { app, since_ms }, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .await?;
+    bar.finish();
+    println!(
+        "requeued {}, already settled {}, without record {}, skipped {}",
+        report.requeued, report.settled, report.orphaned, report.skipped
+    );
+    Ok(())
+}
+
+/// `routes check|seed`.
+async fn routes(command: RoutesCommand) -> Result<bool, BoxError> {
+    match command {
+        RoutesCommand::Check { file } => check_routes(&file),
+        RoutesCommand::Seed { table, file } => seed(Seeded::Routes, &table, &file).await,
+    }
+}
+
+/// `routes check`: parses the file and prints one line per route, writing nothing.
+fn check_routes(file: &Path) -> Result<bool, BoxError> {
+    let routes = pushgate_shared::routing::Routes::parse(&std::fs::read_to_string(file)?)?;
+    for (app, key, route) in routes.iter() {
+        let channels: Vec<&str> = route.channels.iter().map(|c| c.as_str()).collect();
+        println!(
+            "{app}/{key}: channels [{}], {} provider lists, {} rules",
+            channels.join(", "),
+            route.providers.len(),
+            route.rules.len()
+        );
+    }
+    Ok(true)
+}
+
+/// `quota show|set|add`: prints the app's balance after the change.
+async fn quota(command: QuotaCommand) -> Result<bool, BoxError> {
+    let table = std::env::var("PUSHGATE_MESSAGES_TABLE")
+        .map_err(|_| "PUSHGATE_MESSAGES_TABLE is not set (source .pushgate/dev.env)")?;
+    let sdk = pushgate_shared::aws::load().await;
+    let store = pushgate_shared::store::Store::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let (app, balance) = match command {
+        QuotaCommand::Show { app } => {
+            let b = store.balance(&app).await?.unwrap_or(0);
+            (app, b)
+        }
+        QuotaCommand::Set { app, units } => {
+            store.set_balance(&app, units).await?;
+            (app, units)
+        }
+        QuotaCommand::Add { app, units } => {
+            let b = store.add_balance(&app, units).await?;
+            (app, b)
+        }
+    };
+    println!("{app}: {balance} messages available");
+    Ok(true)
+}
+
+/// `events resign`: re-signs the samples in `dir` with the app credentials of the environment.
+fn resign(dir: &Path) -> Result<bool, BoxError> {
+    let key = std::env::var("PUSHGATE_APP_KEY").map_err(|_| "PUSHGATE_APP_KEY is not set")?;
+    let secret = std::env::var("PUSHGATE_APP_SECRET").map_err(|_| "PUSHGATE_APP_SECRET is not set")?;
+    let token = std::env::var("PUSHGATE_CALLBACK_TOKEN").ok();
+    for f in pushgate_tool::events::resign_dir(dir, &key, &secret, token.as_deref())? {
+        println!("re-signed {f}");
+    }
+    Ok(true)
 }
 
 /// `--since`: RFC 3339 or Unix seconds, as Unix milliseconds.

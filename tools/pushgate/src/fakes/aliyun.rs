@@ -41,20 +41,15 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
+use super::sms::{self, Magic};
 use super::{Accepted, FakeLog, Fault, Recorded};
 
 /// The only AccessKeyId the fake knows.
 pub const ACCESS_KEY_ID: &str = "fake-aliyun-id";
 /// Its secret.
 pub const ACCESS_KEY_SECRET: &str = "fake-aliyun-secret";
-/// Recipients ending in this are flow-controlled (`isv.BUSINESS_LIMIT_CONTROL`).
-pub const SUFFIX_THROTTLE: &str = "0001";
-/// Recipients ending in this find the balance spent (`isv.AMOUNT_NOT_ENOUGH`).
-pub const SUFFIX_QUOTA: &str = "0002";
-/// Recipients ending in this are invalid (`isv.MOBILE_NUMBER_ILLEGAL`).
-pub const SUFFIX_PERMANENT: &str = "0003";
-/// Recipients ending in this get `isp.SYSTEM_ERROR` with HTTP 500.
-pub const SUFFIX_SERVER_ERROR: &str = "0004";
+/// Magic recipients: see the module documentation for Aliyun's answer to each.
+pub use super::sms::{SUFFIX_PERMANENT, SUFFIX_QUOTA, SUFFIX_SERVER_ERROR, SUFFIX_THROTTLE};
 
 /// Allowed clock skew of `Timestamp`.
 const MAX_SKEW_SECS: i64 = 15 * 60;
@@ -127,12 +122,27 @@ fn expected_signature(method: &str, params: &BTreeMap<String, String>, secret: &
 
 fn answer(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({
-        "RequestId": ulid::Ulid::new().to_string(),
+        "RequestId": sms::request_id(),
         "Code": code,
         "Message": message,
         "HostId": "dysmsapi.aliyuncs.com",
     });
     (status, Json(body)).into_response()
+}
+
+/// Aliyun's answer to a magic recipient, and to the scripted faults that play the same
+/// refusals.
+fn magic_answer(magic: Magic) -> Response {
+    match magic {
+        Magic::Throttle => answer(
+            StatusCode::OK,
+            "isv.BUSINESS_LIMIT_CONTROL",
+            "触发号码天级流控Permits:1",
+        ),
+        Magic::Quota => answer(StatusCode::OK, "isv.AMOUNT_NOT_ENOUGH", "账户余额不足"),
+        Magic::Permanent => answer(StatusCode::OK, "isv.MOBILE_NUMBER_ILLEGAL", "非法手机号"),
+        Magic::ServerError => answer(StatusCode::INTERNAL_SERVER_ERROR, "isp.SYSTEM_ERROR", "系统错误"),
+    }
 }
 
 fn unix_time(timestamp: &str) -> Option<i64> {
@@ -269,9 +279,8 @@ async fn send_sms(fake: &Fake, params: &BTreeMap<String, String>) -> Response {
         .log
         .next_fault(params.get("PhoneNumbers").map(String::as_str).unwrap_or_default());
     match fault {
-        Some(Fault::ServerError) => {
-            return answer(StatusCode::INTERNAL_SERVER_ERROR, "isp.SYSTEM_ERROR", "系统错误");
-        }
+        Some(Fault::ServerError) => return magic_answer(Magic::ServerError),
+        // Minute-level flow control, where the magic recipient hits the daily one.
         Some(Fault::Throttle) => {
             return answer(
                 StatusCode::OK,
@@ -279,9 +288,7 @@ async fn send_sms(fake: &Fake, params: &BTreeMap<String, String>) -> Response {
                 "触发号码分钟级流控Permits:1",
             );
         }
-        Some(Fault::Quota) => {
-            return answer(StatusCode::OK, "isv.AMOUNT_NOT_ENOUGH", "账户余额不足");
-        }
+        Some(Fault::Quota) => return magic_answer(Magic::Quota),
         // Dropped here by hyper if the client gives up: nothing is sent.
         Some(Fault::HangBefore(wait)) => tokio::time::sleep(wait).await,
         Some(Fault::HangAfter(_)) | None => {}
@@ -324,28 +331,11 @@ fn check_send(params: &BTreeMap<String, String>) -> Result<(), Box<Response>> {
     {
         return Err(refuse(StatusCode::OK, "isv.MOBILE_NUMBER_ILLEGAL", "非法手机号"));
     }
-    let has = |suffix: &str| numbers.iter().any(|n| n.ends_with(suffix));
-    if has(SUFFIX_THROTTLE) {
-        return Err(refuse(
-            StatusCode::OK,
-            "isv.BUSINESS_LIMIT_CONTROL",
-            "触发号码天级流控Permits:1",
-        ));
+    const PRECEDENCE: [Magic; 4] = [Magic::Throttle, Magic::Quota, Magic::Permanent, Magic::ServerError];
+    match Magic::first(&numbers, &PRECEDENCE) {
+        Some(magic) => Err(Box::new(magic_answer(magic))),
+        None => Ok(()),
     }
-    if has(SUFFIX_QUOTA) {
-        return Err(refuse(StatusCode::OK, "isv.AMOUNT_NOT_ENOUGH", "账户余额不足"));
-    }
-    if has(SUFFIX_PERMANENT) {
-        return Err(refuse(StatusCode::OK, "isv.MOBILE_NUMBER_ILLEGAL", "非法手机号"));
-    }
-    if has(SUFFIX_SERVER_ERROR) {
-        return Err(refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "isp.SYSTEM_ERROR",
-            "系统错误",
-        ));
-    }
-    Ok(())
 }
 
 /// Performs a checked send: records it in the ledger and answers its `BizId`.
@@ -371,7 +361,7 @@ fn accept(fake: &Fake, params: &BTreeMap<String, String>) -> Response {
         "Code": "OK",
         "Message": "OK",
         "BizId": biz_id,
-        "RequestId": ulid::Ulid::new().to_string(),
+        "RequestId": sms::request_id(),
     });
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -441,7 +431,7 @@ fn query_send_details(
     let body = json!({
         "Code": "OK",
         "Message": "OK",
-        "RequestId": ulid::Ulid::new().to_string(),
+        "RequestId": sms::request_id(),
         "TotalCount": matches.len(),
         "SmsSendDetailDTOs": {"SmsSendDetailDTO": dtos},
     });

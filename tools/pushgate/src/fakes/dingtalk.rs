@@ -14,45 +14,38 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Sha256;
 
-use super::{FakeLog, Recorded};
+use super::robot::{self, errcode as answer, string_array_or_absent, Answers, QueryPost, Robot};
+pub use super::robot::{BOOM, THROTTLE};
+use super::FakeLog;
 
 pub const TOKEN: &str = "fake-dingtalk-access-token";
 pub const SECRET: &str = "SECfake-dingtalk-sign-secret";
-pub const THROTTLE: &str = "#throttle";
-pub const BOOM: &str = "#boom";
 /// Posts a minute a robot accepts.
 pub const PER_MINUTE: usize = 20;
 
-#[derive(Clone)]
-struct Fake {
-    log: FakeLog,
-    /// Accepted posts per robot, for the rate limits.
-    posts: super::RateWindow,
-}
+/// DingTalk's payloads for what the shared robot flow decides.
+const ANSWERS: Answers = Answers {
+    sent: || answer(0, "ok"),
+    throttled: || answer(130101, "send too fast, exceed 20 times per minute"),
+    boom: || (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+};
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
-    let fake = Fake {
-        log,
-        posts: super::RateWindow::default(),
-    };
+    const LIMITS: &[(usize, Duration)] = &[(PER_MINUTE, Duration::from_secs(60))];
+    let fake = Robot::new("dingtalk", LIMITS, ANSWERS, log);
     Router::new().route("/robot/send", post(send)).with_state(fake)
-}
-
-fn answer(errcode: i64, errmsg: &str) -> Response {
-    Json(json!({"errcode": errcode, "errmsg": errmsg})).into_response()
 }
 
 fn now_ms() -> i64 {
@@ -90,14 +83,6 @@ fn non_empty_str(v: Option<&Value>) -> bool {
     v.and_then(Value::as_str).is_some_and(|s| !s.is_empty())
 }
 
-fn string_array_or_absent(v: Option<&Value>) -> bool {
-    match v {
-        None => true,
-        Some(Value::Array(items)) => items.iter().all(Value::is_string),
-        Some(_) => false,
-    }
-}
-
 /// The documented message shape for the types this fake serves.
 fn check_shape(body: &Value) -> Result<(), &'static str> {
     match body.get("msgtype").and_then(Value::as_str) {
@@ -119,40 +104,13 @@ fn check_shape(body: &Value) -> Result<(), &'static str> {
     Ok(())
 }
 
-async fn send(
-    State(fake): State<Fake>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> Response {
-    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    let verified = check_sign(&query);
-    fake.log.push(Recorded {
-        provider: "dingtalk",
-        action: "send".into(),
-        verified: verified.is_ok(),
-        to: query.get("access_token").cloned().unwrap_or_default(),
-        body: body.clone(),
-    });
-    if let Err((code, msg)) = verified {
-        return answer(code, msg);
-    }
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !json_type || body.is_null() {
-        return answer(40035, "missing parameter: json");
-    }
-    if let Err(msg) = check_shape(&body) {
-        return answer(40035, msg);
-    }
-    let text = body.to_string();
-    if text.contains(BOOM) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
-    }
-    if text.contains(THROTTLE) || !fake.posts.admit(TOKEN, &[(PER_MINUTE, Duration::from_secs(60))]) {
-        return answer(130101, "send too fast, exceed 20 times per minute");
-    }
-    answer(0, "ok")
+async fn send(State(fake): State<Robot>, QueryPost { query, headers, raw }: QueryPost) -> Response {
+    let refused = check_sign(&query).err().map(|(code, msg)| answer(code, msg));
+    let to = robot::param(&query, "access_token");
+    fake.post(TOKEN, to, robot::json_body(&raw), refused, |body| {
+        if !robot::is_json(&headers) || body.is_null() {
+            return Some(answer(40035, "missing parameter: json"));
+        }
+        check_shape(body).err().map(|msg| answer(40035, msg))
+    })
 }

@@ -26,12 +26,12 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{FakeLog, Recorded};
+use super::robot::{self, Answers, Robot};
+pub use super::robot::{BOOM, THROTTLE};
+use super::FakeLog;
 
 pub const TOKEN: &str = "fake-feishu-hook-token";
 pub const SECRET: &str = "fake-feishu-sign-secret";
-pub const THROTTLE: &str = "#throttle";
-pub const BOOM: &str = "#boom";
 /// Posts a second a bot accepts.
 pub const PER_SECOND: usize = 5;
 /// Posts a minute a bot accepts.
@@ -39,19 +39,20 @@ pub const PER_MINUTE: usize = 100;
 /// Largest body accepted.
 pub const MAX_BODY_BYTES: usize = 20 * 1024;
 
-#[derive(Clone)]
-struct Fake {
-    log: FakeLog,
-    /// Accepted posts per bot, for the rate limits.
-    posts: super::RateWindow,
-}
+/// Feishu's payloads for what the shared robot flow decides.
+const ANSWERS: Answers = Answers {
+    sent: || answer(0, "success"),
+    throttled: || answer(11232, "frequency limited psm[lark.oapi.app_platform_runtime]appID[0]"),
+    boom: || (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+};
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
-    let fake = Fake {
-        log,
-        posts: super::RateWindow::default(),
-    };
+    const LIMITS: &[(usize, Duration)] = &[
+        (PER_SECOND, Duration::from_secs(1)),
+        (PER_MINUTE, Duration::from_secs(60)),
+    ];
+    let fake = Robot::new("feishu", LIMITS, ANSWERS, log);
     Router::new()
         .route("/open-apis/bot/v2/hook/{token}", post(hook))
         .with_state(fake)
@@ -127,36 +128,11 @@ fn check_shape(body: &Value) -> bool {
     }
 }
 
-async fn hook(State(fake): State<Fake>, Path(token): Path<String>, raw: Bytes) -> Response {
-    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    let verified = check_sign(&token, &body);
-    fake.log.push(Recorded {
-        provider: "feishu",
-        action: "send".into(),
-        verified: verified.is_ok(),
-        to: token,
-        body: body.clone(),
-    });
-    if let Err((code, msg)) = verified {
-        return answer(code, msg);
-    }
-    if raw.len() > MAX_BODY_BYTES || !check_shape(&body) {
-        return (StatusCode::BAD_REQUEST, answer(9499, "Bad Request")).into_response();
-    }
-    let text = body.to_string();
-    if text.contains(BOOM) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
-    }
-    if text.contains(THROTTLE)
-        || !fake.posts.admit(
-            TOKEN,
-            &[
-                (PER_SECOND, Duration::from_secs(1)),
-                (PER_MINUTE, Duration::from_secs(60)),
-            ],
-        )
-    {
-        return answer(11232, "frequency limited psm[lark.oapi.app_platform_runtime]appID[0]");
-    }
-    answer(0, "success")
+async fn hook(State(fake): State<Robot>, Path(token): Path<String>, raw: Bytes) -> Response {
+    let body = robot::json_body(&raw);
+    let refused = check_sign(&token, &body).err().map(|(code, msg)| answer(code, msg));
+    fake.post(TOKEN, token, body, refused, |body| {
+        let malformed = raw.len() > MAX_BODY_BYTES || !check_shape(body);
+        malformed.then(|| (StatusCode::BAD_REQUEST, answer(9499, "Bad Request")).into_response())
+    })
 }

@@ -19,6 +19,8 @@ use crate::BoxError;
 pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
+mod robot;
+mod sms;
 pub mod smtp;
 pub mod tencent;
 pub mod twilio;

@@ -26,6 +26,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::sms::{request_id, Magic};
 use super::{FakeLog, Recorded};
 
 /// The only SecretId the fake knows.
@@ -34,14 +35,8 @@ pub const SECRET_ID: &str = "fake-tencent-id";
 pub const SECRET_KEY: &str = "fake-tencent-key";
 /// The only SMS application.
 pub const SDK_APP_ID: &str = "1400000000";
-/// Recipients ending in this hit the per-number 30 s limit.
-pub const SUFFIX_THROTTLE: &str = "0001";
-/// Recipients ending in this find the SMS package spent.
-pub const SUFFIX_QUOTA: &str = "0002";
-/// Recipients ending in this are invalid numbers.
-pub const SUFFIX_PERMANENT: &str = "0003";
-/// Recipients ending in this get HTTP 502 without JSON.
-pub const SUFFIX_SERVER_ERROR: &str = "0004";
+/// Magic recipients: see the module documentation for Tencent's answer to each.
+pub use super::sms::{SUFFIX_PERMANENT, SUFFIX_QUOTA, SUFFIX_SERVER_ERROR, SUFFIX_THROTTLE};
 /// Recipients ending in this get `InternalError.SendAndRecvFail` (outcome unknown).
 pub const SUFFIX_AMBIGUOUS: &str = "0005";
 
@@ -51,10 +46,6 @@ const MAX_SKEW_SECS: i64 = 300;
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
     Router::new().route("/", any(handle)).with_state(log)
-}
-
-fn request_id() -> String {
-    ulid::Ulid::new().to_string()
 }
 
 fn error(code: &str, message: &str) -> Response {
@@ -224,17 +215,19 @@ fn send_sms(headers: &HeaderMap, body: &Value) -> Response {
             "TemplateParamSet must be an array of strings.",
         );
     }
-    let has = |suffix: &str| numbers.iter().any(|n| n.ends_with(suffix));
-    if has(SUFFIX_SERVER_ERROR) {
-        return (StatusCode::BAD_GATEWAY, "502 Bad Gateway").into_response();
+    // A gateway failure or a spent package fails the whole request; throttled and
+    // invalid numbers fail only their own status below.
+    match Magic::first(&numbers, &[Magic::ServerError, Magic::Quota]) {
+        Some(Magic::ServerError) => return (StatusCode::BAD_GATEWAY, "502 Bad Gateway").into_response(),
+        Some(Magic::Quota) => {
+            return error(
+                "FailedOperation.InsufficientBalanceInSmsPackage",
+                "Insufficient balance in SMS package.",
+            )
+        }
+        Some(Magic::Throttle | Magic::Permanent) | None => {}
     }
-    if has(SUFFIX_QUOTA) {
-        return error(
-            "FailedOperation.InsufficientBalanceInSmsPackage",
-            "Insufficient balance in SMS package.",
-        );
-    }
-    if has(SUFFIX_AMBIGUOUS) {
+    if numbers.iter().any(|n| n.ends_with(SUFFIX_AMBIGUOUS)) {
         return error(
             "InternalError.SendAndRecvFail",
             "Failed to send or receive the request.",
@@ -244,15 +237,15 @@ fn send_sms(headers: &HeaderMap, body: &Value) -> Response {
     let statuses: Vec<Value> = numbers
         .iter()
         .map(|n| {
-            let (code, message) = if n.ends_with(SUFFIX_THROTTLE) {
-                (
+            let (code, message) = match Magic::of(n) {
+                Some(Magic::Throttle) => (
                     "LimitExceeded.PhoneNumberThirtySecondLimit",
                     "the number of sms messages sent from a single mobile number within 30 seconds exceeds the upper limit",
-                )
-            } else if n.ends_with(SUFFIX_PERMANENT) || !n.starts_with('+') {
-                ("InvalidParameterValue.IncorrectPhoneNumber", "incorrect phone number")
-            } else {
-                ("Ok", "send success")
+                ),
+                magic if magic == Some(Magic::Permanent) || !n.starts_with('+') => {
+                    ("InvalidParameterValue.IncorrectPhoneNumber", "incorrect phone number")
+                }
+                _ => ("Ok", "send success"),
             };
             let ok = code == "Ok";
             json!({

@@ -10,53 +10,36 @@
 //! Magic content (anywhere in the body): [`THROTTLE`] `#throttle` → `45009`;
 //! [`BOOM`] `#boom` → `-1` (system busy).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Router;
+use serde_json::Value;
 
-use super::{FakeLog, Recorded};
+use super::robot::{self, errcode as answer, string_array_or_absent, Answers, QueryPost, Robot};
+pub use super::robot::{BOOM, THROTTLE};
+use super::FakeLog;
 
 pub const KEY: &str = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa";
-pub const THROTTLE: &str = "#throttle";
-pub const BOOM: &str = "#boom";
 /// Posts a minute a robot accepts.
 pub const PER_MINUTE: usize = 20;
 
-#[derive(Clone)]
-struct Fake {
-    log: FakeLog,
-    /// Accepted posts per robot, for the rate limits.
-    posts: super::RateWindow,
-}
+/// WeCom's payloads for what the shared robot flow decides.
+const ANSWERS: Answers = Answers {
+    sent: || answer(0, "ok"),
+    throttled: || answer(45009, "api freq out of limit"),
+    boom: || answer(-1, "system busy"),
+};
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
-    let fake = Fake {
-        log,
-        posts: super::RateWindow::default(),
-    };
+    const LIMITS: &[(usize, Duration)] = &[(PER_MINUTE, Duration::from_secs(60))];
+    let fake = Robot::new("wecom", LIMITS, ANSWERS, log);
     Router::new()
         .route("/cgi-bin/webhook/send", post(send))
         .with_state(fake)
-}
-
-fn answer(errcode: i64, errmsg: &str) -> Response {
-    Json(json!({"errcode": errcode, "errmsg": errmsg})).into_response()
-}
-
-fn string_array_or_absent(v: Option<&Value>) -> bool {
-    match v {
-        None => true,
-        Some(Value::Array(items)) => items.iter().all(Value::is_string),
-        Some(_) => false,
-    }
 }
 
 /// The documented message shape, as WeCom's error code.
@@ -81,44 +64,19 @@ fn check_shape(body: &Value) -> Result<(), (i64, &'static str)> {
     }
 }
 
-async fn send(
-    State(fake): State<Fake>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> Response {
-    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    let key = query.get("key").cloned().unwrap_or_default();
-    let verified = key == KEY;
-    fake.log.push(Recorded {
-        provider: "wecom",
-        action: "send".into(),
-        verified,
-        to: key,
-        body: body.clone(),
-    });
-    if !verified {
-        return answer(
+async fn send(State(fake): State<Robot>, QueryPost { query, headers, raw }: QueryPost) -> Response {
+    let key = robot::param(&query, "key");
+    // The webhook key is the robot's only credential.
+    let refused = (key != KEY).then(|| {
+        answer(
             93000,
             "invalid webhook url, hint: [fake], more info at https://open.work.weixin.qq.com/devtool/query?e=93000",
-        );
-    }
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !json_type || body.is_null() {
-        return answer(40008, "invalid message type");
-    }
-    if let Err((code, msg)) = check_shape(&body) {
-        return answer(code, msg);
-    }
-    let text = body.to_string();
-    if text.contains(BOOM) {
-        return answer(-1, "system busy");
-    }
-    if text.contains(THROTTLE) || !fake.posts.admit(KEY, &[(PER_MINUTE, Duration::from_secs(60))]) {
-        return answer(45009, "api freq out of limit");
-    }
-    answer(0, "ok")
+        )
+    });
+    fake.post(KEY, key, robot::json_body(&raw), refused, |body| {
+        if !robot::is_json(&headers) || body.is_null() {
+            return Some(answer(40008, "invalid message type"));
+        }
+        check_shape(body).err().map(|(code, msg)| answer(code, msg))
+    })
 }
