@@ -195,6 +195,27 @@ async fn n_failures_open_the_circuit_for_every_instance_within_one_cache_ttl() {
 }
 
 #[tokio::test]
+async fn a_batch_that_finds_the_cached_state_stale_reads_it_once() {
+    let (store, calls) = store().await;
+    let breaker = Breaker::new(store, BreakerPolicy::default(), 1_000);
+    // Ten records of one batch ask for the same account's circuit at once, on a cold
+    // cache: one of them reads it, the others wait for that read.
+    let states = futures::future::join_all((0..10).map(|_| breaker.state("aliyun.key", T0))).await;
+    assert!(states.iter().all(|s| matches!(s, Ok(Circuit::Closed))));
+    assert_eq!(
+        calls.snapshot().get("DynamoDB.GetItem"),
+        Some(&1),
+        "{:?}",
+        calls.snapshot()
+    );
+    // And again once the entry is stale.
+    calls.reset();
+    let states = futures::future::join_all((0..10).map(|_| breaker.state("aliyun.key", T0 + 1_000))).await;
+    assert!(states.iter().all(|s| matches!(s, Ok(Circuit::Closed))));
+    assert_eq!(calls.service("DynamoDB"), 1);
+}
+
+#[tokio::test]
 async fn after_the_cool_down_one_caller_probes_and_its_outcome_decides_for_everyone() {
     let (store, _) = store().await;
     // A long window, so every failure below falls into the same one.

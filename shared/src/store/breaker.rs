@@ -7,7 +7,7 @@
 //! window and expires with it. Successes in the closed state write nothing.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -181,13 +181,17 @@ impl Store {
 /// A circuit breaker with an in-process cache in front of the shared state, so that the
 /// happy path costs no DynamoDB request per message: every instance re-reads the shared
 /// state at most once per `ttl_ms` per provider account (and when a cached open period
-/// ends). A probe win is never cached: it belongs to one caller.
+/// ends). A probe win is never cached: it belongs to one caller. Refreshes are single
+/// flight: the records of a batch that find an account's entry stale wait for one read
+/// instead of each making their own.
 #[derive(Debug)]
 pub struct Breaker {
     store: Store,
     policy: BreakerPolicy,
     ttl_ms: i64,
     cache: Mutex<HashMap<String, (i64, Circuit)>>,
+    /// One refresh lock per account.
+    refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Breaker {
@@ -201,12 +205,22 @@ impl Breaker {
             policy,
             ttl_ms,
             cache: Mutex::new(HashMap::new()),
+            refreshing: Mutex::new(HashMap::new()),
         }
     }
 
     /// The circuit of provider account `key`: from the cache while fresh, else from
     /// DynamoDB (see [`Store::circuit`]).
     pub async fn state(&self, key: &str, now_ms: i64) -> Result<Circuit, StoreError> {
+        if let Some(c) = self.cached(key, now_ms) {
+            return Ok(c);
+        }
+        let lock = {
+            let mut refreshing = self.refreshing.lock().unwrap_or_else(PoisonError::into_inner);
+            refreshing.entry(key.to_string()).or_default().clone()
+        };
+        let _refresh = lock.lock().await;
+        // Another caller may have refreshed it while this one waited.
         if let Some(c) = self.cached(key, now_ms) {
             return Ok(c);
         }
