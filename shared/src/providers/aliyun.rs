@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{transport_error, Provider};
-use crate::apps::{AliyunAccount, AppConfig};
+use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
 
@@ -310,6 +310,11 @@ impl Aliyun {
     }
 }
 
+/// The app's Aliyun account: its AccessKey id.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.aliyun.as_ref()?.access_key_id.clone())
+}
+
 #[async_trait::async_trait]
 impl Provider for Aliyun {
     fn name(&self) -> &'static str {
@@ -324,6 +329,10 @@ impl Provider for Aliyun {
         // SendSms is not idempotent (a second call is a second SMS), so after a lost
         // answer ask QuerySendDetails whether it was sent, as providers.md advises.
         Ambiguity::Reconcile
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

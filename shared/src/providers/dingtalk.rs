@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -106,6 +106,11 @@ impl DingTalk {
     }
 }
 
+/// The DingTalk robot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.dingtalk, to)
+}
+
 #[async_trait::async_trait]
 impl Provider for DingTalk {
     fn name(&self) -> &'static str {
@@ -126,8 +131,12 @@ impl Provider for DingTalk {
         Ambiguity::MarkUnknown
     }
 
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = super::robot(&app.providers.dingtalk, &message.to, "DingTalk")?;
+        let robot = super::robot::lookup(&app.providers.dingtalk, &message.to, "DingTalk")?;
         let body = payload(&message.content)?;
         let mut query = vec![("access_token", robot.token.clone())];
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {

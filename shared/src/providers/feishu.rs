@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -121,6 +121,11 @@ impl Feishu {
     }
 }
 
+/// The Feishu bot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.feishu, to)
+}
+
 #[async_trait::async_trait]
 impl Provider for Feishu {
     fn name(&self) -> &'static str {
@@ -141,8 +146,12 @@ impl Provider for Feishu {
         Ambiguity::MarkUnknown
     }
 
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = super::robot(&app.providers.feishu, &message.to, "Feishu")?;
+        let robot = super::robot::lookup(&app.providers.feishu, &message.to, "Feishu")?;
         let mut body = payload(&message.content)?;
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
             let timestamp = crate::clock::now_ms() / 1000;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
 use crate::shaping::Rate;
@@ -10,6 +10,7 @@ use crate::shaping::Rate;
 pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
+mod robot;
 pub mod ses;
 pub mod smtp;
 pub mod tencent;
@@ -28,12 +29,10 @@ pub trait Provider: Send + Sync {
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError>;
     /// Which of the app's accounts a message to `to` goes through (the unit providers
     /// rate-limit and fail by, so rate buckets and circuits are kept per account), or
-    /// `None` when the app has no account for this provider. Never a secret.
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        app.providers
-            .configured(self.name())
-            .then(|| app.providers.account_id(self.name(), to))
-    }
+    /// `None` when the app has no account for this provider. Whether it is `None`
+    /// depends on the app alone, never on `to` ([`Providers::candidates`] relies on
+    /// that). Never a secret.
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String>;
     /// The send rate the vendor documents per account, which the dispatcher shapes
     /// traffic to unless the app sets its own (`providers.rates`).
     fn documented_rate(&self) -> Option<Rate> {
@@ -60,27 +59,23 @@ impl Providers {
     }
 
     /// The providers to try for a message of `channel` from `app`, in order: the route's
-    /// list when it has one for the channel, else the app's own order (SMS and email) or
-    /// the channel's one provider; only providers in service that the app has an
-    /// account for.
+    /// list when it has one for the channel, else the app's own order (`sms_order`,
+    /// `email_order`), else the registry's order of the channel's providers; only
+    /// providers in service that the app has an account for.
     pub fn candidates(&self, channel: Channel, app: &AppConfig, route: Option<&[String]>) -> Vec<Arc<dyn Provider>> {
-        let names: Vec<String> = match route {
-            Some(list) if !list.is_empty() => list.to_vec(),
-            _ => match channel {
-                Channel::Sms => app.providers.sms_providers().into_iter().map(String::from).collect(),
-                Channel::Email => app.providers.email_providers().into_iter().map(String::from).collect(),
-                _ => self
-                    .0
-                    .iter()
-                    .filter(|p| p.channel() == channel)
-                    .map(|p| p.name().to_string())
-                    .collect(),
-            },
+        let preferred = match (route, channel) {
+            (Some(list), _) if !list.is_empty() => list,
+            (_, Channel::Sms) => app.providers.sms_order.as_slice(),
+            (_, Channel::Email) => app.providers.email_order.as_slice(),
+            _ => &[],
         };
-        names
+        let usable = |p: &&Arc<dyn Provider>| p.channel() == channel && p.account(app, "").is_some();
+        if preferred.is_empty() {
+            return self.0.iter().filter(usable).cloned().collect();
+        }
+        preferred
             .iter()
-            .filter(|name| app.providers.configured(name))
-            .filter_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name))
+            .filter_map(|name| self.0.iter().filter(usable).find(|p| p.name() == name))
             .cloned()
             .collect()
     }
@@ -92,7 +87,8 @@ impl Providers {
 }
 
 /// Every provider in service, built once per cold start. Adding a provider is its file
-/// plus one line here.
+/// plus one line here. The order matters: it is the default order of a channel's
+/// providers (aliyun, tencent, twilio for SMS; ses before smtp for email).
 pub fn standard(
     cfg: &crate::config::Dispatch,
     ses: aws_sdk_sesv2::Client,
@@ -123,6 +119,33 @@ pub fn standard(
     ]))
 }
 
+/// How a vendor finds the account a message goes through, from the app's accounts.
+type AccountFn = fn(&ProviderAccounts, &str) -> Option<String>;
+
+/// The vendors' account lookups by provider name, for callers that hold a name rather
+/// than a [`Provider`] (`ProviderAccounts::account_id`, used for the dispatcher's circuit
+/// keys). Goes once every caller asks [`Provider::account`].
+const ACCOUNTS: [(&str, AccountFn); 10] = [
+    ("ses", ses::account_id),
+    ("smtp", smtp::account_id),
+    ("webhook", webhook::account_id),
+    ("aliyun", aliyun::account_id),
+    ("tencent", tencent::account_id),
+    ("twilio", twilio::account_id),
+    ("dingtalk", dingtalk::account_id),
+    ("wecom", wecom::account_id),
+    ("feishu", feishu::account_id),
+    ("wechat", wechat::account_id),
+];
+
+/// [`Provider::account`] by provider name; `None` for an unknown name too.
+pub fn account_by_name(provider: &str, accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    ACCOUNTS
+        .iter()
+        .find(|(name, _)| *name == provider)
+        .and_then(|(_, account)| account(accounts, to))
+}
+
 /// A provider HTTP client: fixed endpoints from configuration, no redirects, bounded time.
 pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
@@ -131,21 +154,6 @@ pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqw
         .connect_timeout(timeout.min(std::time::Duration::from_secs(3)))
         .user_agent("Pushgate/1")
         .build()
-}
-
-/// The app's robot named `name` (a message's `to`), or a permanent error.
-pub(crate) fn robot<'a>(
-    robots: &'a std::collections::HashMap<String, crate::apps::RobotAccount>,
-    name: &str,
-    vendor: &str,
-) -> Result<&'a crate::apps::RobotAccount, ProviderError> {
-    robots.get(name).ok_or_else(|| {
-        ProviderError::new(
-            ErrorClass::Permanent,
-            "unknown_robot",
-            format!("the app has no {vendor} robot named {name:?}"),
-        )
-    })
 }
 
 /// Reads an `{"errcode", "errmsg"}` answer (DingTalk, WeCom): HTTP status, code, message.

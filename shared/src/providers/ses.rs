@@ -7,7 +7,7 @@ use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message as 
 use aws_sdk_sesv2::Client;
 
 use super::Provider;
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -79,6 +79,11 @@ fn classify(e: SdkError<SendEmailError>) -> ProviderError {
     ProviderError::new(class, code, message)
 }
 
+/// SES needs no per-app account: every app sends through the service's one.
+pub fn account_id(_accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some("default".into())
+}
+
 #[async_trait::async_trait]
 impl Provider for Ses {
     fn name(&self) -> &'static str {
@@ -93,6 +98,10 @@ impl Provider for Ses {
         // SendEmail is not idempotent and SES offers no way to ask whether a message
         // went out: never risk a second email.
         Ambiguity::MarkUnknown
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

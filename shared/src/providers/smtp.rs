@@ -29,7 +29,7 @@ use lettre::transport::smtp::Error as SmtpError;
 use sha2::{Digest, Sha256};
 
 use super::Provider;
-use crate::apps::{AppConfig, SmtpAccount};
+use crate::apps::{AppConfig, ProviderAccounts, SmtpAccount};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -377,6 +377,11 @@ fn build(message: &Message, from: &str) -> Result<lettre::Message, ProviderError
     built.map_err(|e| ProviderError::new(ErrorClass::Permanent, "build", e.to_string()))
 }
 
+/// The app's SMTP relay: its host.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.smtp.as_ref()?.host.clone())
+}
+
 #[async_trait::async_trait]
 impl Provider for Smtp {
     fn name(&self) -> &'static str {
@@ -390,6 +395,10 @@ impl Provider for Smtp {
     fn on_ambiguous(&self) -> Ambiguity {
         // SMTP has no idempotency: a second DATA is a second email.
         Ambiguity::MarkUnknown
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -140,6 +140,11 @@ fn permanent(code: &str, message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorClass::Permanent, code, message)
 }
 
+/// The app's Tencent SMS account: its SDK app id.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.tencent.as_ref()?.sdk_app_id.clone())
+}
+
 #[async_trait::async_trait]
 impl Provider for Tencent {
     fn name(&self) -> &'static str {
@@ -153,6 +158,10 @@ impl Provider for Tencent {
     fn on_ambiguous(&self) -> Ambiguity {
         // SendSms is not idempotent: a second call is a second SMS.
         Ambiguity::MarkUnknown
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

@@ -9,7 +9,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -111,6 +111,11 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
         .unwrap_or(DEFAULT_RETRY_AFTER)
 }
 
+/// The app's Twilio account: its account SID.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.twilio.as_ref()?.account_sid.clone())
+}
+
 #[async_trait::async_trait]
 impl Provider for Twilio {
     fn name(&self) -> &'static str {
@@ -125,6 +130,10 @@ impl Provider for Twilio {
         // Message creation is not idempotent: a second POST is a second SMS. The status
         // callback may still settle an unknown outcome.
         Ambiguity::MarkUnknown
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

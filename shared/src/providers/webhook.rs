@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::Provider;
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
@@ -93,6 +93,17 @@ fn classify_error(e: &reqwest::Error) -> ProviderError {
     }
 }
 
+/// The target URL's host (every app can send webhooks; `"default"` for a `to` that
+/// is not a URL, which the send refuses).
+pub fn account_id(_accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    Some(
+        url::Url::parse(to)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "default".into()),
+    )
+}
+
 #[async_trait::async_trait]
 impl Provider for Webhook {
     fn name(&self) -> &'static str {
@@ -107,6 +118,10 @@ impl Provider for Webhook {
         // The webhook-id stays the message id on every attempt, so receivers following
         // Standard Webhooks drop the duplicate.
         Ambiguity::Resend
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

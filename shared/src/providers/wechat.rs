@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
 use super::{transport_error, Provider};
-use crate::apps::{AppConfig, WechatAccount};
+use crate::apps::{AppConfig, ProviderAccounts, WechatAccount};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message, WechatTemplate};
 
@@ -605,6 +605,11 @@ impl Wechat {
     }
 }
 
+/// The app's WeChat Official Account: its appid.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.wechat.as_ref()?.appid.clone())
+}
+
 #[async_trait::async_trait]
 impl Provider for Wechat {
     fn name(&self) -> &'static str {
@@ -619,6 +624,10 @@ impl Provider for Wechat {
         // Template sends are not idempotent; the TEMPLATESENDJOBFINISH receipt may settle
         // an unknown one later.
         Ambiguity::MarkUnknown
+    }
+
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

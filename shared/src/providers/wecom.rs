@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -115,6 +115,11 @@ impl WeCom {
     }
 }
 
+/// The WeCom robot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.wecom, to)
+}
+
 #[async_trait::async_trait]
 impl Provider for WeCom {
     fn name(&self) -> &'static str {
@@ -135,8 +140,12 @@ impl Provider for WeCom {
         Ambiguity::MarkUnknown
     }
 
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = super::robot(&app.providers.wecom, &message.to, "WeCom")?;
+        let robot = super::robot::lookup(&app.providers.wecom, &message.to, "WeCom")?;
         let body = payload(&message.content)?;
         let response = self
             .http
