@@ -287,17 +287,7 @@ impl Aliyun {
             return Ok(answer.unwrap_or_default());
         }
         let Some(code) = code else {
-            // A 2xx we cannot read may still have sent; anything else says why by status.
-            let class = if (200..300).contains(&status) {
-                ErrorClass::Ambiguous
-            } else {
-                classify(status, None)
-            };
-            return Err(ProviderError::new(
-                class,
-                format!("http_{status}"),
-                format!("Aliyun answered {status} without a Code"),
-            ));
+            return Err(super::unreadable_answer("Aliyun", status, "a Code"));
         };
         let class = classify(status, Some(code));
         let text = answer.as_ref().and_then(|a| a.message.clone()).unwrap_or_default();

@@ -156,14 +156,22 @@ pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqw
         .build()
 }
 
-/// Reads an `{"errcode", "errmsg"}` answer (DingTalk, WeCom): HTTP status, code, message.
-pub(crate) async fn errcode_answer(response: reqwest::Response) -> (u16, Option<i64>, String) {
-    let status = response.status().as_u16();
-    let answer: Option<serde_json::Value> = response.json().await.ok();
-    let field = |k: &str| answer.as_ref().and_then(|a| a.get(k));
-    let errcode = field("errcode").and_then(|v| v.as_i64());
-    let errmsg = field("errmsg").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    (status, errcode, errmsg)
+/// The error for an answer that carries no result the vendor's codes could classify: a
+/// 2xx may still have sent (ambiguous), a 429 was refused before any send (deferrable),
+/// a 5xx never reached the service behind the gateway (retryable), the rest is final.
+/// The message says `{vendor} answered {status} without {missing}`.
+pub(crate) fn unreadable_answer(vendor: &str, status: u16, missing: &str) -> ProviderError {
+    let class = match status {
+        200..=299 => ErrorClass::Ambiguous,
+        429 => ErrorClass::Deferrable,
+        500..=599 => ErrorClass::Retryable,
+        _ => ErrorClass::Permanent,
+    };
+    ProviderError::new(
+        class,
+        format!("http_{status}"),
+        format!("{vendor} answered {status} without {missing}"),
+    )
 }
 
 /// Classifies a transport error: refused connections never reached the provider.

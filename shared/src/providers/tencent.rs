@@ -239,20 +239,7 @@ impl Provider for Tencent {
                 delivered: false,
             }),
             Some(s) => Err(error(&s.code, s.message)),
-            None => {
-                // Unreadable: a 5xx from a gateway never reached SMS; a 2xx might have sent.
-                let class = match status {
-                    429 => ErrorClass::Deferrable,
-                    500..=599 => ErrorClass::Retryable,
-                    200..=299 => ErrorClass::Ambiguous,
-                    _ => ErrorClass::Permanent,
-                };
-                Err(ProviderError::new(
-                    class,
-                    format!("http_{status}"),
-                    format!("Tencent answered {status} without a result"),
-                ))
-            }
+            None => Err(super::unreadable_answer("Tencent", status, "a result")),
         }
     }
 }

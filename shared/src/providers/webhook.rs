@@ -84,13 +84,7 @@ fn classify_error(e: &reqwest::Error) -> ProviderError {
         }
         source = s.source();
     }
-    if e.is_connect() {
-        ProviderError::new(ErrorClass::Retryable, "connect", "connection failed")
-    } else if e.is_timeout() {
-        ProviderError::new(ErrorClass::Ambiguous, "timeout", "no answer in time")
-    } else {
-        ProviderError::new(ErrorClass::Ambiguous, "transport", "request failed mid-way")
-    }
+    super::transport_error(e)
 }
 
 /// The target URL's host (every app can send webhooks; `"default"` for a `to` that
