@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::{transport_error, Provider};
 use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
 
@@ -228,12 +229,14 @@ fn account(app: &AppConfig) -> Result<&AliyunAccount, ProviderError> {
 pub struct Aliyun {
     http: reqwest::Client,
     endpoint: String,
+    /// Signs requests (`Timestamp`) and bounds the days a reconcile asks about.
+    clock: Clock,
 }
 
 impl Aliyun {
     /// `endpoint` is the base URL without trailing slash (`https://dysmsapi.aliyuncs.com`).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
-        Self { http, endpoint }
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
+        Self { http, endpoint, clock }
     }
 
     /// One RPC call: `params` plus the common ones and a fresh nonce, signed (v1) and
@@ -245,7 +248,9 @@ impl Aliyun {
         params: &[(&str, &str)],
     ) -> Result<Answer, ProviderError> {
         let nonce = ulid::Ulid::new().to_string();
-        let now = timestamp(time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from((self.clock)()) * 1_000_000)
+            .map(timestamp)
+            .unwrap_or_default();
         let mut params: BTreeMap<String, String> = [
             ("Action", action),
             ("Version", API_VERSION),
@@ -359,7 +364,7 @@ impl Provider for Aliyun {
     /// have been sent, looking for our id as `OutId`.
     async fn reconcile(&self, message: &Message, app: &AppConfig) -> Result<Reconciled, ProviderError> {
         let account = account(app)?;
-        let days = send_dates(message.created_at, crate::clock::now_ms()).ok_or_else(|| {
+        let days = send_dates(message.created_at, (self.clock)()).ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Ambiguous,
                 "created_at",

@@ -10,6 +10,7 @@ use base64::Engine;
 use super::robot::{self, Body, Codes, Endpoint};
 use super::Provider;
 use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -72,13 +73,16 @@ fn outcome(status: u16, errcode: Option<i64>, errmsg: &str) -> Result<Sent, Prov
 
 pub struct DingTalk {
     endpoint: Endpoint,
+    /// Signs posts (`timestamp`, milliseconds).
+    clock: Clock,
 }
 
 impl DingTalk {
     /// `endpoint` is the API base (`https://oapi.dingtalk.com`).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
         Self {
             endpoint: Endpoint::new(http, endpoint),
+            clock,
         }
     }
 }
@@ -117,7 +121,7 @@ impl Provider for DingTalk {
         let body = payload(&message.content)?;
         let mut query = vec![("access_token", robot.token.clone())];
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
-            let timestamp = crate::clock::now_ms();
+            let timestamp = (self.clock)();
             query.push(("timestamp", timestamp.to_string()));
             query.push(("sign", sign(timestamp, secret)));
         }

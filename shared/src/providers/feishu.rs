@@ -13,6 +13,7 @@ use base64::Engine;
 use super::robot::{self, AnswerKeys, Body, Codes, Endpoint};
 use super::Provider;
 use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -94,13 +95,16 @@ fn outcome(status: u16, code: Option<i64>, msg: &str) -> Result<Sent, ProviderEr
 
 pub struct Feishu {
     endpoint: Endpoint,
+    /// Signs posts (`timestamp`, seconds).
+    clock: Clock,
 }
 
 impl Feishu {
     /// `endpoint` is the API base (`https://open.feishu.cn`, or Lark's).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
         Self {
             endpoint: Endpoint::new(http, endpoint),
+            clock,
         }
     }
 }
@@ -138,7 +142,7 @@ impl Provider for Feishu {
         let robot = robot::lookup(&app.providers.feishu, &message.to, "Feishu")?;
         let mut body = payload(&message.content)?;
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
-            let timestamp = crate::clock::now_ms() / 1000;
+            let timestamp = (self.clock)() / 1000;
             body["timestamp"] = timestamp.to_string().into();
             body["sign"] = sign(timestamp, secret).into();
         }

@@ -97,6 +97,7 @@ pub fn standard(
 ) -> Result<Providers, reqwest::Error> {
     let http = http_client(cfg.provider_timeout)?;
     let e = &cfg.endpoints;
+    let clock = crate::clock::system;
     Ok(Providers::new(vec![
         Arc::new(ses::Ses::new(
             ses,
@@ -104,18 +105,28 @@ pub fn standard(
             cfg.ses_configuration_set.clone(),
         )),
         Arc::new(smtp::Smtp::new(cfg.email_from.clone(), cfg.provider_timeout)),
-        Arc::new(webhook::Webhook::new(cfg.webhook_timeout, cfg.webhook_allow_private)?),
-        Arc::new(aliyun::Aliyun::new(http.clone(), e.aliyun_sms.clone())),
-        Arc::new(tencent::Tencent::new(http.clone(), e.tencent_sms.clone())),
+        Arc::new(webhook::Webhook::new(
+            cfg.webhook_timeout,
+            cfg.webhook_allow_private,
+            clock(),
+        )?),
+        Arc::new(aliyun::Aliyun::new(http.clone(), e.aliyun_sms.clone(), clock())),
+        Arc::new(tencent::Tencent::new(http.clone(), e.tencent_sms.clone(), clock())),
         Arc::new(twilio::Twilio::new(
             http.clone(),
             e.twilio.clone(),
             cfg.public_url.clone(),
         )),
-        Arc::new(dingtalk::DingTalk::new(http.clone(), e.dingtalk.clone())),
+        Arc::new(dingtalk::DingTalk::new(http.clone(), e.dingtalk.clone(), clock())),
         Arc::new(wecom::WeCom::new(http.clone(), e.wecom.clone())),
-        Arc::new(feishu::Feishu::new(http.clone(), e.feishu.clone())),
-        Arc::new(wechat::Wechat::new(http, e.wechat.clone(), ddb, table.to_string())),
+        Arc::new(feishu::Feishu::new(http.clone(), e.feishu.clone(), clock())),
+        Arc::new(wechat::Wechat::new(
+            http,
+            e.wechat.clone(),
+            ddb,
+            table.to_string(),
+            clock(),
+        )),
     ]))
 }
 

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{transport_error, Provider};
 use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -127,12 +128,14 @@ struct SendStatus {
 pub struct Tencent {
     http: reqwest::Client,
     endpoint: String,
+    /// Signs requests (`X-TC-Timestamp`, the credential scope date).
+    clock: Clock,
 }
 
 impl Tencent {
     /// `endpoint` is the base URL without trailing slash (`https://sms.tencentcloudapi.com`).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
-        Self { http, endpoint }
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
+        Self { http, endpoint, clock }
     }
 }
 
@@ -200,7 +203,7 @@ impl Provider for Tencent {
             "SessionContext": message.id,
         }))
         .map_err(|e| permanent("encode", e.to_string()))?;
-        let timestamp = crate::clock::now_ms() / 1000;
+        let timestamp = (self.clock)() / 1000;
         let (canonical, signed_headers) = canonical_request(
             &[
                 ("content-type", CONTENT_TYPE),

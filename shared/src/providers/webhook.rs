@@ -9,6 +9,7 @@ use base64::Engine;
 
 use super::Provider;
 use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
@@ -49,11 +50,13 @@ pub fn payload(message: &Message, timestamp: i64) -> serde_json::Value {
 pub struct Webhook {
     client: reqwest::Client,
     allow_private: bool,
+    /// Signs deliveries (`webhook-timestamp`, seconds).
+    clock: Clock,
 }
 
 impl Webhook {
     /// A client with no redirects, a total timeout and the address guard.
-    pub fn new(timeout: Duration, allow_private: bool) -> Result<Self, reqwest::Error> {
+    pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -61,7 +64,11 @@ impl Webhook {
             .dns_resolver(guarded_resolver(allow_private))
             .user_agent("Pushgate-Webhooks/1")
             .build()?;
-        Ok(Self { client, allow_private })
+        Ok(Self {
+            client,
+            allow_private,
+            clock,
+        })
     }
 }
 
@@ -128,7 +135,7 @@ impl Provider for Webhook {
                 "the app has no webhook signing secret",
             )
         })?;
-        let timestamp = crate::clock::now_ms() / 1000;
+        let timestamp = (self.clock)() / 1000;
         let body = serde_json::to_vec(&payload(message, timestamp))
             .map_err(|e| ProviderError::new(ErrorClass::Permanent, "encode", e.to_string()))?;
         let signature = sign(secret, &message.id, timestamp, &body)?;

@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use super::{transport_error, Provider};
 use crate::apps::{AppConfig, ProviderAccounts, WechatAccount};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message, WechatTemplate};
 
@@ -260,6 +261,8 @@ struct Tokens {
     memory: RwLock<HashMap<String, Cached>>,
     /// One refresh per appid at a time within this instance.
     flights: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Token schedules, lock leases and waits are measured on it.
+    clock: Clock,
 }
 
 impl Tokens {
@@ -289,7 +292,7 @@ impl Tokens {
     }
 
     async fn remembered(&self, appid: &str, stale: Option<&AccessToken>) -> Option<AccessToken> {
-        let now = crate::clock::now_ms();
+        let now = (self.clock)();
         self.memory
             .read()
             .await
@@ -306,10 +309,10 @@ impl Tokens {
         account: &WechatAccount,
         stale: Option<&AccessToken>,
     ) -> Result<Cached, ProviderError> {
-        let deadline = crate::clock::now_ms() + WAIT_MS;
+        let deadline = (self.clock)() + WAIT_MS;
         loop {
             let owner = ulid::Ulid::new().to_string();
-            let now = crate::clock::now_ms();
+            let now = (self.clock)();
             match self.lock(pk, &owner, stale, now).await? {
                 None => return self.refresh(pk, &owner, account, stale.is_some()).await,
                 Some(item) => {
@@ -320,7 +323,7 @@ impl Tokens {
             }
             // Someone else is refreshing: wait for their token rather than ask WeChat too.
             loop {
-                if crate::clock::now_ms() >= deadline {
+                if (self.clock)() >= deadline {
                     return Err(ProviderError::new(
                         ErrorClass::Retryable,
                         "token_busy",
@@ -329,7 +332,7 @@ impl Tokens {
                 }
                 tokio::time::sleep(POLL).await;
                 let item = self.read(pk).await?;
-                let now = crate::clock::now_ms();
+                let now = (self.clock)();
                 if let Some(c) = item.usable(stale, now) {
                     return Ok(c);
                 }
@@ -389,7 +392,7 @@ impl Tokens {
             .send()
             .await
             .map_err(store_error)?;
-        Ok(Central::parse(out.item.as_ref(), crate::clock::now_ms()))
+        Ok(Central::parse(out.item.as_ref(), (self.clock)()))
     }
 
     /// As lock holder: fetch a token, store it and release the lock in one write.
@@ -400,7 +403,7 @@ impl Tokens {
         account: &WechatAccount,
         force: bool,
     ) -> Result<Cached, ProviderError> {
-        let now = crate::clock::now_ms();
+        let now = (self.clock)();
         let fetched = match self.fetch(account, force).await {
             Ok(f) => f,
             Err(e) => {
@@ -544,7 +547,13 @@ pub struct Wechat {
 impl Wechat {
     /// `endpoint` is the API base without a trailing slash; `table` is the messages
     /// table, which also holds one token item per appid.
-    pub fn new(http: reqwest::Client, endpoint: String, ddb: aws_sdk_dynamodb::Client, table: String) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: String,
+        ddb: aws_sdk_dynamodb::Client,
+        table: String,
+        clock: Clock,
+    ) -> Self {
         Self {
             tokens: Tokens {
                 http,
@@ -553,6 +562,7 @@ impl Wechat {
                 table,
                 memory: RwLock::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
+                clock,
             },
         }
     }
@@ -599,8 +609,8 @@ impl Wechat {
                 }),
                 delivered: false,
             })),
-            c if is_token_error(c) => Ok(Err(classify(c, "", crate::clock::now_ms()))),
-            c => Err(classify(c, &scrub(&answer.errmsg, token), crate::clock::now_ms())),
+            c if is_token_error(c) => Ok(Err(classify(c, "", (self.tokens.clock)()))),
+            c => Err(classify(c, &scrub(&answer.errmsg, token), (self.tokens.clock)())),
         }
     }
 }
