@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::apps::{AppConfig, ProviderAccounts};
+use crate::apps::{AppConfig, ProviderAccounts, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
+use crate::receipts::{Batch, Inbound, ReceiptError, Reply};
 use crate::shaping::Rate;
 
 pub mod aliyun;
@@ -47,6 +48,41 @@ pub trait Provider: Send + Sync {
             "this provider cannot be asked what it holds",
         ))
     }
+}
+
+/// A vendor's delivery receipts, as they reach `/v1/callbacks/{name}`: how the callback
+/// is authenticated, what it carries and what the vendor must read back. One unit struct
+/// per vendor that sends receipts, listed in [`receipt_source`]'s registry.
+pub trait ReceiptSource: Send + Sync {
+    /// The provider's name, which is also its callback path segment.
+    fn name(&self) -> &'static str;
+    /// The answer to a `GET` (WeChat's server-URL check), given once the call is
+    /// authentic; `None` for vendors that only POST (the callback answers 405 then).
+    fn on_get(&self, _call: &Inbound<'_>) -> Option<Reply> {
+        None
+    }
+    /// Whether the call really comes from the vendor.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool;
+    /// The receipts an authentic POST carries.
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError>;
+    /// What the vendor must read back once `applied` of the batch's receipts changed a
+    /// message.
+    fn reply(&self, batch: &Batch, applied: usize) -> Reply;
+}
+
+/// Every vendor that sends receipts. Adding one is its module's `ReceiptSource` plus one
+/// line here.
+static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
+    &ses::SesReceipts,
+    &twilio::TwilioReceipts,
+    &aliyun::AliyunReceipts,
+    &tencent::TencentReceipts,
+    &wechat::WechatReceipts,
+];
+
+/// The receipt source whose callback path segment is `name`.
+pub fn receipt_source(name: &str) -> Option<&'static dyn ReceiptSource> {
+    RECEIPT_SOURCES.iter().copied().find(|s| s.name() == name)
 }
 
 /// The providers in service.

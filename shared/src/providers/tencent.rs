@@ -7,11 +7,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::ReceiptSource;
 use super::{transport_error, Provider};
+use crate::apps::ServiceSecrets;
 use crate::apps::{AppConfig, ProviderAccounts};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::Status;
 use crate::message::{Channel, Message};
+use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use serde_json::Value;
 
 pub const SERVICE: &str = "sms";
 pub const API_VERSION: &str = "2021-01-11";
@@ -247,6 +252,55 @@ impl Provider for Tencent {
     }
 }
 
+// Receipts: Tencent pushes status reports to `/v1/callbacks/tencent`.
+
+/// Tencent SMS status callback: a JSON array; `sid` is the send's `SerialNo`.
+pub fn parse(body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
+    let reports: Vec<Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
+    reports
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+            let status = match text("report_status").as_deref() {
+                Some("SUCCESS") => Status::Delivered,
+                Some("FAIL") => Status::Failed,
+                _ => return Err(ReceiptError::Unrecognised("report_status must be SUCCESS or FAIL")),
+            };
+            Ok(Receipt {
+                provider: "tencent",
+                pk: None,
+                id: None,
+                provider_message_id: Some(text("sid").ok_or(ReceiptError::Unrecognised("report without sid"))?),
+                status,
+                note: format!("tencent: {}", text("errmsg").unwrap_or_default()),
+            })
+        })
+        .collect()
+}
+
+/// Tencent SMS status callbacks, authenticated by the shared callback token (Tencent
+/// documents no signature).
+pub struct TencentReceipts;
+
+impl ReceiptSource for TencentReceipts {
+    fn name(&self) -> &'static str {
+        "tencent"
+    }
+
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
+        call.has_callback_token(secrets)
+    }
+
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
+        parse(call.body).map(Batch::of)
+    }
+
+    /// Tencent pushes again unless it reads this.
+    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
+        Reply::Json(serde_json::json!({"result": 0, "errmsg": "OK"}))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +385,14 @@ mod tests {
         ] {
             assert_eq!(classify(code), (ErrorClass::Permanent, None), "{code}");
         }
+    }
+
+    #[test]
+    fn status_reports_parse() {
+        let t = parse(br#"[{"mobile":"138","report_status":"FAIL","errmsg":"MK:0001","sid":"s-1"}]"#).unwrap();
+        assert_eq!(
+            (t[0].status, t[0].provider_message_id.as_deref()),
+            (Status::Failed, Some("s-1"))
+        );
     }
 }
