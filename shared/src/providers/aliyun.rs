@@ -13,15 +13,13 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::ReceiptSource;
 use super::{transport_error, Provider};
-use crate::apps::ServiceSecrets;
 use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{Receipt, ReceiptError, TokenReports};
 use serde_json::Value;
 
 pub const API_VERSION: &str = "2017-05-25";
@@ -59,6 +57,11 @@ pub fn sign_rpc_v1(method: &str, params: &BTreeMap<String, String>, access_key_s
         key.as_bytes(),
         &[string_to_sign_v1(method, params).as_bytes()],
     ))
+}
+
+/// The app's Aliyun account: its AccessKey id.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.aliyun.as_ref()?.access_key_id.clone())
 }
 
 /// The inputs of an ACS3-HMAC-SHA256 signature. `headers` are the signed headers (names
@@ -310,13 +313,13 @@ impl Aliyun {
     }
 }
 
-/// The app's Aliyun account: its AccessKey id.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.aliyun.as_ref()?.access_key_id.clone())
-}
-
 #[async_trait::async_trait]
 impl Provider for Aliyun {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "aliyun"
     }
@@ -329,10 +332,6 @@ impl Provider for Aliyun {
         // SendSms is not idempotent (a second call is a second SMS), so after a lost
         // answer ask QuerySendDetails whether it was sent, as providers.md advises.
         Ambiguity::Reconcile
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
@@ -408,55 +407,35 @@ impl Provider for Aliyun {
 
 // Receipts: Aliyun pushes SmsReport batches to `/v1/callbacks/aliyun`.
 
-/// Aliyun SmsReport push: a JSON array; `out_id` is our message id.
-pub fn parse(body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
-    let reports: Vec<Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
-    reports
-        .iter()
-        .map(|r| {
-            let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
-            let success = r
-                .get("success")
-                .and_then(Value::as_bool)
-                .ok_or(ReceiptError::Unrecognised("report without success"))?;
-            Ok(Receipt {
-                provider: "aliyun",
-                pk: None,
-                id: text("out_id").filter(|s| !s.is_empty()),
-                provider_message_id: text("biz_id"),
-                status: if success { Status::Delivered } else { Status::Failed },
-                note: format!("aliyun: {}", text("err_code").unwrap_or_default()),
-            })
-        })
-        .collect()
+/// One report of an Aliyun SmsReport push; `out_id` is our message id.
+fn report(r: &Value) -> Result<Receipt, ReceiptError> {
+    let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+    let success = r
+        .get("success")
+        .and_then(Value::as_bool)
+        .ok_or(ReceiptError::Unrecognised("report without success"))?;
+    Ok(Receipt {
+        provider: "aliyun",
+        pk: None,
+        id: text("out_id").filter(|s| !s.is_empty()),
+        provider_message_id: text("biz_id"),
+        status: if success { Status::Delivered } else { Status::Failed },
+        note: format!("aliyun: {}", text("err_code").unwrap_or_default()),
+    })
 }
 
 /// Aliyun SmsReport pushes, authenticated by the shared callback token (Aliyun documents
-/// no signature).
-pub struct AliyunReceipts;
-
-impl ReceiptSource for AliyunReceipts {
-    fn name(&self) -> &'static str {
-        "aliyun"
-    }
-
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
-    }
-
-    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
-        parse(call.body).map(Batch::of)
-    }
-
-    /// Aliyun pushes again unless it reads this.
-    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
-        Reply::Json(serde_json::json!({"code": 0, "msg": "success"}))
-    }
-}
+/// no signature); Aliyun pushes again unless it reads `{"code": 0, "msg": "success"}`.
+pub static RECEIPTS: TokenReports = TokenReports {
+    name: "aliyun",
+    report,
+    ack: || serde_json::json!({"code": 0, "msg": "success"}),
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receipts::parse_reports;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -649,9 +628,11 @@ mod tests {
 
     #[test]
     fn sms_reports_parse() {
-        let a =
-            parse(br#"[{"phone_number":"138","success":true,"err_code":"DELIVERED","biz_id":"b1","out_id":"01ID"}]"#)
-                .unwrap();
+        let a = parse_reports(
+            br#"[{"phone_number":"138","success":true,"err_code":"DELIVERED","biz_id":"b1","out_id":"01ID"}]"#,
+            report,
+        )
+        .unwrap();
         assert_eq!((a[0].status, a[0].id.as_deref()), (Status::Delivered, Some("01ID")));
     }
 }

@@ -71,6 +71,11 @@ fn outcome(status: u16, errcode: Option<i64>, errmsg: &str) -> Result<Sent, Prov
     CODES.outcome(status, errcode, errmsg, "")
 }
 
+/// The DingTalk robot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.dingtalk, to)
+}
+
 pub struct DingTalk {
     endpoint: Endpoint,
     /// Signs posts (`timestamp`, milliseconds).
@@ -87,13 +92,13 @@ impl DingTalk {
     }
 }
 
-/// The DingTalk robot `to` names (see [`super::robot::account`]).
-pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
-    super::robot::account(&accounts.dingtalk, to)
-}
-
 #[async_trait::async_trait]
 impl Provider for DingTalk {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "dingtalk"
     }
@@ -110,10 +115,6 @@ impl Provider for DingTalk {
     fn on_ambiguous(&self) -> Ambiguity {
         // A second post is a second group message, and there is no receipt to ask.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

@@ -93,6 +93,11 @@ fn outcome(status: u16, code: Option<i64>, msg: &str) -> Result<Sent, ProviderEr
     CODES.outcome(status, code, msg, "")
 }
 
+/// The Feishu bot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.feishu, to)
+}
+
 pub struct Feishu {
     endpoint: Endpoint,
     /// Signs posts (`timestamp`, seconds).
@@ -109,13 +114,13 @@ impl Feishu {
     }
 }
 
-/// The Feishu bot `to` names (see [`super::robot::account`]).
-pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
-    super::robot::account(&accounts.feishu, to)
-}
-
 #[async_trait::async_trait]
 impl Provider for Feishu {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "feishu"
     }
@@ -132,10 +137,6 @@ impl Provider for Feishu {
     fn on_ambiguous(&self) -> Ambiguity {
         // A second post is a second chat message, and there is no receipt to ask.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

@@ -75,8 +75,8 @@ pub trait ReceiptSource: Send + Sync {
 static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
     &ses::SesReceipts,
     &twilio::TwilioReceipts,
-    &aliyun::AliyunReceipts,
-    &tencent::TencentReceipts,
+    &aliyun::RECEIPTS,
+    &tencent::RECEIPTS,
     &wechat::WechatReceipts,
 ];
 

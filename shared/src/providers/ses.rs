@@ -91,6 +91,11 @@ pub fn account_id(_accounts: &ProviderAccounts, _to: &str) -> Option<String> {
 
 #[async_trait::async_trait]
 impl Provider for Ses {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "ses"
     }
@@ -103,10 +108,6 @@ impl Provider for Ses {
         // SendEmail is not idempotent and SES offers no way to ask whether a message
         // went out: never risk a second email.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

@@ -109,6 +109,11 @@ enum Phase {
     Message,
 }
 
+/// The app's SMTP relay: its host.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.smtp.as_ref()?.host.clone())
+}
+
 /// The SMTP provider. One per process; it caches idle connections per account.
 pub struct Smtp {
     default_from: String,
@@ -377,13 +382,13 @@ fn build(message: &Message, from: &str) -> Result<lettre::Message, ProviderError
     built.map_err(|e| ProviderError::new(ErrorClass::Permanent, "build", e.to_string()))
 }
 
-/// The app's SMTP relay: its host.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.smtp.as_ref()?.host.clone())
-}
-
 #[async_trait::async_trait]
 impl Provider for Smtp {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "smtp"
     }
@@ -395,10 +400,6 @@ impl Provider for Smtp {
     fn on_ambiguous(&self) -> Ambiguity {
         // SMTP has no idempotency: a second DATA is a second email.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

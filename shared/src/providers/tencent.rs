@@ -7,15 +7,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::ReceiptSource;
 use super::{transport_error, Provider};
-use crate::apps::ServiceSecrets;
 use crate::apps::{AppConfig, ProviderAccounts};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{Receipt, ReceiptError, TokenReports};
 use serde_json::Value;
 
 pub const SERVICE: &str = "sms";
@@ -130,6 +128,11 @@ struct SendStatus {
     message: Option<String>,
 }
 
+/// The app's Tencent SMS account: its SDK app id.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.tencent.as_ref()?.sdk_app_id.clone())
+}
+
 pub struct Tencent {
     http: reqwest::Client,
     endpoint: String,
@@ -148,13 +151,13 @@ fn permanent(code: &str, message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorClass::Permanent, code, message)
 }
 
-/// The app's Tencent SMS account: its SDK app id.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.tencent.as_ref()?.sdk_app_id.clone())
-}
-
 #[async_trait::async_trait]
 impl Provider for Tencent {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "tencent"
     }
@@ -166,10 +169,6 @@ impl Provider for Tencent {
     fn on_ambiguous(&self) -> Ambiguity {
         // SendSms is not idempotent: a second call is a second SMS.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
@@ -254,56 +253,36 @@ impl Provider for Tencent {
 
 // Receipts: Tencent pushes status reports to `/v1/callbacks/tencent`.
 
-/// Tencent SMS status callback: a JSON array; `sid` is the send's `SerialNo`.
-pub fn parse(body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
-    let reports: Vec<Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
-    reports
-        .iter()
-        .map(|r| {
-            let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
-            let status = match text("report_status").as_deref() {
-                Some("SUCCESS") => Status::Delivered,
-                Some("FAIL") => Status::Failed,
-                _ => return Err(ReceiptError::Unrecognised("report_status must be SUCCESS or FAIL")),
-            };
-            Ok(Receipt {
-                provider: "tencent",
-                pk: None,
-                id: None,
-                provider_message_id: Some(text("sid").ok_or(ReceiptError::Unrecognised("report without sid"))?),
-                status,
-                note: format!("tencent: {}", text("errmsg").unwrap_or_default()),
-            })
-        })
-        .collect()
+/// One report of a Tencent SMS status callback; `sid` is the send's `SerialNo`.
+fn report(r: &Value) -> Result<Receipt, ReceiptError> {
+    let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+    let status = match text("report_status").as_deref() {
+        Some("SUCCESS") => Status::Delivered,
+        Some("FAIL") => Status::Failed,
+        _ => return Err(ReceiptError::Unrecognised("report_status must be SUCCESS or FAIL")),
+    };
+    Ok(Receipt {
+        provider: "tencent",
+        pk: None,
+        id: None,
+        provider_message_id: Some(text("sid").ok_or(ReceiptError::Unrecognised("report without sid"))?),
+        status,
+        note: format!("tencent: {}", text("errmsg").unwrap_or_default()),
+    })
 }
 
 /// Tencent SMS status callbacks, authenticated by the shared callback token (Tencent
-/// documents no signature).
-pub struct TencentReceipts;
-
-impl ReceiptSource for TencentReceipts {
-    fn name(&self) -> &'static str {
-        "tencent"
-    }
-
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
-    }
-
-    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
-        parse(call.body).map(Batch::of)
-    }
-
-    /// Tencent pushes again unless it reads this.
-    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
-        Reply::Json(serde_json::json!({"result": 0, "errmsg": "OK"}))
-    }
-}
+/// documents no signature); Tencent pushes again unless it reads `{"result": 0, …}`.
+pub static RECEIPTS: TokenReports = TokenReports {
+    name: "tencent",
+    report,
+    ack: || serde_json::json!({"result": 0, "errmsg": "OK"}),
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receipts::parse_reports;
 
     /// Tencent Cloud international "Signature v3" doc example (service cvm).
     #[test]
@@ -389,7 +368,11 @@ mod tests {
 
     #[test]
     fn status_reports_parse() {
-        let t = parse(br#"[{"mobile":"138","report_status":"FAIL","errmsg":"MK:0001","sid":"s-1"}]"#).unwrap();
+        let t = parse_reports(
+            br#"[{"mobile":"138","report_status":"FAIL","errmsg":"MK:0001","sid":"s-1"}]"#,
+            report,
+        )
+        .unwrap();
         assert_eq!(
             (t[0].status, t[0].provider_message_id.as_deref()),
             (Status::Failed, Some("s-1"))

@@ -75,6 +75,11 @@ fn url_variants(url: &str) -> Vec<String> {
     out
 }
 
+/// The app's Twilio account: its account SID.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.twilio.as_ref()?.account_sid.clone())
+}
+
 pub struct Twilio {
     http: reqwest::Client,
     endpoint: String,
@@ -115,13 +120,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
         .unwrap_or(DEFAULT_RETRY_AFTER)
 }
 
-/// The app's Twilio account: its account SID.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.twilio.as_ref()?.account_sid.clone())
-}
-
 #[async_trait::async_trait]
 impl Provider for Twilio {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "twilio"
     }
@@ -134,10 +139,6 @@ impl Provider for Twilio {
         // Message creation is not idempotent: a second POST is a second SMS. The status
         // callback may still settle an unknown outcome.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

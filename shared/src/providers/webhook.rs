@@ -107,6 +107,11 @@ pub fn account_id(_accounts: &ProviderAccounts, to: &str) -> Option<String> {
 
 #[async_trait::async_trait]
 impl Provider for Webhook {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "webhook"
     }
@@ -119,10 +124,6 @@ impl Provider for Webhook {
         // The webhook-id stays the message id on every attempt, so receivers following
         // Standard Webhooks drop the duplicate.
         Ambiguity::Resend
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

@@ -544,6 +544,11 @@ impl Tokens {
     }
 }
 
+/// The app's WeChat Official Account: its appid.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.wechat.as_ref()?.appid.clone())
+}
+
 /// WeChat Official Account template messages.
 pub struct Wechat {
     tokens: Tokens,
@@ -620,13 +625,13 @@ impl Wechat {
     }
 }
 
-/// The app's WeChat Official Account: its appid.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.wechat.as_ref()?.appid.clone())
-}
-
 #[async_trait::async_trait]
 impl Provider for Wechat {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "wechat"
     }
@@ -639,10 +644,6 @@ impl Provider for Wechat {
         // Template sends are not idempotent; the TEMPLATESENDJOBFINISH receipt may settle
         // an unknown one later.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {

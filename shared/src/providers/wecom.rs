@@ -79,6 +79,11 @@ fn outcome(status: u16, errcode: Option<i64>, errmsg: &str, key: &str) -> Result
     CODES.outcome(status, errcode, errmsg, key)
 }
 
+/// The WeCom robot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.wecom, to)
+}
+
 pub struct WeCom {
     endpoint: Endpoint,
 }
@@ -92,13 +97,13 @@ impl WeCom {
     }
 }
 
-/// The WeCom robot `to` names (see [`super::robot::account`]).
-pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
-    super::robot::account(&accounts.wecom, to)
-}
-
 #[async_trait::async_trait]
 impl Provider for WeCom {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "wecom"
     }
@@ -115,10 +120,6 @@ impl Provider for WeCom {
     fn on_ambiguous(&self) -> Ambiguity {
         // A second post is a second group message, and there is no receipt to ask.
         Ambiguity::MarkUnknown
-    }
-
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
