@@ -231,3 +231,106 @@ pub fn transport_error(e: &reqwest::Error) -> ProviderError {
         ProviderError::new(ErrorClass::Ambiguous, "transport", "request failed mid-way")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Sent;
+
+    /// A provider that answers `account` the way the vendor of its name does.
+    struct Named(&'static str, Channel);
+
+    #[async_trait::async_trait]
+    impl Provider for Named {
+        fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+            account_by_name(self.0, &app.providers, to)
+        }
+
+        fn name(&self) -> &'static str {
+            self.0
+        }
+
+        fn channel(&self) -> Channel {
+            self.1
+        }
+
+        fn on_ambiguous(&self) -> Ambiguity {
+            Ambiguity::MarkUnknown
+        }
+
+        async fn send(&self, _message: &Message, _app: &AppConfig) -> Result<Sent, ProviderError> {
+            unreachable!("never sent")
+        }
+    }
+
+    /// The registry's order, as `standard` builds it.
+    fn registry() -> Providers {
+        Providers::new(vec![
+            Arc::new(Named("ses", Channel::Email)),
+            Arc::new(Named("smtp", Channel::Email)),
+            Arc::new(Named("webhook", Channel::Webhook)),
+            Arc::new(Named("aliyun", Channel::Sms)),
+            Arc::new(Named("tencent", Channel::Sms)),
+            Arc::new(Named("twilio", Channel::Sms)),
+            Arc::new(Named("dingtalk", Channel::Dingtalk)),
+        ])
+    }
+
+    fn app(providers: serde_json::Value) -> AppConfig {
+        serde_json::from_value(serde_json::json!({"key": "a", "secrets": [], "providers": providers})).unwrap()
+    }
+
+    fn names(list: Vec<Arc<dyn Provider>>) -> Vec<&'static str> {
+        list.iter().map(|p| p.name()).collect()
+    }
+
+    #[test]
+    fn candidates_follow_the_registry_unless_the_app_or_route_says_otherwise() {
+        let p = registry();
+        let sms = serde_json::json!({"access_key_id": "k", "access_key_secret": "s", "sign_name": "n"});
+        let tencent = serde_json::json!({"secret_id": "i", "secret_key": "k", "sdk_app_id": "1", "sign_name": "n"});
+        let smtp = serde_json::json!({"host": "mail.example"});
+        let both = app(serde_json::json!({"tencent": tencent, "aliyun": sms, "smtp": smtp}));
+        assert_eq!(names(p.candidates(Channel::Sms, &both, None)), ["aliyun", "tencent"]);
+        assert_eq!(names(p.candidates(Channel::Email, &both, None)), ["ses", "smtp"]);
+        let ordered = app(serde_json::json!({
+            "aliyun": sms, "tencent": tencent, "sms_order": ["twilio", "tencent", "aliyun"],
+            "email_order": ["smtp", "ses"], "smtp": smtp,
+        }));
+        // Twilio has no account: skipped.
+        assert_eq!(names(p.candidates(Channel::Sms, &ordered, None)), ["tencent", "aliyun"]);
+        assert_eq!(names(p.candidates(Channel::Email, &ordered, None)), ["smtp", "ses"]);
+        let route = ["aliyun".to_string(), "ses".to_string()];
+        assert_eq!(names(p.candidates(Channel::Sms, &ordered, Some(&route))), ["aliyun"]);
+        let none = app(serde_json::json!({}));
+        assert!(p.candidates(Channel::Sms, &none, None).is_empty());
+        assert!(p.candidates(Channel::Dingtalk, &none, None).is_empty());
+        assert_eq!(names(p.candidates(Channel::Email, &none, None)), ["ses"]);
+        assert_eq!(names(p.candidates(Channel::Webhook, &none, None)), ["webhook"]);
+    }
+
+    #[test]
+    fn accounts_by_name() {
+        let robots = app(serde_json::json!({"dingtalk": {"ops": {"token": "t"}}}));
+        // The token's hash (hex of sha256's first 8 bytes), never the token.
+        assert_eq!(
+            account_by_name("dingtalk", &robots.providers, "ops").as_deref(),
+            Some("e3b98a4da31a127d")
+        );
+        assert_eq!(
+            account_by_name("dingtalk", &robots.providers, "nope").as_deref(),
+            Some("default")
+        );
+        assert_eq!(account_by_name("wecom", &robots.providers, "ops"), None);
+        assert_eq!(
+            account_by_name("webhook", &robots.providers, "https://hooks.example/x").as_deref(),
+            Some("hooks.example")
+        );
+        assert_eq!(
+            account_by_name("ses", &robots.providers, "a@b.c").as_deref(),
+            Some("default")
+        );
+        assert_eq!(account_by_name("nope", &robots.providers, "x"), None);
+        assert_eq!(robots.providers.account_id("aliyun", "x"), "default");
+    }
+}
