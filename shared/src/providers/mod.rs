@@ -1,4 +1,10 @@
-//! Providers: one file each behind one trait, so adding a provider is adding a file.
+//! Providers: one file per vendor, owning everything about it: request signing, sending,
+//! error classification, documented rate, which of an app's accounts a message goes
+//! through, reconciling, and (for vendors that send them) parsing and authenticating its
+//! receipts. Adding a vendor is adding its file plus a line in [`standard`] (and in
+//! [`receipt_source`]'s registry if it sends receipts, and in `ACCOUNTS` until the
+//! dispatcher asks [`Provider::account`]); nothing elsewhere matches on provider names.
+//! `robot.rs` holds what the chat robots share.
 
 use std::sync::Arc;
 
