@@ -103,16 +103,6 @@ pub struct ProviderAccounts {
     pub rates: HashMap<String, crate::shaping::Rate>,
 }
 
-impl ProviderAccounts {
-    /// Which account of `provider` a message to `to` goes through, `"default"` when the
-    /// app has none. Each vendor's module owns the answer ([`crate::providers::Provider::account`]);
-    /// this by-name form stays only for callers that hold a provider's name rather than
-    /// the provider (the dispatcher's circuit keys), and goes once they call the trait.
-    pub fn account_id(&self, provider: &str, to: &str) -> String {
-        crate::providers::account_by_name(provider, self, to).unwrap_or_else(|| "default".into())
-    }
-}
-
 /// An SMTP relay account (second email provider).
 #[derive(Clone, Deserialize)]
 pub struct SmtpAccount {

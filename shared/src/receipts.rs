@@ -8,7 +8,6 @@ use subtle::ConstantTimeEq;
 
 use crate::apps::ServiceSecrets;
 use crate::message::Status;
-use crate::providers::ReceiptSource;
 
 /// One delivery report, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,33 +108,4 @@ pub fn parse_reports(
 ) -> Result<Vec<Receipt>, ReceiptError> {
     let reports: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
     reports.iter().map(report).collect()
-}
-
-/// A vendor whose callbacks are a JSON array of reports, authenticated by the shared
-/// callback token because the vendor documents no signature (Aliyun, Tencent).
-pub struct TokenReports {
-    /// The provider's name and callback path segment.
-    pub name: &'static str,
-    /// One report's receipt.
-    pub report: fn(&serde_json::Value) -> Result<Receipt, ReceiptError>,
-    /// The acknowledgement the vendor must read, or it pushes again.
-    pub ack: fn() -> serde_json::Value,
-}
-
-impl ReceiptSource for TokenReports {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
-    }
-
-    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
-        parse_reports(call.body, self.report).map(Batch::of)
-    }
-
-    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
-        Reply::Json((self.ack)())
-    }
 }

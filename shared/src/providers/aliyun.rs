@@ -13,13 +13,14 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::TokenReports;
 use super::{transport_error, Provider};
 use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Receipt, ReceiptError, TokenReports};
+use crate::receipts::{Receipt, ReceiptError};
 use serde_json::Value;
 
 pub const API_VERSION: &str = "2017-05-25";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::apps::{AppConfig, ProviderAccounts, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
-use crate::receipts::{Batch, Inbound, ReceiptError, Reply};
+use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Reply};
 use crate::shaping::Rate;
 
 pub mod aliyun;
@@ -85,6 +85,35 @@ static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
     &tencent::RECEIPTS,
     &wechat::WechatReceipts,
 ];
+
+/// A vendor whose callbacks are a JSON array of reports, authenticated by the shared
+/// callback token because the vendor documents no signature (Aliyun, Tencent).
+pub struct TokenReports {
+    /// The provider's name and callback path segment.
+    pub name: &'static str,
+    /// One report's receipt.
+    pub report: fn(&serde_json::Value) -> Result<Receipt, ReceiptError>,
+    /// The acknowledgement the vendor must read, or it pushes again.
+    pub ack: fn() -> serde_json::Value,
+}
+
+impl ReceiptSource for TokenReports {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
+        call.has_callback_token(secrets)
+    }
+
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
+        parse_reports(call.body, self.report).map(Batch::of)
+    }
+
+    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
+        Reply::Json((self.ack)())
+    }
+}
 
 /// The receipt source whose callback path segment is `name`.
 pub fn receipt_source(name: &str) -> Option<&'static dyn ReceiptSource> {
@@ -197,6 +226,16 @@ pub fn account_by_name(provider: &str, accounts: &ProviderAccounts, to: &str) ->
         .iter()
         .find(|(name, _)| *name == provider)
         .and_then(|(_, account)| account(accounts, to))
+}
+
+impl ProviderAccounts {
+    /// Which account of `provider` a message to `to` goes through, `"default"` when the
+    /// app has none. Each vendor's module owns the answer ([`Provider::account`]);
+    /// this by-name form stays only for callers that hold a provider's name rather than
+    /// the provider (the dispatcher's circuit keys), and goes once they call the trait.
+    pub fn account_id(&self, provider: &str, to: &str) -> String {
+        account_by_name(provider, self, to).unwrap_or_else(|| "default".into())
+    }
 }
 
 /// A provider HTTP client: fixed endpoints from configuration, no redirects, bounded time.

@@ -7,13 +7,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::TokenReports;
 use super::{transport_error, Provider};
 use crate::apps::{AppConfig, ProviderAccounts};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Receipt, ReceiptError, TokenReports};
+use crate::receipts::{Receipt, ReceiptError};
 use serde_json::Value;
 
 pub const SERVICE: &str = "sms";
