@@ -1,5 +1,10 @@
 //! Per-app configuration and service secrets, read from one Secrets Manager secret
 //! (JSON) at cold start and re-read every few minutes so secret rotation takes effect.
+//!
+//! The provider account structs (`AliyunAccount` and the rest) stay here as the config
+//! schema: they are what the secret document looks like. What they mean (which account a
+//! message goes through, which providers an app can use, in what default order) belongs
+//! to each vendor's module in `providers/`, so nothing here matches on provider names.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use sha2::Digest;
 use tokio::sync::RwLock;
 
 /// One client application.
@@ -69,7 +73,8 @@ pub enum WhenExhausted {
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderAccounts {
-    /// SMS providers in order of preference (default: aliyun, tencent, twilio, as configured).
+    /// SMS providers in order of preference (default: the registry's order, aliyun,
+    /// tencent, twilio, among those configured).
     #[serde(default)]
     pub sms_order: Vec<String>,
     #[serde(default)]
@@ -86,7 +91,8 @@ pub struct ProviderAccounts {
     pub feishu: HashMap<String, RobotAccount>,
     #[serde(default)]
     pub wechat: Option<WechatAccount>,
-    /// Email providers in order of preference (default: ses, then smtp if configured).
+    /// Email providers in order of preference (default: the registry's order, ses, then
+    /// smtp if configured).
     #[serde(default)]
     pub email_order: Vec<String>,
     #[serde(default)]
@@ -95,89 +101,6 @@ pub struct ProviderAccounts {
     /// documented limits the dispatcher shapes traffic to.
     #[serde(default)]
     pub rates: HashMap<String, crate::shaping::Rate>,
-}
-
-impl ProviderAccounts {
-    /// Whether the app has an account for `provider` (providers without accounts,
-    /// SES and webhooks, always count).
-    pub fn configured(&self, provider: &str) -> bool {
-        match provider {
-            "aliyun" => self.aliyun.is_some(),
-            "tencent" => self.tencent.is_some(),
-            "twilio" => self.twilio.is_some(),
-            "smtp" => self.smtp.is_some(),
-            "wechat" => self.wechat.is_some(),
-            "dingtalk" => !self.dingtalk.is_empty(),
-            "wecom" => !self.wecom.is_empty(),
-            "feishu" => !self.feishu.is_empty(),
-            _ => true,
-        }
-    }
-
-    /// Which account of `provider` a message to `to` goes through: the unit providers
-    /// rate-limit and fail by, so rate buckets and circuit breakers are kept per account.
-    /// Never a secret: robot tokens are hashed.
-    pub fn account_id(&self, provider: &str, to: &str) -> String {
-        let robot = |robots: &HashMap<String, RobotAccount>| {
-            robots
-                .get(to)
-                .map(|r| hex::encode(&sha2::Sha256::digest(r.token.as_bytes())[..8]))
-        };
-        let id = match provider {
-            "aliyun" => self.aliyun.as_ref().map(|a| a.access_key_id.clone()),
-            "tencent" => self.tencent.as_ref().map(|a| a.sdk_app_id.clone()),
-            "twilio" => self.twilio.as_ref().map(|a| a.account_sid.clone()),
-            "smtp" => self.smtp.as_ref().map(|a| a.host.clone()),
-            "wechat" => self.wechat.as_ref().map(|a| a.appid.clone()),
-            "dingtalk" => robot(&self.dingtalk),
-            "wecom" => robot(&self.wecom),
-            "feishu" => robot(&self.feishu),
-            "webhook" => url::Url::parse(to).ok().and_then(|u| u.host_str().map(str::to_string)),
-            _ => None,
-        };
-        id.unwrap_or_else(|| "default".into())
-    }
-}
-
-impl ProviderAccounts {
-    /// SMS providers to try, in order, among those configured.
-    pub fn sms_providers(&self) -> Vec<&str> {
-        let default = ["aliyun", "tencent", "twilio"];
-        let order: Vec<&str> = if self.sms_order.is_empty() {
-            default.to_vec()
-        } else {
-            self.sms_order.iter().map(String::as_str).collect()
-        };
-        order
-            .into_iter()
-            .filter(|p| match *p {
-                "aliyun" => self.aliyun.is_some(),
-                "tencent" => self.tencent.is_some(),
-                "twilio" => self.twilio.is_some(),
-                _ => false,
-            })
-            .collect()
-    }
-}
-
-impl ProviderAccounts {
-    /// Email providers to try, in order: SES needs no per-app account.
-    pub fn email_providers(&self) -> Vec<&str> {
-        let default = ["ses", "smtp"];
-        let order: Vec<&str> = if self.email_order.is_empty() {
-            default.to_vec()
-        } else {
-            self.email_order.iter().map(String::as_str).collect()
-        };
-        order
-            .into_iter()
-            .filter(|p| match *p {
-                "ses" => true,
-                "smtp" => self.smtp.is_some(),
-                _ => false,
-            })
-            .collect()
-    }
 }
 
 /// An SMTP relay account (second email provider).

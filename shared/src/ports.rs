@@ -39,7 +39,7 @@ pub enum Charge {
 
 /// A port call that failed for a reason outside the domain (the store or queue is
 /// unreachable, an item is malformed): the dispatcher backs off and tries again later.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct PortError(pub String);
 

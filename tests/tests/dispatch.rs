@@ -124,7 +124,12 @@ async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
     else {
         panic!("claim")
     };
-    let webhook = pushgate_shared::providers::webhook::Webhook::new(Duration::from_secs(2), true).unwrap();
+    let webhook = pushgate_shared::providers::webhook::Webhook::new(
+        Duration::from_secs(2),
+        true,
+        pushgate_shared::clock::system(),
+    )
+    .unwrap();
     let app: pushgate_shared::apps::AppConfig =
         serde_json::from_value(json!({"key": APP, "secrets": [], "webhook_secret": WEBHOOK_SECRET})).unwrap();
     pushgate_shared::providers::Provider::send(&webhook, &message, &app)

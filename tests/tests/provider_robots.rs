@@ -97,7 +97,7 @@ fn assert_class(e: &ProviderError, class: ErrorClass, code: &str) {
 #[tokio::test]
 async fn dingtalk_posts_signed_text_with_mentions() {
     let f = fakes().await;
-    let p = DingTalk::new(http(), f.endpoints().dingtalk);
+    let p = DingTalk::new(http(), f.endpoints().dingtalk, pushgate_shared::clock::system());
     assert_eq!(
         (p.name(), p.channel(), p.on_ambiguous()),
         ("dingtalk", Channel::Dingtalk, Ambiguity::MarkUnknown)
@@ -124,7 +124,7 @@ async fn dingtalk_posts_signed_text_with_mentions() {
 #[tokio::test]
 async fn dingtalk_markdown_takes_its_title_from_the_subject_or_first_line() {
     let f = fakes().await;
-    let p = DingTalk::new(http(), f.endpoints().dingtalk);
+    let p = DingTalk::new(http(), f.endpoints().dingtalk, pushgate_shared::clock::system());
     p.send(&markdown(Channel::Dingtalk, "ops", Some("Release 1.2")), &app())
         .await
         .unwrap();
@@ -140,7 +140,7 @@ async fn dingtalk_markdown_takes_its_title_from_the_subject_or_first_line() {
 #[tokio::test]
 async fn dingtalk_throttle_defers_ten_minutes_and_boom_retries() {
     let f = fakes().await;
-    let p = DingTalk::new(http(), f.endpoints().dingtalk);
+    let p = DingTalk::new(http(), f.endpoints().dingtalk, pushgate_shared::clock::system());
     let e = p
         .send(
             &text(Channel::Dingtalk, "ops", &format!("x {}", fake_dt::THROTTLE)),
@@ -160,7 +160,7 @@ async fn dingtalk_throttle_defers_ten_minutes_and_boom_retries() {
 #[tokio::test]
 async fn dingtalk_rate_limit_defers_the_post_over_twenty_a_minute() {
     let f = fakes().await;
-    let p = DingTalk::new(http(), f.endpoints().dingtalk);
+    let p = DingTalk::new(http(), f.endpoints().dingtalk, pushgate_shared::clock::system());
     for i in 0..fake_dt::PER_MINUTE {
         p.send(&text(Channel::Dingtalk, "ops", &format!("n{i}")), &app())
             .await
@@ -177,7 +177,7 @@ async fn dingtalk_rate_limit_defers_the_post_over_twenty_a_minute() {
 #[tokio::test]
 async fn dingtalk_wrong_secret_is_refused_and_permanent() {
     let f = fakes().await;
-    let p = DingTalk::new(http(), f.endpoints().dingtalk);
+    let p = DingTalk::new(http(), f.endpoints().dingtalk, pushgate_shared::clock::system());
     let e = p.send(&text(Channel::Dingtalk, "bad", "hi"), &app()).await.unwrap_err();
     assert_class(&e, ErrorClass::Permanent, "310000");
     let log = f.log.of("dingtalk");
@@ -188,7 +188,7 @@ async fn dingtalk_wrong_secret_is_refused_and_permanent() {
 #[tokio::test]
 async fn dingtalk_unknown_robot_is_permanent_without_a_request() {
     let f = fakes().await;
-    let p = DingTalk::new(http(), f.endpoints().dingtalk);
+    let p = DingTalk::new(http(), f.endpoints().dingtalk, pushgate_shared::clock::system());
     let e = p
         .send(&text(Channel::Dingtalk, "nope", "hi"), &app())
         .await
@@ -345,7 +345,7 @@ async fn wecom_unknown_robot_and_oversized_text_are_permanent_without_a_request(
 #[tokio::test]
 async fn feishu_posts_signed_text_with_at_tags() {
     let f = fakes().await;
-    let p = Feishu::new(http(), f.endpoints().feishu);
+    let p = Feishu::new(http(), f.endpoints().feishu, pushgate_shared::clock::system());
     assert_eq!(
         (p.name(), p.channel(), p.on_ambiguous()),
         ("feishu", Channel::Feishu, Ambiguity::MarkUnknown)
@@ -369,7 +369,7 @@ async fn feishu_posts_signed_text_with_at_tags() {
 #[tokio::test]
 async fn feishu_markdown_is_a_post_titled_by_the_subject() {
     let f = fakes().await;
-    let p = Feishu::new(http(), f.endpoints().feishu);
+    let p = Feishu::new(http(), f.endpoints().feishu, pushgate_shared::clock::system());
     p.send(&markdown(Channel::Feishu, "ops", Some("Release 1.2")), &app())
         .await
         .unwrap();
@@ -387,7 +387,7 @@ async fn feishu_markdown_is_a_post_titled_by_the_subject() {
 #[tokio::test]
 async fn feishu_throttle_defers_and_server_errors_retry() {
     let f = fakes().await;
-    let p = Feishu::new(http(), f.endpoints().feishu);
+    let p = Feishu::new(http(), f.endpoints().feishu, pushgate_shared::clock::system());
     let e = p
         .send(
             &text(Channel::Feishu, "ops", &format!("x {}", fake_fs::THROTTLE)),
@@ -407,7 +407,7 @@ async fn feishu_throttle_defers_and_server_errors_retry() {
 #[tokio::test]
 async fn feishu_rate_limit_defers_the_sixth_post_in_a_second() {
     let f = fakes().await;
-    let p = Feishu::new(http(), f.endpoints().feishu);
+    let p = Feishu::new(http(), f.endpoints().feishu, pushgate_shared::clock::system());
     let started = std::time::Instant::now();
     let mut outcomes = Vec::new();
     for i in 0..=fake_fs::PER_SECOND {
@@ -429,7 +429,7 @@ async fn feishu_rate_limit_defers_the_sixth_post_in_a_second() {
 #[tokio::test]
 async fn feishu_wrong_or_missing_secret_is_refused_and_permanent() {
     let f = fakes().await;
-    let p = Feishu::new(http(), f.endpoints().feishu);
+    let p = Feishu::new(http(), f.endpoints().feishu, pushgate_shared::clock::system());
     for robot in ["bad", "unsigned"] {
         let e = p.send(&text(Channel::Feishu, robot, "hi"), &app()).await.unwrap_err();
         assert_class(&e, ErrorClass::Permanent, "19021");
@@ -443,7 +443,7 @@ async fn feishu_wrong_or_missing_secret_is_refused_and_permanent() {
 #[tokio::test]
 async fn feishu_unknown_robot_is_permanent_without_a_request() {
     let f = fakes().await;
-    let p = Feishu::new(http(), f.endpoints().feishu);
+    let p = Feishu::new(http(), f.endpoints().feishu, pushgate_shared::clock::system());
     let e = p.send(&text(Channel::Feishu, "nope", "hi"), &app()).await.unwrap_err();
     assert_class(&e, ErrorClass::Permanent, "unknown_robot");
     assert!(f.log.of("feishu").is_empty());

@@ -75,11 +75,19 @@ fn magic(suffix: &str) -> String {
 }
 
 fn aliyun(f: &Fakes) -> Aliyun {
-    Aliyun::new(http_client(Duration::from_secs(2)).unwrap(), f.endpoints().aliyun_sms)
+    Aliyun::new(
+        http_client(Duration::from_secs(2)).unwrap(),
+        f.endpoints().aliyun_sms,
+        pushgate_shared::clock::system(),
+    )
 }
 
 fn tencent(f: &Fakes) -> Tencent {
-    Tencent::new(http_client(Duration::from_secs(2)).unwrap(), f.endpoints().tencent_sms)
+    Tencent::new(
+        http_client(Duration::from_secs(2)).unwrap(),
+        f.endpoints().tencent_sms,
+        pushgate_shared::clock::system(),
+    )
 }
 
 fn expect_err(result: Result<Sent, ProviderError>) -> ProviderError {
@@ -92,8 +100,12 @@ fn expect_err(result: Result<Sent, ProviderError>) -> ProviderError {
 #[test]
 fn providers_describe_themselves() {
     let http = http_client(Duration::from_secs(2)).unwrap();
-    let a = Aliyun::new(http.clone(), "http://127.0.0.1:1".into());
-    let t = Tencent::new(http, "http://127.0.0.1:1".into());
+    let a = Aliyun::new(
+        http.clone(),
+        "http://127.0.0.1:1".into(),
+        pushgate_shared::clock::system(),
+    );
+    let t = Tencent::new(http, "http://127.0.0.1:1".into(), pushgate_shared::clock::system());
     assert_eq!(
         (a.name(), a.channel(), a.on_ambiguous()),
         ("aliyun", Channel::Sms, Ambiguity::Reconcile)
@@ -293,6 +305,7 @@ async fn aliyun_lost_answers_and_lost_requests_are_reconciled() {
     let impatient = Aliyun::new(
         http_client(Duration::from_millis(300)).unwrap(),
         f.endpoints().aliyun_sms,
+        pushgate_shared::clock::system(),
     );
     let to = phone_number(TO);
 
@@ -425,8 +438,8 @@ async fn unreachable_endpoints_are_retryable() {
         .port();
     let http = http_client(Duration::from_secs(2)).unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let a = Aliyun::new(http.clone(), endpoint.clone());
-    let t = Tencent::new(http, endpoint);
+    let a = Aliyun::new(http.clone(), endpoint.clone(), pushgate_shared::clock::system());
+    let t = Tencent::new(http, endpoint, pushgate_shared::clock::system());
     let e = expect_err(a.send(&sms(TO), &good_app()).await);
     assert_eq!(e.class, ErrorClass::Retryable);
     let e = expect_err(t.send(&sms(TO), &good_app()).await);

@@ -42,7 +42,13 @@ impl Env {
                 .build(),
         );
         let http = http_client(timeout).expect("http client");
-        let wechat = Wechat::new(http, endpoint, ddb, self.stack.res.messages_table().to_string());
+        let wechat = Wechat::new(
+            http,
+            endpoint,
+            ddb,
+            self.stack.res.messages_table().to_string(),
+            pushgate_shared::clock::system(),
+        );
         (wechat, calls)
     }
 

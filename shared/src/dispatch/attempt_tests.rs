@@ -109,10 +109,6 @@ fn port_err() -> PortError {
     PortError("down".into())
 }
 
-fn clone_port<T: Clone>(r: &Result<T, PortError>) -> Result<T, PortError> {
-    r.as_ref().map(T::clone).map_err(|_| port_err())
-}
-
 /// Runs the machine to its end against the world.
 fn drive(a: &mut Attempt<'_, ()>, takeover: bool, w: &mut World) -> End {
     let mut next = a.start(takeover, NOW);
@@ -124,7 +120,7 @@ fn drive(a: &mut Attempt<'_, ()>, takeover: bool, w: &mut World) -> End {
             }
             Next::Charge => {
                 w.trace.push("charge".into());
-                a.on_charge(clone_port(&w.charge), NOW)
+                a.on_charge(w.charge.clone(), NOW)
             }
             Next::Circuit(i) => {
                 let c = w.circuits.get(&i).copied().unwrap_or(Circuit::Closed);
@@ -132,11 +128,11 @@ fn drive(a: &mut Attempt<'_, ()>, takeover: bool, w: &mut World) -> End {
             }
             Next::Record(r) => {
                 w.trace.push(format!("record {} {:?}", r.via, r.notes));
-                a.on_recorded(clone_port(&w.record), NOW)
+                a.on_recorded(w.record.clone(), NOW)
             }
             Next::Token(i, _) => {
                 w.trace.push(format!("token {}", a.step(i).provider));
-                a.on_token(clone_port(&w.token), NOW, NOW + 7)
+                a.on_token(w.token.clone(), NOW, NOW + 7)
             }
             Next::Send(i) => {
                 w.trace.push(format!("send {}", a.step(i).provider));
@@ -179,7 +175,15 @@ fn every_error_class_under_every_rule_action_at_each_plan_position() {
     use ErrorClass::*;
     // (class, rule action or default, plan length, end, tried, spent). The first send
     // (sms:aliyun) fails; any later send succeeds.
-    let rows: &[(ErrorClass, Option<&str>, usize, &str, &[&str], &[&str])] = &[
+    type Row<'a> = (
+        ErrorClass,
+        Option<&'a str>,
+        usize,
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+    );
+    let rows: &[Row] = &[
         // A next provider and a next channel exist.
         (Retryable, None, 3, "release", &[], &[]),
         (Retryable, Some("retry"), 3, "release", &[], &[]),
@@ -528,7 +532,7 @@ fn a_metered_message_is_charged_once_and_refunded_if_it_fails() {
     ];
     for (p, charge, want) in rows {
         let mut w = World {
-            charge: clone_port(charge),
+            charge: charge.clone(),
             ..World::default()
         };
         let (end, _) = run(message(), 1, "", *p, false, &mut w);

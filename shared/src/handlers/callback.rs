@@ -1,26 +1,29 @@
 //! Callback: `POST /v1/callbacks/{provider}` records provider receipts (and `GET` answers
-//! WeChat's server-URL check). Each provider is authenticated the way it can be:
+//! WeChat's server-URL check). The provider is looked up in the receipt sources'
+//! registry ([`crate::providers::receipt_source`]), and its module says how it is
+//! authenticated, what its callbacks carry and what it must read back:
 //! - `ses`, `aliyun`, `tencent`: the shared callback token (`?token=`), compared in
 //!   constant time (Aliyun and Tencent document no signature at all);
 //! - `twilio`: `X-Twilio-Signature` with the auth token of the app named by `?app=`;
 //! - `wechat`: WeChat's own `signature` = sha1(sorted token, timestamp, nonce), with the
 //!   callback token configured as the WeChat server token.
 //!
-//! SNS message signatures for `ses` are the next seam to fill here.
+//! This handler only routes, authenticates through the source, applies and answers.
 
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
-use serde_json::json;
-use sha1::{Digest, Sha1};
-use subtle::ConstantTimeEq;
 
 use super::{body_bytes, header, json};
-use crate::apps::{Apps, ServiceSecrets};
+use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::problem::Problem;
-use crate::receipts::{self, Receipt, SesCallback};
+use crate::providers::{receipt_source, ReceiptSource};
+use crate::receipts::{Inbound, Receipt, ReceiptError, Reply};
 use crate::store::Store;
+
+/// WeChat's server signature, where the tools and tests have always found it.
+pub use crate::providers::wechat::server_signature as wechat_signature;
 
 /// Everything the callback function needs; built once per cold start.
 pub struct Callback {
@@ -39,27 +42,12 @@ fn query(req: &Request) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn equal(a: &str, b: &str) -> bool {
-    a.as_bytes().ct_eq(b.as_bytes()).into()
-}
-
 fn text(status: u16, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain")
         .body(Body::Text(body.to_string()))
         .unwrap_or_else(|_| Response::new(Body::Empty))
-}
-
-/// WeChat's server signature: hex(sha1(concat(sorted [token, timestamp, nonce]))).
-pub fn wechat_signature(token: &str, timestamp: &str, nonce: &str) -> String {
-    let mut parts = [token, timestamp, nonce];
-    parts.sort_unstable();
-    hex::encode(Sha1::digest(parts.concat().as_bytes()))
 }
 
 impl Callback {
@@ -80,70 +68,13 @@ impl Callback {
         })?;
         let params = query(req);
         let method = req.method().as_str();
-        match (method, provider.as_str()) {
-            ("GET", "wechat") => {
-                self.wechat_auth(&secrets, &params)?;
-                Ok(text(200, param(&params, "echostr").unwrap_or_default()))
-            }
-            ("POST", "wechat") => {
-                self.wechat_auth(&secrets, &params)?;
-                let receipt = receipts::parse_wechat(body_bytes(req)).map_err(bad_receipt)?;
-                if let Some(r) = receipt {
-                    self.apply(&r).await?;
-                }
-                // WeChat retries unless it reads exactly this within 5 s.
-                Ok(text(200, "success"))
-            }
-            ("POST", "twilio") => self.twilio(req, &secrets, &params).await,
-            ("POST", "ses" | "aliyun" | "tencent") => {
-                token_auth(&secrets, &params, &provider)?;
-                match provider.as_str() {
-                    "ses" => self.ses(body_bytes(req)).await,
-                    "aliyun" => {
-                        let receipts = receipts::parse_aliyun(body_bytes(req)).map_err(bad_receipt)?;
-                        self.apply_all(&receipts).await?;
-                        Ok(json(200, &json!({"code": 0, "msg": "success"})))
-                    }
-                    _ => {
-                        let receipts = receipts::parse_tencent(body_bytes(req)).map_err(bad_receipt)?;
-                        self.apply_all(&receipts).await?;
-                        Ok(json(200, &json!({"result": 0, "errmsg": "OK"})))
-                    }
-                }
-            }
-            ("POST", _) => Err(Problem::not_found(format!("no callback for provider '{provider}'"))),
-            _ => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
-        }
-    }
-
-    fn wechat_auth(&self, secrets: &ServiceSecrets, params: &[(String, String)]) -> Result<(), Problem> {
-        let expected = match (
-            secrets.callback_token.as_deref(),
-            param(params, "timestamp"),
-            param(params, "nonce"),
-        ) {
-            (Some(token), Some(ts), Some(nonce)) => wechat_signature(token, ts, nonce),
-            _ => return Err(refused("wechat")),
+        let Some(source) = receipt_source(&provider) else {
+            return Err(match method {
+                "POST" => Problem::not_found(format!("no callback for provider '{provider}'")),
+                _ => method_not_allowed(),
+            });
         };
-        match param(params, "signature") {
-            Some(given) if equal(&expected, given) => Ok(()),
-            _ => Err(refused("wechat")),
-        }
-    }
-
-    async fn twilio(
-        &self,
-        req: &Request,
-        secrets: &ServiceSecrets,
-        params: &[(String, String)],
-    ) -> Result<Response<Body>, Problem> {
-        let fields: Vec<(String, String)> = url::form_urlencoded::parse(body_bytes(req)).into_owned().collect();
-        // The app's auth token signs the request; an app without a Twilio account
-        // cannot have sent through Twilio.
-        let account = param(params, "app")
-            .and_then(|key| secrets.app(key))
-            .and_then(|app| app.providers.twilio.as_ref())
-            .ok_or_else(|| refused("twilio"))?;
+        // The URL the provider called, as it signs it (Twilio).
         let base = match &self.public_url {
             Some(url) => url.clone(),
             None => format!("https://{}", header(req, "host").unwrap_or_default()),
@@ -152,29 +83,32 @@ impl Callback {
             Some(q) => format!("{base}{}?{q}", req.uri().path()),
             None => format!("{base}{}", req.uri().path()),
         };
-        let given = header(req, "x-twilio-signature").unwrap_or_default();
-        if !crate::providers::twilio::verify_signature(&account.auth_token, &url, &fields, given) {
-            return Err(refused("twilio"));
-        }
-        if let Some(receipt) = receipts::parse_twilio(&fields).map_err(bad_receipt)? {
-            self.apply(&receipt).await?;
-        }
-        Ok(text(200, ""))
-    }
-
-    async fn ses(&self, body: &[u8]) -> Result<Response<Body>, Problem> {
-        match receipts::parse_ses(body).map_err(bad_receipt)? {
-            SesCallback::Subscription { topic_arn } => {
-                // Confirming means fetching SubscribeURL, which waits for SNS signature
-                // verification; until then operators confirm by hand.
-                tracing::info!(?topic_arn, "SNS subscription message received; not auto-confirmed");
-                Ok(json(200, &json!({"received": 0, "applied": 0})))
+        let call = Inbound {
+            url: &url,
+            query: &params,
+            headers: req.headers(),
+            body: body_bytes(req),
+        };
+        let authenticate = |source: &dyn ReceiptSource| {
+            if source.authentic(&call, &secrets) {
+                Ok(())
+            } else {
+                Err(refused(source.name()))
             }
-            SesCallback::Event(None) => Ok(json(200, &json!({"received": 1, "applied": 0}))),
-            SesCallback::Event(Some(receipt)) => {
-                let applied = self.apply(&receipt).await?;
-                Ok(json(200, &json!({"received": 1, "applied": u8::from(applied)})))
+        };
+        match method {
+            "GET" => {
+                let reply = source.on_get(&call).ok_or_else(method_not_allowed)?;
+                authenticate(source)?;
+                Ok(respond(reply))
             }
+            "POST" => {
+                authenticate(source)?;
+                let batch = source.parse(&call).map_err(bad_receipt)?;
+                let applied = self.apply_all(&batch.receipts).await?;
+                Ok(respond(source.reply(&batch, applied)))
+            }
+            _ => Err(method_not_allowed()),
         }
     }
 
@@ -219,12 +153,15 @@ impl Callback {
     }
 }
 
-fn token_auth(secrets: &ServiceSecrets, params: &[(String, String)], provider: &str) -> Result<(), Problem> {
-    match (secrets.callback_token.as_deref(), param(params, "token")) {
-        (Some(expected), Some(given)) if equal(expected, given) => Ok(()),
-        // No token configured: refuse everything rather than accept anyone.
-        _ => Err(refused(provider)),
+fn respond(reply: Reply) -> Response<Body> {
+    match reply {
+        Reply::Text(body) => text(200, &body),
+        Reply::Json(value) => json(200, &value),
     }
+}
+
+fn method_not_allowed() -> Problem {
+    Problem::new(405, "method-not-allowed", "Method Not Allowed")
 }
 
 fn refused(provider: &str) -> Problem {
@@ -232,25 +169,13 @@ fn refused(provider: &str) -> Problem {
     Problem::unauthorized("callback authentication failed")
 }
 
-fn bad_receipt(e: receipts::ReceiptError) -> Problem {
+fn bad_receipt(e: ReceiptError) -> Problem {
     Problem::new(400, "bad-receipt", "Bad Request").detail(e.to_string())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "storage unavailable");
     Problem::unavailable("storage temporarily unavailable; retry")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wechat_signature_sorts_before_hashing() {
-        let a = wechat_signature("token", "1700000000", "nonce");
-        assert_eq!(a, wechat_signature("token", "1700000000", "nonce"));
-        assert_eq!(a, hex::encode(Sha1::digest(b"1700000000noncetoken")));
-    }
 }
 
 #[cfg(test)]

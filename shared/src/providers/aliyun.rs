@@ -13,10 +13,15 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::TokenReports;
 use super::{transport_error, Provider};
-use crate::apps::{AliyunAccount, AppConfig};
+use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
+use crate::message::Status;
 use crate::message::{Channel, Message};
+use crate::receipts::{Receipt, ReceiptError};
+use serde_json::Value;
 
 pub const API_VERSION: &str = "2017-05-25";
 
@@ -53,6 +58,11 @@ pub fn sign_rpc_v1(method: &str, params: &BTreeMap<String, String>, access_key_s
         key.as_bytes(),
         &[string_to_sign_v1(method, params).as_bytes()],
     ))
+}
+
+/// The app's Aliyun account: its AccessKey id.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.aliyun.as_ref()?.access_key_id.clone())
 }
 
 /// The inputs of an ACS3-HMAC-SHA256 signature. `headers` are the signed headers (names
@@ -228,12 +238,14 @@ fn account(app: &AppConfig) -> Result<&AliyunAccount, ProviderError> {
 pub struct Aliyun {
     http: reqwest::Client,
     endpoint: String,
+    /// Signs requests (`Timestamp`) and bounds the days a reconcile asks about.
+    clock: Clock,
 }
 
 impl Aliyun {
     /// `endpoint` is the base URL without trailing slash (`https://dysmsapi.aliyuncs.com`).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
-        Self { http, endpoint }
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
+        Self { http, endpoint, clock }
     }
 
     /// One RPC call: `params` plus the common ones and a fresh nonce, signed (v1) and
@@ -245,7 +257,9 @@ impl Aliyun {
         params: &[(&str, &str)],
     ) -> Result<Answer, ProviderError> {
         let nonce = ulid::Ulid::new().to_string();
-        let now = timestamp(time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from((self.clock)()) * 1_000_000)
+            .map(timestamp)
+            .unwrap_or_default();
         let mut params: BTreeMap<String, String> = [
             ("Action", action),
             ("Version", API_VERSION),
@@ -287,17 +301,7 @@ impl Aliyun {
             return Ok(answer.unwrap_or_default());
         }
         let Some(code) = code else {
-            // A 2xx we cannot read may still have sent; anything else says why by status.
-            let class = if (200..300).contains(&status) {
-                ErrorClass::Ambiguous
-            } else {
-                classify(status, None)
-            };
-            return Err(ProviderError::new(
-                class,
-                format!("http_{status}"),
-                format!("Aliyun answered {status} without a Code"),
-            ));
+            return Err(super::unreadable_answer("Aliyun", status, "a Code"));
         };
         let class = classify(status, Some(code));
         let text = answer.as_ref().and_then(|a| a.message.clone()).unwrap_or_default();
@@ -312,6 +316,11 @@ impl Aliyun {
 
 #[async_trait::async_trait]
 impl Provider for Aliyun {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "aliyun"
     }
@@ -360,7 +369,7 @@ impl Provider for Aliyun {
     /// have been sent, looking for our id as `OutId`.
     async fn reconcile(&self, message: &Message, app: &AppConfig) -> Result<Reconciled, ProviderError> {
         let account = account(app)?;
-        let days = send_dates(message.created_at, crate::clock::now_ms()).ok_or_else(|| {
+        let days = send_dates(message.created_at, (self.clock)()).ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Ambiguous,
                 "created_at",
@@ -397,9 +406,37 @@ impl Provider for Aliyun {
     }
 }
 
+// Receipts: Aliyun pushes SmsReport batches to `/v1/callbacks/aliyun`.
+
+/// One report of an Aliyun SmsReport push; `out_id` is our message id.
+fn report(r: &Value) -> Result<Receipt, ReceiptError> {
+    let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+    let success = r
+        .get("success")
+        .and_then(Value::as_bool)
+        .ok_or(ReceiptError::Unrecognised("report without success"))?;
+    Ok(Receipt {
+        provider: "aliyun",
+        pk: None,
+        id: text("out_id").filter(|s| !s.is_empty()),
+        provider_message_id: text("biz_id"),
+        status: if success { Status::Delivered } else { Status::Failed },
+        note: format!("aliyun: {}", text("err_code").unwrap_or_default()),
+    })
+}
+
+/// Aliyun SmsReport pushes, authenticated by the shared callback token (Aliyun documents
+/// no signature); Aliyun pushes again unless it reads `{"code": 0, "msg": "success"}`.
+pub static RECEIPTS: TokenReports = TokenReports {
+    name: "aliyun",
+    report,
+    ack: || serde_json::json!({"code": 0, "msg": "success"}),
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receipts::parse_reports;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -588,5 +625,15 @@ mod tests {
     fn timestamp_format() {
         let t = time::macros::datetime!(2017-05-25 12:00:00 UTC);
         assert_eq!(timestamp(t), "2017-05-25T12:00:00Z");
+    }
+
+    #[test]
+    fn sms_reports_parse() {
+        let a = parse_reports(
+            br#"[{"phone_number":"138","success":true,"err_code":"DELIVERED","biz_id":"b1","out_id":"01ID"}]"#,
+            report,
+        )
+        .unwrap();
+        assert_eq!((a[0].status, a[0].id.as_deref()), (Status::Delivered, Some("01ID")));
     }
 }

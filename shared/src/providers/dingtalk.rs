@@ -7,9 +7,11 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::{transport_error, Provider};
-use crate::apps::AppConfig;
-use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use super::robot::{self, Body, Codes, Endpoint};
+use super::Provider;
+use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
+use crate::delivery::{Ambiguity, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
 /// A robot over 20 messages a minute is throttled for 10 minutes (`130101`).
@@ -24,21 +26,16 @@ pub fn sign(timestamp_ms: i64, secret: &str) -> String {
 
 /// The robot message: markdown when given (title = subject, else its first line), else text.
 pub fn payload(content: &Content) -> Result<serde_json::Value, ProviderError> {
-    let mut body = if let Some(markdown) = content.markdown.as_deref().filter(|m| !m.is_empty()) {
-        let title = content
-            .subject
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| first_line_title(markdown));
-        serde_json::json!({"msgtype": "markdown", "markdown": {"title": title, "text": markdown}})
-    } else if let Some(text) = content.text.as_deref().filter(|t| !t.is_empty()) {
-        serde_json::json!({"msgtype": "text", "text": {"content": text}})
-    } else {
-        return Err(ProviderError::new(
-            ErrorClass::Permanent,
-            "no_content",
-            "a DingTalk robot message needs content.text or content.markdown",
-        ));
+    let mut body = match robot::body(content, "a DingTalk robot message")? {
+        Body::Markdown(markdown) => {
+            let title = content
+                .subject
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| first_line_title(markdown));
+            serde_json::json!({"msgtype": "markdown", "markdown": {"title": title, "text": markdown}})
+        }
+        Body::Text(text) => serde_json::json!({"msgtype": "text", "text": {"content": text}}),
     };
     if let Some(m) = &content.mentions {
         body["at"] = serde_json::json!({
@@ -60,54 +57,48 @@ fn first_line_title(markdown: &str) -> String {
         .to_string()
 }
 
-/// Maps a robot answer to a result (providers.md): throttle defers, security failures are
-/// final, busy and server errors retry.
+/// DingTalk's answer codes (providers.md): `130101` is the throttle, `-1` busy; security
+/// failures (`310000`) and the rest are final.
+const CODES: Codes = Codes {
+    vendor: "DingTalk",
+    throttled: 130101,
+    throttle_wait: THROTTLE_WAIT,
+    busy: Some(-1),
+    http_429_throttles: false,
+};
+
 fn outcome(status: u16, errcode: Option<i64>, errmsg: &str) -> Result<Sent, ProviderError> {
-    let (class, code) = match errcode {
-        Some(0) if (200..300).contains(&status) => {
-            return Ok(Sent {
-                provider_message_id: None,
-                delivered: true,
-            })
-        }
-        Some(130101) => (ErrorClass::Deferrable, "130101".to_string()),
-        Some(-1) => (ErrorClass::Retryable, "-1".to_string()),
-        _ if status >= 500 => (ErrorClass::Retryable, format!("http_{status}")),
-        // A 2xx we cannot read: the post may have gone through.
-        None if (200..300).contains(&status) => (ErrorClass::Ambiguous, "bad_response".to_string()),
-        Some(c) => (ErrorClass::Permanent, c.to_string()),
-        None => (ErrorClass::Permanent, format!("http_{status}")),
-    };
-    let message = if errmsg.is_empty() {
-        format!("DingTalk answered HTTP {status}")
-    } else {
-        errmsg.to_string()
-    };
-    let error = ProviderError::new(class, code, message);
-    Err(if class == ErrorClass::Deferrable {
-        error.retry_after(THROTTLE_WAIT)
-    } else {
-        error
-    })
+    CODES.outcome(status, errcode, errmsg, "")
+}
+
+/// The DingTalk robot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.dingtalk, to)
 }
 
 pub struct DingTalk {
-    http: reqwest::Client,
-    endpoint: String,
+    endpoint: Endpoint,
+    /// Signs posts (`timestamp`, milliseconds).
+    clock: Clock,
 }
 
 impl DingTalk {
     /// `endpoint` is the API base (`https://oapi.dingtalk.com`).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
         Self {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            endpoint: Endpoint::new(http, endpoint),
+            clock,
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Provider for DingTalk {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "dingtalk"
     }
@@ -127,31 +118,24 @@ impl Provider for DingTalk {
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = super::robot(&app.providers.dingtalk, &message.to, "DingTalk")?;
+        let robot = robot::lookup(&app.providers.dingtalk, &message.to, "DingTalk")?;
         let body = payload(&message.content)?;
         let mut query = vec![("access_token", robot.token.clone())];
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
-            let timestamp = crate::clock::now_ms();
+            let timestamp = (self.clock)();
             query.push(("timestamp", timestamp.to_string()));
             query.push(("sign", sign(timestamp, secret)));
         }
-        // The URL carries the access token: errors drop it.
-        let response = self
-            .http
-            .post(format!("{}/robot/send", self.endpoint))
-            .query(&query)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e.without_url()))?;
-        let (status, errcode, errmsg) = super::errcode_answer(response).await;
-        outcome(status, errcode, &errmsg)
+        let request = self.endpoint.post("/robot/send").query(&query).json(&body);
+        let answer = robot::post(request, &robot::ERRCODE).await?;
+        outcome(answer.status, answer.code, &answer.message)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::ErrorClass;
     use crate::message::Mentions;
 
     /// Doc inputs (open.dingtalk.com), value computed independently (providers.md).

@@ -10,8 +10,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use super::robot::{self, AnswerKeys, Body, Codes, Endpoint};
+use super::Provider;
+use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -35,31 +37,27 @@ pub fn payload(content: &Content) -> Result<serde_json::Value, ProviderError> {
     if mentions.all {
         ids.push("all");
     }
-    if let Some(markdown) = content.markdown.as_deref().filter(|m| !m.is_empty()) {
-        let mut paragraphs: Vec<serde_json::Value> = markdown
-            .lines()
-            .map(|line| serde_json::json!([{"tag": "text", "text": line}]))
-            .collect();
-        if !ids.is_empty() {
-            let ats: Vec<serde_json::Value> = ids
-                .iter()
-                .map(|id| serde_json::json!({"tag": "at", "user_id": id}))
+    let text = match robot::body(content, "a Feishu bot message")? {
+        Body::Markdown(markdown) => {
+            let mut paragraphs: Vec<serde_json::Value> = markdown
+                .lines()
+                .map(|line| serde_json::json!([{"tag": "text", "text": line}]))
                 .collect();
-            paragraphs.push(ats.into());
+            if !ids.is_empty() {
+                let ats: Vec<serde_json::Value> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({"tag": "at", "user_id": id}))
+                    .collect();
+                paragraphs.push(ats.into());
+            }
+            let title = content.subject.clone().unwrap_or_default();
+            return Ok(serde_json::json!({
+                "msg_type": "post",
+                "content": {"post": {"zh_cn": {"title": title, "content": paragraphs}}}
+            }));
         }
-        let title = content.subject.clone().unwrap_or_default();
-        return Ok(serde_json::json!({
-            "msg_type": "post",
-            "content": {"post": {"zh_cn": {"title": title, "content": paragraphs}}}
-        }));
-    }
-    let text = content.text.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
-        ProviderError::new(
-            ErrorClass::Permanent,
-            "no_content",
-            "a Feishu bot message needs content.text or content.markdown",
-        )
-    })?;
+        Body::Text(text) => text,
+    };
     let mut text = text.to_string();
     for id in ids {
         text.push_str(&format!(" <at user_id=\"{}\"></at>", escape_attr(id)));
@@ -75,54 +73,54 @@ fn escape_attr(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Maps a bot answer to a result (providers.md): rate limit defers with backoff, server
-/// errors retry, any other nonzero code (bad sign `19021`, bad token, bad body) is final.
+/// Feishu's answer codes (providers.md): `11232` (or a bare HTTP 429) is the rate limit;
+/// no busy code; any other nonzero code (bad sign `19021`, bad token, bad body) is final.
+const CODES: Codes = Codes {
+    vendor: "Feishu",
+    throttled: 11232,
+    throttle_wait: THROTTLE_WAIT,
+    busy: None,
+    http_429_throttles: true,
+};
+
+/// Older deployments answer `StatusCode`/`StatusMessage` instead of `code`/`msg`.
+const ANSWER: AnswerKeys = AnswerKeys {
+    code: &["code", "StatusCode"],
+    message: &["msg", "StatusMessage"],
+};
+
 fn outcome(status: u16, code: Option<i64>, msg: &str) -> Result<Sent, ProviderError> {
-    let (class, code) = match code {
-        Some(0) if (200..300).contains(&status) => {
-            return Ok(Sent {
-                provider_message_id: None,
-                delivered: true,
-            })
-        }
-        Some(11232) => (ErrorClass::Deferrable, "11232".to_string()),
-        _ if status >= 500 => (ErrorClass::Retryable, format!("http_{status}")),
-        None if status == 429 => (ErrorClass::Deferrable, "http_429".to_string()),
-        // A 2xx we cannot read: the post may have gone through.
-        None if (200..300).contains(&status) => (ErrorClass::Ambiguous, "bad_response".to_string()),
-        Some(c) => (ErrorClass::Permanent, c.to_string()),
-        None => (ErrorClass::Permanent, format!("http_{status}")),
-    };
-    let message = if msg.is_empty() {
-        format!("Feishu answered HTTP {status}")
-    } else {
-        msg.to_string()
-    };
-    let error = ProviderError::new(class, code, message);
-    Err(if class == ErrorClass::Deferrable {
-        error.retry_after(THROTTLE_WAIT)
-    } else {
-        error
-    })
+    CODES.outcome(status, code, msg, "")
+}
+
+/// The Feishu bot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.feishu, to)
 }
 
 pub struct Feishu {
-    http: reqwest::Client,
-    endpoint: String,
+    endpoint: Endpoint,
+    /// Signs posts (`timestamp`, seconds).
+    clock: Clock,
 }
 
 impl Feishu {
     /// `endpoint` is the API base (`https://open.feishu.cn`, or Lark's).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
         Self {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            endpoint: Endpoint::new(http, endpoint),
+            clock,
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Provider for Feishu {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "feishu"
     }
@@ -142,10 +140,10 @@ impl Provider for Feishu {
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = super::robot(&app.providers.feishu, &message.to, "Feishu")?;
+        let robot = robot::lookup(&app.providers.feishu, &message.to, "Feishu")?;
         let mut body = payload(&message.content)?;
         if let Some(secret) = robot.secret.as_deref().filter(|s| !s.is_empty()) {
-            let timestamp = crate::clock::now_ms() / 1000;
+            let timestamp = (self.clock)() / 1000;
             body["timestamp"] = timestamp.to_string().into();
             body["sign"] = sign(timestamp, secret).into();
         }
@@ -159,24 +157,13 @@ impl Provider for Feishu {
             ));
         }
         let token = percent_encoding::utf8_percent_encode(&robot.token, percent_encoding::NON_ALPHANUMERIC);
-        // The URL carries the hook token: errors drop it.
-        let response = self
-            .http
-            .post(format!("{}/open-apis/bot/v2/hook/{token}", self.endpoint))
+        let request = self
+            .endpoint
+            .post(&format!("/open-apis/bot/v2/hook/{token}"))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e.without_url()))?;
-        let status = response.status().as_u16();
-        let answer: Option<serde_json::Value> = response.json().await.ok();
-        // Older deployments answer `StatusCode`/`StatusMessage` instead of `code`/`msg`.
-        let field = |new: &str, old: &str| answer.as_ref().and_then(|a| a.get(new).or_else(|| a.get(old)));
-        let code = field("code", "StatusCode").and_then(|v| v.as_i64());
-        let msg = field("msg", "StatusMessage")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        outcome(status, code, msg)
+            .body(bytes);
+        let answer = robot::post(request, &ANSWER).await?;
+        outcome(answer.status, answer.code, &answer.message)
     }
 }
 

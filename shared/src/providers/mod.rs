@@ -1,15 +1,23 @@
-//! Providers: one file each behind one trait, so adding a provider is adding a file.
+//! Providers: one file per vendor, owning everything about it: request signing, sending,
+//! error classification, documented rate, which of an app's accounts a message goes
+//! through, reconciling, and (for vendors that send them) parsing and authenticating its
+//! receipts. Adding a vendor is adding its file plus a line in [`standard`] (and in
+//! [`receipt_source`]'s registry if it sends receipts); nothing elsewhere matches on
+//! provider names.
+//! `robot.rs` holds what the chat robots share.
 
 use std::sync::Arc;
 
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
+use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Reply};
 use crate::shaping::Rate;
 
 pub mod aliyun;
 pub mod dingtalk;
 pub mod feishu;
+mod robot;
 pub mod ses;
 pub mod smtp;
 pub mod tencent;
@@ -28,12 +36,10 @@ pub trait Provider: Send + Sync {
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError>;
     /// Which of the app's accounts a message to `to` goes through (the unit providers
     /// rate-limit and fail by, so rate buckets and circuits are kept per account), or
-    /// `None` when the app has no account for this provider. Never a secret.
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        app.providers
-            .configured(self.name())
-            .then(|| app.providers.account_id(self.name(), to))
-    }
+    /// `None` when the app has no account for this provider. Whether it is `None`
+    /// depends on the app alone, never on `to` ([`Providers::candidates`] relies on
+    /// that). Never a secret.
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String>;
     /// The send rate the vendor documents per account, which the dispatcher shapes
     /// traffic to unless the app sets its own (`providers.rates`).
     fn documented_rate(&self) -> Option<Rate> {
@@ -50,6 +56,70 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// A vendor's delivery receipts, as they reach `/v1/callbacks/{name}`: how the callback
+/// is authenticated, what it carries and what the vendor must read back. One unit struct
+/// per vendor that sends receipts, listed in [`receipt_source`]'s registry.
+pub trait ReceiptSource: Send + Sync {
+    /// The provider's name, which is also its callback path segment.
+    fn name(&self) -> &'static str;
+    /// The answer to a `GET` (WeChat's server-URL check), given once the call is
+    /// authentic; `None` for vendors that only POST (the callback answers 405 then).
+    fn on_get(&self, _call: &Inbound<'_>) -> Option<Reply> {
+        None
+    }
+    /// Whether the call really comes from the vendor.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool;
+    /// The receipts an authentic POST carries.
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError>;
+    /// What the vendor must read back once `applied` of the batch's receipts changed a
+    /// message.
+    fn reply(&self, batch: &Batch, applied: usize) -> Reply;
+}
+
+/// Every vendor that sends receipts. Adding one is its module's `ReceiptSource` plus one
+/// line here.
+static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
+    &ses::SesReceipts,
+    &twilio::TwilioReceipts,
+    &aliyun::RECEIPTS,
+    &tencent::RECEIPTS,
+    &wechat::WechatReceipts,
+];
+
+/// A vendor whose callbacks are a JSON array of reports, authenticated by the shared
+/// callback token because the vendor documents no signature (Aliyun, Tencent).
+pub struct TokenReports {
+    /// The provider's name and callback path segment.
+    pub name: &'static str,
+    /// One report's receipt.
+    pub report: fn(&serde_json::Value) -> Result<Receipt, ReceiptError>,
+    /// The acknowledgement the vendor must read, or it pushes again.
+    pub ack: fn() -> serde_json::Value,
+}
+
+impl ReceiptSource for TokenReports {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
+        call.has_callback_token(secrets)
+    }
+
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
+        parse_reports(call.body, self.report).map(Batch::of)
+    }
+
+    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
+        Reply::Json((self.ack)())
+    }
+}
+
+/// The receipt source whose callback path segment is `name`.
+pub fn receipt_source(name: &str) -> Option<&'static dyn ReceiptSource> {
+    RECEIPT_SOURCES.iter().copied().find(|s| s.name() == name)
+}
+
 /// The providers in service.
 #[derive(Clone, Default)]
 pub struct Providers(Vec<Arc<dyn Provider>>);
@@ -60,27 +130,23 @@ impl Providers {
     }
 
     /// The providers to try for a message of `channel` from `app`, in order: the route's
-    /// list when it has one for the channel, else the app's own order (SMS and email) or
-    /// the channel's one provider; only providers in service that the app has an
-    /// account for.
+    /// list when it has one for the channel, else the app's own order (`sms_order`,
+    /// `email_order`), else the registry's order of the channel's providers; only
+    /// providers in service that the app has an account for.
     pub fn candidates(&self, channel: Channel, app: &AppConfig, route: Option<&[String]>) -> Vec<Arc<dyn Provider>> {
-        let names: Vec<String> = match route {
-            Some(list) if !list.is_empty() => list.to_vec(),
-            _ => match channel {
-                Channel::Sms => app.providers.sms_providers().into_iter().map(String::from).collect(),
-                Channel::Email => app.providers.email_providers().into_iter().map(String::from).collect(),
-                _ => self
-                    .0
-                    .iter()
-                    .filter(|p| p.channel() == channel)
-                    .map(|p| p.name().to_string())
-                    .collect(),
-            },
+        let preferred = match (route, channel) {
+            (Some(list), _) if !list.is_empty() => list,
+            (_, Channel::Sms) => app.providers.sms_order.as_slice(),
+            (_, Channel::Email) => app.providers.email_order.as_slice(),
+            _ => &[],
         };
-        names
+        let usable = |p: &&Arc<dyn Provider>| p.channel() == channel && p.account(app, "").is_some();
+        if preferred.is_empty() {
+            return self.0.iter().filter(usable).cloned().collect();
+        }
+        preferred
             .iter()
-            .filter(|name| app.providers.configured(name))
-            .filter_map(|name| self.0.iter().find(|p| p.channel() == channel && p.name() == name))
+            .filter_map(|name| self.0.iter().filter(usable).find(|p| p.name() == name))
             .cloned()
             .collect()
     }
@@ -97,7 +163,8 @@ impl Providers {
 }
 
 /// Every provider in service, built once per cold start. Adding a provider is its file
-/// plus one line here.
+/// plus one line here. The order matters: it is the default order of a channel's
+/// providers (aliyun, tencent, twilio for SMS; ses before smtp for email).
 pub fn standard(
     cfg: &crate::config::Dispatch,
     ses: aws_sdk_sesv2::Client,
@@ -106,6 +173,7 @@ pub fn standard(
 ) -> Result<Providers, reqwest::Error> {
     let http = http_client(cfg.provider_timeout)?;
     let e = &cfg.endpoints;
+    let clock = crate::clock::system;
     Ok(Providers::new(vec![
         Arc::new(ses::Ses::new(
             ses,
@@ -113,18 +181,28 @@ pub fn standard(
             cfg.ses_configuration_set.clone(),
         )),
         Arc::new(smtp::Smtp::new(cfg.email_from.clone(), cfg.provider_timeout)),
-        Arc::new(webhook::Webhook::new(cfg.webhook_timeout, cfg.webhook_allow_private)?),
-        Arc::new(aliyun::Aliyun::new(http.clone(), e.aliyun_sms.clone())),
-        Arc::new(tencent::Tencent::new(http.clone(), e.tencent_sms.clone())),
+        Arc::new(webhook::Webhook::new(
+            cfg.webhook_timeout,
+            cfg.webhook_allow_private,
+            clock(),
+        )?),
+        Arc::new(aliyun::Aliyun::new(http.clone(), e.aliyun_sms.clone(), clock())),
+        Arc::new(tencent::Tencent::new(http.clone(), e.tencent_sms.clone(), clock())),
         Arc::new(twilio::Twilio::new(
             http.clone(),
             e.twilio.clone(),
             cfg.public_url.clone(),
         )),
-        Arc::new(dingtalk::DingTalk::new(http.clone(), e.dingtalk.clone())),
+        Arc::new(dingtalk::DingTalk::new(http.clone(), e.dingtalk.clone(), clock())),
         Arc::new(wecom::WeCom::new(http.clone(), e.wecom.clone())),
-        Arc::new(feishu::Feishu::new(http.clone(), e.feishu.clone())),
-        Arc::new(wechat::Wechat::new(http, e.wechat.clone(), ddb, table.to_string())),
+        Arc::new(feishu::Feishu::new(http.clone(), e.feishu.clone(), clock())),
+        Arc::new(wechat::Wechat::new(
+            http,
+            e.wechat.clone(),
+            ddb,
+            table.to_string(),
+            clock(),
+        )),
     ]))
 }
 
@@ -138,29 +216,22 @@ pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqw
         .build()
 }
 
-/// The app's robot named `name` (a message's `to`), or a permanent error.
-pub(crate) fn robot<'a>(
-    robots: &'a std::collections::HashMap<String, crate::apps::RobotAccount>,
-    name: &str,
-    vendor: &str,
-) -> Result<&'a crate::apps::RobotAccount, ProviderError> {
-    robots.get(name).ok_or_else(|| {
-        ProviderError::new(
-            ErrorClass::Permanent,
-            "unknown_robot",
-            format!("the app has no {vendor} robot named {name:?}"),
-        )
-    })
-}
-
-/// Reads an `{"errcode", "errmsg"}` answer (DingTalk, WeCom): HTTP status, code, message.
-pub(crate) async fn errcode_answer(response: reqwest::Response) -> (u16, Option<i64>, String) {
-    let status = response.status().as_u16();
-    let answer: Option<serde_json::Value> = response.json().await.ok();
-    let field = |k: &str| answer.as_ref().and_then(|a| a.get(k));
-    let errcode = field("errcode").and_then(|v| v.as_i64());
-    let errmsg = field("errmsg").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    (status, errcode, errmsg)
+/// The error for an answer that carries no result the vendor's codes could classify: a
+/// 2xx may still have sent (ambiguous), a 429 was refused before any send (deferrable),
+/// a 5xx never reached the service behind the gateway (retryable), the rest is final.
+/// The message says `{vendor} answered {status} without {missing}`.
+pub(crate) fn unreadable_answer(vendor: &str, status: u16, missing: &str) -> ProviderError {
+    let class = match status {
+        200..=299 => ErrorClass::Ambiguous,
+        429 => ErrorClass::Deferrable,
+        500..=599 => ErrorClass::Retryable,
+        _ => ErrorClass::Permanent,
+    };
+    ProviderError::new(
+        class,
+        format!("http_{status}"),
+        format!("{vendor} answered {status} without {missing}"),
+    )
 }
 
 /// Classifies a transport error: refused connections never reached the provider.
@@ -171,5 +242,133 @@ pub fn transport_error(e: &reqwest::Error) -> ProviderError {
         ProviderError::new(ErrorClass::Ambiguous, "timeout", "no answer in time")
     } else {
         ProviderError::new(ErrorClass::Ambiguous, "transport", "request failed mid-way")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::ProviderAccounts;
+    use crate::delivery::Sent;
+
+    /// How a vendor finds the account a message goes through, from the app's accounts.
+    type AccountFn = fn(&ProviderAccounts, &str) -> Option<String>;
+
+    /// The vendors' account lookups by name (a test table: the code asks the provider).
+    const ACCOUNTS: [(&str, AccountFn); 10] = [
+        ("ses", ses::account_id),
+        ("smtp", smtp::account_id),
+        ("webhook", webhook::account_id),
+        ("aliyun", aliyun::account_id),
+        ("tencent", tencent::account_id),
+        ("twilio", twilio::account_id),
+        ("dingtalk", dingtalk::account_id),
+        ("wecom", wecom::account_id),
+        ("feishu", feishu::account_id),
+        ("wechat", wechat::account_id),
+    ];
+
+    fn account_by_name(provider: &str, accounts: &ProviderAccounts, to: &str) -> Option<String> {
+        ACCOUNTS
+            .iter()
+            .find(|(name, _)| *name == provider)
+            .and_then(|(_, account)| account(accounts, to))
+    }
+
+    /// A provider that answers `account` the way the vendor of its name does.
+    struct Named(&'static str, Channel);
+
+    #[async_trait::async_trait]
+    impl Provider for Named {
+        fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+            account_by_name(self.0, &app.providers, to)
+        }
+
+        fn name(&self) -> &'static str {
+            self.0
+        }
+
+        fn channel(&self) -> Channel {
+            self.1
+        }
+
+        fn on_ambiguous(&self) -> Ambiguity {
+            Ambiguity::MarkUnknown
+        }
+
+        async fn send(&self, _message: &Message, _app: &AppConfig) -> Result<Sent, ProviderError> {
+            unreachable!("never sent")
+        }
+    }
+
+    /// The registry's order, as `standard` builds it.
+    fn registry() -> Providers {
+        Providers::new(vec![
+            Arc::new(Named("ses", Channel::Email)),
+            Arc::new(Named("smtp", Channel::Email)),
+            Arc::new(Named("webhook", Channel::Webhook)),
+            Arc::new(Named("aliyun", Channel::Sms)),
+            Arc::new(Named("tencent", Channel::Sms)),
+            Arc::new(Named("twilio", Channel::Sms)),
+            Arc::new(Named("dingtalk", Channel::Dingtalk)),
+        ])
+    }
+
+    fn app(providers: serde_json::Value) -> AppConfig {
+        serde_json::from_value(serde_json::json!({"key": "a", "secrets": [], "providers": providers})).unwrap()
+    }
+
+    fn names(list: Vec<Arc<dyn Provider>>) -> Vec<&'static str> {
+        list.iter().map(|p| p.name()).collect()
+    }
+
+    #[test]
+    fn candidates_follow_the_registry_unless_the_app_or_route_says_otherwise() {
+        let p = registry();
+        let sms = serde_json::json!({"access_key_id": "k", "access_key_secret": "s", "sign_name": "n"});
+        let tencent = serde_json::json!({"secret_id": "i", "secret_key": "k", "sdk_app_id": "1", "sign_name": "n"});
+        let smtp = serde_json::json!({"host": "mail.example"});
+        let both = app(serde_json::json!({"tencent": tencent, "aliyun": sms, "smtp": smtp}));
+        assert_eq!(names(p.candidates(Channel::Sms, &both, None)), ["aliyun", "tencent"]);
+        assert_eq!(names(p.candidates(Channel::Email, &both, None)), ["ses", "smtp"]);
+        let ordered = app(serde_json::json!({
+            "aliyun": sms, "tencent": tencent, "sms_order": ["twilio", "tencent", "aliyun"],
+            "email_order": ["smtp", "ses"], "smtp": smtp,
+        }));
+        // Twilio has no account: skipped.
+        assert_eq!(names(p.candidates(Channel::Sms, &ordered, None)), ["tencent", "aliyun"]);
+        assert_eq!(names(p.candidates(Channel::Email, &ordered, None)), ["smtp", "ses"]);
+        let route = ["aliyun".to_string(), "ses".to_string()];
+        assert_eq!(names(p.candidates(Channel::Sms, &ordered, Some(&route))), ["aliyun"]);
+        let none = app(serde_json::json!({}));
+        assert!(p.candidates(Channel::Sms, &none, None).is_empty());
+        assert!(p.candidates(Channel::Dingtalk, &none, None).is_empty());
+        assert_eq!(names(p.candidates(Channel::Email, &none, None)), ["ses"]);
+        assert_eq!(names(p.candidates(Channel::Webhook, &none, None)), ["webhook"]);
+    }
+
+    #[test]
+    fn accounts_by_name() {
+        let robots = app(serde_json::json!({"dingtalk": {"ops": {"token": "t"}}}));
+        // The token's hash (hex of sha256's first 8 bytes), never the token.
+        assert_eq!(
+            account_by_name("dingtalk", &robots.providers, "ops").as_deref(),
+            Some("e3b98a4da31a127d")
+        );
+        assert_eq!(
+            account_by_name("dingtalk", &robots.providers, "nope").as_deref(),
+            Some("default")
+        );
+        assert_eq!(account_by_name("wecom", &robots.providers, "ops"), None);
+        assert_eq!(
+            account_by_name("webhook", &robots.providers, "https://hooks.example/x").as_deref(),
+            Some("hooks.example")
+        );
+        assert_eq!(
+            account_by_name("ses", &robots.providers, "a@b.c").as_deref(),
+            Some("default")
+        );
+        assert_eq!(account_by_name("nope", &robots.providers, "x"), None);
+        assert_eq!(account_by_name("aliyun", &robots.providers, "x"), None);
     }
 }

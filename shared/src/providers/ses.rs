@@ -7,9 +7,14 @@ use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message as 
 use aws_sdk_sesv2::Client;
 
 use super::Provider;
-use crate::apps::AppConfig;
+use super::ReceiptSource;
+use crate::apps::ServiceSecrets;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::Status;
 use crate::message::{Channel, Message};
+use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use serde_json::Value;
 
 /// Tag naming the record key (`pk`) on every email.
 pub const TAG_PK: &str = "pushgate_pk";
@@ -79,8 +84,18 @@ fn classify(e: SdkError<SendEmailError>) -> ProviderError {
     ProviderError::new(class, code, message)
 }
 
+/// SES needs no per-app account: every app sends through the service's one.
+pub fn account_id(_accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some("default".into())
+}
+
 #[async_trait::async_trait]
 impl Provider for Ses {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "ses"
     }
@@ -125,5 +140,161 @@ impl Provider for Ses {
             provider_message_id: out.message_id,
             delivered: false,
         })
+    }
+}
+// Receipts: SES events reach `/v1/callbacks/ses` through SNS (or EventBridge).
+
+/// What an SES callback body turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SesCallback {
+    /// An SNS subscription handshake (confirmation waits for SNS signature checks).
+    Subscription { topic_arn: Option<String> },
+    /// Zero or one receipt (events we do not track, like opens, give none).
+    Event(Option<Receipt>),
+}
+
+/// Parses an SES event delivered through SNS (`Type: Notification`, the SES record as a
+/// JSON string in `Message`), through EventBridge (`detail`), or posted bare.
+pub fn parse(body: &[u8]) -> Result<SesCallback, ReceiptError> {
+    let outer: Value = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
+    let event = match outer.get("Type").and_then(Value::as_str) {
+        Some("SubscriptionConfirmation") | Some("UnsubscribeConfirmation") => {
+            return Ok(SesCallback::Subscription {
+                topic_arn: outer.get("TopicArn").and_then(Value::as_str).map(str::to_string),
+            })
+        }
+        Some("Notification") => {
+            let text = outer
+                .get("Message")
+                .and_then(Value::as_str)
+                .ok_or(ReceiptError::Unrecognised("SNS notification without Message"))?;
+            serde_json::from_str(text).map_err(|_| ReceiptError::Unrecognised("SNS Message is not an SES event"))?
+        }
+        Some(_) => return Err(ReceiptError::Unrecognised("unknown SNS message type")),
+        None => outer.get("detail").cloned().unwrap_or(outer),
+    };
+    Ok(SesCallback::Event(ses_event(&event)?))
+}
+
+fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
+    let kind = event
+        .get("eventType")
+        .or_else(|| event.get("notificationType"))
+        .and_then(Value::as_str)
+        .ok_or(ReceiptError::Unrecognised("no eventType"))?;
+    let mail = event.get("mail").ok_or(ReceiptError::Unrecognised("no mail"))?;
+    let tag = |name: &str| {
+        mail.get("tags")
+            .and_then(|t| t.get(name))
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (status, note) = match kind {
+        "Send" => (Status::Sent, "ses: accepted for sending".to_string()),
+        "Delivery" => (Status::Delivered, "ses: delivered".to_string()),
+        "Bounce" => {
+            let b = event.get("bounce");
+            let field = |k: &str| {
+                b.and_then(|b| b.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            (
+                Status::Failed,
+                format!("ses: bounce {}/{}", field("bounceType"), field("bounceSubType")),
+            )
+        }
+        "Reject" => (Status::Failed, "ses: rejected".to_string()),
+        "Rendering Failure" => (Status::Failed, "ses: rendering failure".to_string()),
+        _ => return Ok(None),
+    };
+    Ok(Some(Receipt {
+        provider: "ses",
+        pk: tag(TAG_PK),
+        id: tag(TAG_ID),
+        provider_message_id: mail.get("messageId").and_then(Value::as_str).map(str::to_string),
+        status,
+        note,
+    }))
+}
+
+/// SES events, authenticated by the shared callback token (SNS message signatures are
+/// the next check to add here).
+pub struct SesReceipts;
+
+impl ReceiptSource for SesReceipts {
+    fn name(&self) -> &'static str {
+        "ses"
+    }
+
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
+        call.has_callback_token(secrets)
+    }
+
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
+        Ok(match parse(call.body)? {
+            SesCallback::Subscription { topic_arn } => {
+                // Confirming means fetching SubscribeURL, which waits for SNS signature
+                // verification; until then operators confirm by hand.
+                tracing::info!(?topic_arn, "SNS subscription message received; not auto-confirmed");
+                Batch::default()
+            }
+            SesCallback::Event(receipt) => Batch {
+                receipts: receipt.into_iter().collect(),
+                received: 1,
+            },
+        })
+    }
+
+    fn reply(&self, batch: &Batch, applied: usize) -> Reply {
+        Reply::Json(serde_json::json!({"received": batch.received, "applied": applied}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use serde_json::json;
+
+    fn sns(event: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"Type":"Notification","MessageId":"m","TopicArn":"arn:aws:sns:us-east-1:1:t","Message": event.to_string()})).unwrap()
+    }
+
+    #[test]
+    fn delivery_and_bounce_map_to_statuses() {
+        let mail = json!({"messageId":"ses-1","tags":{"pushgate_pk":["app_s_ab"],"pushgate_id":["01X"]}});
+        let SesCallback::Event(Some(r)) = parse(&sns(json!({"eventType":"Delivery","mail":mail}))).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
+            (Status::Delivered, Some("app_s_ab"), Some("ses-1"))
+        );
+        let SesCallback::Event(Some(r)) = parse(&sns(
+            json!({"eventType":"Bounce","mail":mail,"bounce":{"bounceType":"Permanent","bounceSubType":"General"}}),
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.status, Status::Failed);
+        assert_eq!(r.note, "ses: bounce Permanent/General");
+        assert_eq!(
+            parse(&sns(json!({"eventType":"Open","mail":mail}))).unwrap(),
+            SesCallback::Event(None)
+        );
+    }
+
+    #[test]
+    fn junk_is_refused() {
+        assert!(parse(b"nope").is_err());
+        assert!(parse(br#"{"Type":"Notification","Message":"{}"}"#).is_err());
+        assert!(matches!(
+            parse(br#"{"Type":"SubscriptionConfirmation","TopicArn":"t"}"#).unwrap(),
+            SesCallback::Subscription { .. }
+        ));
     }
 }

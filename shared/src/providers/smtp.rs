@@ -29,7 +29,7 @@ use lettre::transport::smtp::Error as SmtpError;
 use sha2::{Digest, Sha256};
 
 use super::Provider;
-use crate::apps::{AppConfig, SmtpAccount};
+use crate::apps::{AppConfig, ProviderAccounts, SmtpAccount};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -107,6 +107,11 @@ enum Phase {
     Envelope,
     /// The message and its final reply: the server may have accepted it.
     Message,
+}
+
+/// The app's SMTP relay: its host.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.smtp.as_ref()?.host.clone())
 }
 
 /// The SMTP provider. One per process; it caches idle connections per account.
@@ -379,6 +384,11 @@ fn build(message: &Message, from: &str) -> Result<lettre::Message, ProviderError
 
 #[async_trait::async_trait]
 impl Provider for Smtp {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "smtp"
     }

@@ -7,10 +7,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::TokenReports;
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::Status;
 use crate::message::{Channel, Message};
+use crate::receipts::{Receipt, ReceiptError};
+use serde_json::Value;
 
 pub const SERVICE: &str = "sms";
 pub const API_VERSION: &str = "2021-01-11";
@@ -124,15 +129,22 @@ struct SendStatus {
     message: Option<String>,
 }
 
+/// The app's Tencent SMS account: its SDK app id.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.tencent.as_ref()?.sdk_app_id.clone())
+}
+
 pub struct Tencent {
     http: reqwest::Client,
     endpoint: String,
+    /// Signs requests (`X-TC-Timestamp`, the credential scope date).
+    clock: Clock,
 }
 
 impl Tencent {
     /// `endpoint` is the base URL without trailing slash (`https://sms.tencentcloudapi.com`).
-    pub fn new(http: reqwest::Client, endpoint: String) -> Self {
-        Self { http, endpoint }
+    pub fn new(http: reqwest::Client, endpoint: String, clock: Clock) -> Self {
+        Self { http, endpoint, clock }
     }
 }
 
@@ -142,6 +154,11 @@ fn permanent(code: &str, message: impl Into<String>) -> ProviderError {
 
 #[async_trait::async_trait]
 impl Provider for Tencent {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "tencent"
     }
@@ -191,7 +208,7 @@ impl Provider for Tencent {
             "SessionContext": message.id,
         }))
         .map_err(|e| permanent("encode", e.to_string()))?;
-        let timestamp = crate::clock::now_ms() / 1000;
+        let timestamp = (self.clock)() / 1000;
         let (canonical, signed_headers) = canonical_request(
             &[
                 ("content-type", CONTENT_TYPE),
@@ -230,27 +247,43 @@ impl Provider for Tencent {
                 delivered: false,
             }),
             Some(s) => Err(error(&s.code, s.message)),
-            None => {
-                // Unreadable: a 5xx from a gateway never reached SMS; a 2xx might have sent.
-                let class = match status {
-                    429 => ErrorClass::Deferrable,
-                    500..=599 => ErrorClass::Retryable,
-                    200..=299 => ErrorClass::Ambiguous,
-                    _ => ErrorClass::Permanent,
-                };
-                Err(ProviderError::new(
-                    class,
-                    format!("http_{status}"),
-                    format!("Tencent answered {status} without a result"),
-                ))
-            }
+            None => Err(super::unreadable_answer("Tencent", status, "a result")),
         }
     }
 }
 
+// Receipts: Tencent pushes status reports to `/v1/callbacks/tencent`.
+
+/// One report of a Tencent SMS status callback; `sid` is the send's `SerialNo`.
+fn report(r: &Value) -> Result<Receipt, ReceiptError> {
+    let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+    let status = match text("report_status").as_deref() {
+        Some("SUCCESS") => Status::Delivered,
+        Some("FAIL") => Status::Failed,
+        _ => return Err(ReceiptError::Unrecognised("report_status must be SUCCESS or FAIL")),
+    };
+    Ok(Receipt {
+        provider: "tencent",
+        pk: None,
+        id: None,
+        provider_message_id: Some(text("sid").ok_or(ReceiptError::Unrecognised("report without sid"))?),
+        status,
+        note: format!("tencent: {}", text("errmsg").unwrap_or_default()),
+    })
+}
+
+/// Tencent SMS status callbacks, authenticated by the shared callback token (Tencent
+/// documents no signature); Tencent pushes again unless it reads `{"result": 0, …}`.
+pub static RECEIPTS: TokenReports = TokenReports {
+    name: "tencent",
+    report,
+    ack: || serde_json::json!({"result": 0, "errmsg": "OK"}),
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::receipts::parse_reports;
 
     /// Tencent Cloud international "Signature v3" doc example (service cvm).
     #[test]
@@ -332,5 +365,18 @@ mod tests {
         ] {
             assert_eq!(classify(code), (ErrorClass::Permanent, None), "{code}");
         }
+    }
+
+    #[test]
+    fn status_reports_parse() {
+        let t = parse_reports(
+            br#"[{"mobile":"138","report_status":"FAIL","errmsg":"MK:0001","sid":"s-1"}]"#,
+            report,
+        )
+        .unwrap();
+        assert_eq!(
+            (t[0].status, t[0].provider_message_id.as_deref()),
+            (Status::Failed, Some("s-1"))
+        );
     }
 }

@@ -8,10 +8,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
+use super::ReceiptSource;
 use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use crate::apps::ServiceSecrets;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::Status;
 use crate::message::{Channel, Message};
+use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
 
 /// Wait used when Twilio throttles without a `Retry-After` header.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -71,6 +75,11 @@ fn url_variants(url: &str) -> Vec<String> {
     out
 }
 
+/// The app's Twilio account: its account SID.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.twilio.as_ref()?.account_sid.clone())
+}
+
 pub struct Twilio {
     http: reqwest::Client,
     endpoint: String,
@@ -113,6 +122,11 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
 
 #[async_trait::async_trait]
 impl Provider for Twilio {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "twilio"
     }
@@ -192,6 +206,66 @@ impl Provider for Twilio {
         } else {
             error
         })
+    }
+}
+
+// Receipts: Twilio's StatusCallback posts to `/v1/callbacks/twilio?app={app key}`.
+
+/// Twilio StatusCallback (form fields). Intermediate statuses give no receipt.
+pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptError> {
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let sid = get("MessageSid")
+        .or_else(|| get("SmsSid"))
+        .ok_or(ReceiptError::Unrecognised("no MessageSid"))?;
+    let status = get("MessageStatus")
+        .or_else(|| get("SmsStatus"))
+        .ok_or(ReceiptError::Unrecognised("no MessageStatus"))?;
+    let (status, note) = match status {
+        "delivered" | "read" => (Status::Delivered, format!("twilio: {status}")),
+        "undelivered" | "failed" => (
+            Status::Failed,
+            format!("twilio: {status} (error {})", get("ErrorCode").unwrap_or("?")),
+        ),
+        "sent" => (Status::Sent, "twilio: sent".to_string()),
+        _ => return Ok(None),
+    };
+    Ok(Some(Receipt {
+        provider: "twilio",
+        pk: None,
+        id: None,
+        provider_message_id: Some(sid.to_string()),
+        status,
+        note,
+    }))
+}
+
+/// Twilio status callbacks, authenticated by `X-Twilio-Signature` under the auth token
+/// of the app named by `?app=`.
+pub struct TwilioReceipts;
+
+impl ReceiptSource for TwilioReceipts {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    /// An app without a Twilio account cannot have sent through Twilio.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
+        let account = call
+            .param("app")
+            .and_then(|key| secrets.app(key))
+            .and_then(|app| app.providers.twilio.as_ref());
+        account.is_some_and(|a| {
+            let given = call.header("x-twilio-signature").unwrap_or_default();
+            verify_signature(&a.auth_token, call.url, &call.form(), given)
+        })
+    }
+
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
+        Ok(Batch::of(parse(&call.form())?.into_iter().collect()))
+    }
+
+    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
+        Reply::Text(String::new())
     }
 }
 
@@ -282,5 +356,25 @@ mod tests {
         assert_eq!(retry_after(&h), Duration::from_secs(7));
         h.insert(reqwest::header::RETRY_AFTER, "999999".parse().unwrap());
         assert_eq!(retry_after(&h), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn status_callbacks_parse() {
+        let fields = vec![
+            ("MessageSid".to_string(), "SM1".to_string()),
+            ("MessageStatus".to_string(), "undelivered".to_string()),
+            ("ErrorCode".to_string(), "30003".to_string()),
+        ];
+        let r = parse(&fields).unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.provider_message_id.as_deref()),
+            (Status::Failed, Some("SM1"))
+        );
+        assert!(r.note.contains("30003"));
+        let queued = vec![
+            ("MessageSid".to_string(), "SM1".to_string()),
+            ("MessageStatus".to_string(), "queued".to_string()),
+        ];
+        assert_eq!(parse(&queued).unwrap(), None);
     }
 }

@@ -8,7 +8,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::Provider;
-use crate::apps::AppConfig;
+use crate::apps::{AppConfig, ProviderAccounts};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
@@ -49,11 +50,13 @@ pub fn payload(message: &Message, timestamp: i64) -> serde_json::Value {
 pub struct Webhook {
     client: reqwest::Client,
     allow_private: bool,
+    /// Signs deliveries (`webhook-timestamp`, seconds).
+    clock: Clock,
 }
 
 impl Webhook {
     /// A client with no redirects, a total timeout and the address guard.
-    pub fn new(timeout: Duration, allow_private: bool) -> Result<Self, reqwest::Error> {
+    pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -61,7 +64,11 @@ impl Webhook {
             .dns_resolver(guarded_resolver(allow_private))
             .user_agent("Pushgate-Webhooks/1")
             .build()?;
-        Ok(Self { client, allow_private })
+        Ok(Self {
+            client,
+            allow_private,
+            clock,
+        })
     }
 }
 
@@ -84,17 +91,27 @@ fn classify_error(e: &reqwest::Error) -> ProviderError {
         }
         source = s.source();
     }
-    if e.is_connect() {
-        ProviderError::new(ErrorClass::Retryable, "connect", "connection failed")
-    } else if e.is_timeout() {
-        ProviderError::new(ErrorClass::Ambiguous, "timeout", "no answer in time")
-    } else {
-        ProviderError::new(ErrorClass::Ambiguous, "transport", "request failed mid-way")
-    }
+    super::transport_error(e)
+}
+
+/// The target URL's host (every app can send webhooks; `"default"` for a `to` that
+/// is not a URL, which the send refuses).
+pub fn account_id(_accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    Some(
+        url::Url::parse(to)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "default".into()),
+    )
 }
 
 #[async_trait::async_trait]
 impl Provider for Webhook {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "webhook"
     }
@@ -119,7 +136,7 @@ impl Provider for Webhook {
                 "the app has no webhook signing secret",
             )
         })?;
-        let timestamp = crate::clock::now_ms() / 1000;
+        let timestamp = (self.clock)() / 1000;
         let body = serde_json::to_vec(&payload(message, timestamp))
             .map_err(|e| ProviderError::new(ErrorClass::Permanent, "encode", e.to_string()))?;
         let signature = sign(secret, &message.id, timestamp, &body)?;

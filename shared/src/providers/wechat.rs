@@ -20,10 +20,16 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
+use super::ReceiptSource;
 use super::{transport_error, Provider};
-use crate::apps::{AppConfig, WechatAccount};
+use crate::apps::ServiceSecrets;
+use crate::apps::{AppConfig, ProviderAccounts, WechatAccount};
+use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::message::Status;
 use crate::message::{Channel, Message, WechatTemplate};
+use crate::receipts::{constant_time_eq, Batch, Inbound, Receipt, ReceiptError, Reply};
+use sha1::{Digest, Sha1};
 
 /// Prefix of the token items' keys. Message keys are `{app}_s_{hex}` / `{app}_i_{hex}`:
 /// their last `_`-separated part is hex, while here it holds dots (and the appid is
@@ -260,6 +266,8 @@ struct Tokens {
     memory: RwLock<HashMap<String, Cached>>,
     /// One refresh per appid at a time within this instance.
     flights: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Token schedules, lock leases and waits are measured on it.
+    clock: Clock,
 }
 
 impl Tokens {
@@ -289,7 +297,7 @@ impl Tokens {
     }
 
     async fn remembered(&self, appid: &str, stale: Option<&AccessToken>) -> Option<AccessToken> {
-        let now = crate::clock::now_ms();
+        let now = (self.clock)();
         self.memory
             .read()
             .await
@@ -306,10 +314,10 @@ impl Tokens {
         account: &WechatAccount,
         stale: Option<&AccessToken>,
     ) -> Result<Cached, ProviderError> {
-        let deadline = crate::clock::now_ms() + WAIT_MS;
+        let deadline = (self.clock)() + WAIT_MS;
         loop {
             let owner = ulid::Ulid::new().to_string();
-            let now = crate::clock::now_ms();
+            let now = (self.clock)();
             match self.lock(pk, &owner, stale, now).await? {
                 None => return self.refresh(pk, &owner, account, stale.is_some()).await,
                 Some(item) => {
@@ -320,7 +328,7 @@ impl Tokens {
             }
             // Someone else is refreshing: wait for their token rather than ask WeChat too.
             loop {
-                if crate::clock::now_ms() >= deadline {
+                if (self.clock)() >= deadline {
                     return Err(ProviderError::new(
                         ErrorClass::Retryable,
                         "token_busy",
@@ -329,7 +337,7 @@ impl Tokens {
                 }
                 tokio::time::sleep(POLL).await;
                 let item = self.read(pk).await?;
-                let now = crate::clock::now_ms();
+                let now = (self.clock)();
                 if let Some(c) = item.usable(stale, now) {
                     return Ok(c);
                 }
@@ -389,7 +397,7 @@ impl Tokens {
             .send()
             .await
             .map_err(store_error)?;
-        Ok(Central::parse(out.item.as_ref(), crate::clock::now_ms()))
+        Ok(Central::parse(out.item.as_ref(), (self.clock)()))
     }
 
     /// As lock holder: fetch a token, store it and release the lock in one write.
@@ -400,7 +408,7 @@ impl Tokens {
         account: &WechatAccount,
         force: bool,
     ) -> Result<Cached, ProviderError> {
-        let now = crate::clock::now_ms();
+        let now = (self.clock)();
         let fetched = match self.fetch(account, force).await {
             Ok(f) => f,
             Err(e) => {
@@ -536,6 +544,11 @@ impl Tokens {
     }
 }
 
+/// The app's WeChat Official Account: its appid.
+pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
+    Some(accounts.wechat.as_ref()?.appid.clone())
+}
+
 /// WeChat Official Account template messages.
 pub struct Wechat {
     tokens: Tokens,
@@ -544,7 +557,13 @@ pub struct Wechat {
 impl Wechat {
     /// `endpoint` is the API base without a trailing slash; `table` is the messages
     /// table, which also holds one token item per appid.
-    pub fn new(http: reqwest::Client, endpoint: String, ddb: aws_sdk_dynamodb::Client, table: String) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: String,
+        ddb: aws_sdk_dynamodb::Client,
+        table: String,
+        clock: Clock,
+    ) -> Self {
         Self {
             tokens: Tokens {
                 http,
@@ -553,6 +572,7 @@ impl Wechat {
                 table,
                 memory: RwLock::new(HashMap::new()),
                 flights: Mutex::new(HashMap::new()),
+                clock,
             },
         }
     }
@@ -599,14 +619,19 @@ impl Wechat {
                 }),
                 delivered: false,
             })),
-            c if is_token_error(c) => Ok(Err(classify(c, "", crate::clock::now_ms()))),
-            c => Err(classify(c, &scrub(&answer.errmsg, token), crate::clock::now_ms())),
+            c if is_token_error(c) => Ok(Err(classify(c, "", (self.tokens.clock)()))),
+            c => Err(classify(c, &scrub(&answer.errmsg, token), (self.tokens.clock)())),
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Provider for Wechat {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "wechat"
     }
@@ -646,6 +671,88 @@ impl Provider for Wechat {
                 self.post(&token, &body).await?
             }
         }
+    }
+}
+
+// Receipts: WeChat posts events to the server URL `/v1/callbacks/wechat`, after checking
+// it with a GET.
+
+/// WeChat's server signature: hex(sha1(concat(sorted [token, timestamp, nonce]))).
+pub fn server_signature(token: &str, timestamp: &str, nonce: &str) -> String {
+    let mut parts = [token, timestamp, nonce];
+    parts.sort_unstable();
+    hex::encode(Sha1::digest(parts.concat().as_bytes()))
+}
+
+/// WeChat `TEMPLATESENDJOBFINISH` event (XML). Other events give no receipt.
+pub fn parse(body: &[u8]) -> Result<Option<Receipt>, ReceiptError> {
+    let xml = std::str::from_utf8(body).map_err(|_| ReceiptError::Unrecognised("not UTF-8"))?;
+    if xml_field(xml, "Event").as_deref() != Some("TEMPLATESENDJOBFINISH") {
+        return Ok(None);
+    }
+    let msg_id = xml_field(xml, "MsgID").ok_or(ReceiptError::Unrecognised("no MsgID"))?;
+    let status = xml_field(xml, "Status").ok_or(ReceiptError::Unrecognised("no Status"))?;
+    Ok(Some(Receipt {
+        provider: "wechat",
+        pk: None,
+        id: None,
+        provider_message_id: Some(msg_id),
+        status: if status == "success" {
+            Status::Delivered
+        } else {
+            Status::Failed
+        },
+        note: format!("wechat: {status}"),
+    }))
+}
+
+/// The text of `<name>…</name>`, CDATA unwrapped (WeChat's flat event XML).
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    let raw = xml[start..end].trim();
+    let raw = raw
+        .strip_prefix("<![CDATA[")
+        .and_then(|r| r.strip_suffix("]]>"))
+        .unwrap_or(raw);
+    Some(raw.to_string())
+}
+
+/// WeChat server-URL events, authenticated by WeChat's own `signature`, with the callback
+/// token configured as the WeChat server token.
+pub struct WechatReceipts;
+
+impl ReceiptSource for WechatReceipts {
+    fn name(&self) -> &'static str {
+        "wechat"
+    }
+
+    /// WeChat checks the server URL by GET: echo `echostr` (once authenticated).
+    fn on_get(&self, call: &Inbound<'_>) -> Option<Reply> {
+        Some(Reply::Text(call.param("echostr").unwrap_or_default().to_string()))
+    }
+
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
+        let (Some(token), Some(timestamp), Some(nonce), Some(given)) = (
+            secrets.callback_token.as_deref(),
+            call.param("timestamp"),
+            call.param("nonce"),
+            call.param("signature"),
+        ) else {
+            return false;
+        };
+        constant_time_eq(&server_signature(token, timestamp, nonce), given)
+    }
+
+    fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
+        Ok(Batch::of(parse(call.body)?.into_iter().collect()))
+    }
+
+    /// WeChat retries unless it reads exactly this within 5 s.
+    fn reply(&self, _batch: &Batch, _applied: usize) -> Reply {
+        Reply::Text("success".into())
     }
 }
 
@@ -756,5 +863,23 @@ mod tests {
             locked.usable(Some(&AccessToken("T".into())), now).is_none(),
             "never the stale one"
         );
+    }
+
+    #[test]
+    fn server_signature_sorts_before_hashing() {
+        let a = server_signature("token", "1700000000", "nonce");
+        assert_eq!(a, server_signature("token", "1700000000", "nonce"));
+        assert_eq!(a, hex::encode(Sha1::digest(b"1700000000noncetoken")));
+    }
+
+    #[test]
+    fn template_job_events_parse() {
+        let xml = b"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>200163836</MsgID><Status><![CDATA[failed:user block]]></Status></xml>";
+        let w = parse(xml).unwrap().unwrap();
+        assert_eq!(
+            (w.status, w.provider_message_id.as_deref()),
+            (Status::Failed, Some("200163836"))
+        );
+        assert_eq!(parse(b"<xml><Event>subscribe</Event></xml>").unwrap(), None);
     }
 }

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use super::{transport_error, Provider};
-use crate::apps::AppConfig;
+use super::robot::{self, Body, Codes, Endpoint};
+use super::Provider;
+use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Content, Message};
 
@@ -21,26 +22,22 @@ const MAX_MARKDOWN_BYTES: usize = 4096;
 /// `<@userid>`, the only mention markdown supports), else text with mention lists.
 pub fn payload(content: &Content) -> Result<serde_json::Value, ProviderError> {
     let mentions = content.mentions.clone().unwrap_or_default();
-    if let Some(markdown) = content.markdown.as_deref().filter(|m| !m.is_empty()) {
-        let mut text = match content.subject.as_deref().filter(|s| !s.is_empty()) {
-            Some(subject) => format!("# {subject}\n{markdown}"),
-            None => markdown.to_string(),
-        };
-        if !mentions.user_ids.is_empty() {
-            text.push('\n');
-            let tags: Vec<String> = mentions.user_ids.iter().map(|u| format!("<@{u}>")).collect();
-            text.push_str(&tags.join(" "));
+    let text = match robot::body(content, "a WeCom robot message")? {
+        Body::Markdown(markdown) => {
+            let mut text = match content.subject.as_deref().filter(|s| !s.is_empty()) {
+                Some(subject) => format!("# {subject}\n{markdown}"),
+                None => markdown.to_string(),
+            };
+            if !mentions.user_ids.is_empty() {
+                text.push('\n');
+                let tags: Vec<String> = mentions.user_ids.iter().map(|u| format!("<@{u}>")).collect();
+                text.push_str(&tags.join(" "));
+            }
+            check_len(&text, MAX_MARKDOWN_BYTES)?;
+            return Ok(serde_json::json!({"msgtype": "markdown", "markdown": {"content": text}}));
         }
-        check_len(&text, MAX_MARKDOWN_BYTES)?;
-        return Ok(serde_json::json!({"msgtype": "markdown", "markdown": {"content": text}}));
-    }
-    let text = content.text.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
-        ProviderError::new(
-            ErrorClass::Permanent,
-            "no_content",
-            "a WeCom robot message needs content.text or content.markdown",
-        )
-    })?;
+        Body::Text(text) => text,
+    };
     check_len(text, MAX_TEXT_BYTES)?;
     let mut body = serde_json::json!({"msgtype": "text", "text": {"content": text}});
     let mut users = mentions.user_ids;
@@ -67,56 +64,46 @@ fn check_len(content: &str, max: usize) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Maps a robot answer to a result (providers.md): rate limit defers, an invalid webhook
-/// is final, busy and server errors retry. `errmsg` is WeCom's, minus the key if echoed.
+/// WeCom's answer codes (providers.md): `45009` is the rate limit, `-1` busy; an invalid
+/// webhook (`93000`) and the rest are final.
+const CODES: Codes = Codes {
+    vendor: "WeCom",
+    throttled: 45009,
+    throttle_wait: THROTTLE_WAIT,
+    busy: Some(-1),
+    http_429_throttles: false,
+};
+
+/// `errmsg` is WeCom's, minus the key if echoed.
 fn outcome(status: u16, errcode: Option<i64>, errmsg: &str, key: &str) -> Result<Sent, ProviderError> {
-    let (class, code) = match errcode {
-        Some(0) if (200..300).contains(&status) => {
-            return Ok(Sent {
-                provider_message_id: None,
-                delivered: true,
-            })
-        }
-        Some(45009) => (ErrorClass::Deferrable, "45009".to_string()),
-        Some(-1) => (ErrorClass::Retryable, "-1".to_string()),
-        _ if status >= 500 => (ErrorClass::Retryable, format!("http_{status}")),
-        // A 2xx we cannot read: the post may have gone through.
-        None if (200..300).contains(&status) => (ErrorClass::Ambiguous, "bad_response".to_string()),
-        Some(c) => (ErrorClass::Permanent, c.to_string()),
-        None => (ErrorClass::Permanent, format!("http_{status}")),
-    };
-    let message = if errmsg.is_empty() {
-        format!("WeCom answered HTTP {status}")
-    } else if key.is_empty() {
-        errmsg.to_string()
-    } else {
-        errmsg.replace(key, "[key]")
-    };
-    let error = ProviderError::new(class, code, message);
-    Err(if class == ErrorClass::Deferrable {
-        error.retry_after(THROTTLE_WAIT)
-    } else {
-        error
-    })
+    CODES.outcome(status, errcode, errmsg, key)
+}
+
+/// The WeCom robot `to` names (see [`super::robot::account`]).
+pub fn account_id(accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    super::robot::account(&accounts.wecom, to)
 }
 
 pub struct WeCom {
-    http: reqwest::Client,
-    endpoint: String,
+    endpoint: Endpoint,
 }
 
 impl WeCom {
     /// `endpoint` is the API base (`https://qyapi.weixin.qq.com`).
     pub fn new(http: reqwest::Client, endpoint: String) -> Self {
         Self {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            endpoint: Endpoint::new(http, endpoint),
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Provider for WeCom {
+    /// See [`account_id`].
+    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
+        account_id(&app.providers, to)
+    }
+
     fn name(&self) -> &'static str {
         "wecom"
     }
@@ -136,19 +123,15 @@ impl Provider for WeCom {
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let robot = super::robot(&app.providers.wecom, &message.to, "WeCom")?;
+        let robot = robot::lookup(&app.providers.wecom, &message.to, "WeCom")?;
         let body = payload(&message.content)?;
-        let response = self
-            .http
-            .post(format!("{}/cgi-bin/webhook/send", self.endpoint))
+        let request = self
+            .endpoint
+            .post("/cgi-bin/webhook/send")
             .query(&[("key", robot.token.as_str())])
-            .json(&body)
-            .send()
-            .await
-            // `transport_error` only reads the error's kind, and the URL is dropped first anyway.
-            .map_err(|e| transport_error(&e.without_url()))?;
-        let (status, errcode, errmsg) = super::errcode_answer(response).await;
-        outcome(status, errcode, &errmsg, &robot.token)
+            .json(&body);
+        let answer = robot::post(request, &robot::ERRCODE).await?;
+        outcome(answer.status, answer.code, &answer.message, &robot.token)
     }
 }
 
