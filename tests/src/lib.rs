@@ -523,6 +523,26 @@ pub fn signed(
     b.body(body).expect("request")
 }
 
+/// A request signed v2 (the signature covers `idempotency_key`, which it then carries as
+/// `Idempotency-Key`), as API Gateway hands it to the function.
+pub fn signed_v2(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    key: &str,
+    secret: &str,
+    ts: i64,
+    idempotency_key: Option<&str>,
+) -> Request {
+    let mut req = signed(method, path, body, key, secret, ts, &[]);
+    let sig = pushgate_shared::auth::sign_v2(secret, ts, method, path, body, idempotency_key);
+    req.headers_mut().insert("x-signature", sig.parse().expect("header"));
+    if let Some(k) = idempotency_key {
+        req.headers_mut().insert("idempotency-key", k.parse().expect("header"));
+    }
+    req
+}
+
 /// Now, Unix seconds.
 pub fn now() -> i64 {
     pushgate_shared::clock::now_ms() / 1000

@@ -81,6 +81,7 @@ impl Ingest {
             req.method().as_str(),
             path_and_query,
             body,
+            header(req, IDEMPOTENCY_KEY),
         )
         .map_err(unauthorized)?;
         Ok((creds, app))
@@ -364,7 +365,7 @@ fn accepted(id: &str, replayed: bool) -> Response<Body> {
 
 fn unauthorized(e: AuthError) -> Problem {
     tracing::info!(reason = %e, "unauthenticated request refused");
-    Problem::unauthorized(e.to_string())
+    Problem::unauthorized(e.public_detail())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Problem {
