@@ -40,6 +40,9 @@ pub const OTHER_SECRET: &str = "other-secret";
 pub const STRICT_APP: &str = "app-strict";
 /// An app limited to 5 messages a minute (signs with `OTHER_SECRET`).
 pub const RATED_APP: &str = "app-rated";
+/// An app limited to 2 messages a minute (signs with `OTHER_SECRET`): replays must not
+/// spend it.
+pub const TIGHT_APP: &str = "app-tight";
 /// An app masking sensitive words (signs with `OTHER_SECRET`).
 pub const MASKING_APP: &str = "app-masking";
 /// A metered app (`limits.balance`): each send takes one unit of its balance.
@@ -180,6 +183,8 @@ impl Stack {
                  "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
                 {"key": RATED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "limits": {"per_minute": 5}},
+                {"key": TIGHT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "limits": {"per_minute": 2}},
                 {"key": MASKING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino"], "action": "mask"}},
                 {"key": METERED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
