@@ -53,10 +53,34 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Answers one API Gateway event: refuses what cannot be a request (an odd path or
+    /// query, a bad base64 body) with a 400 before anything else, then [`Self::handle`].
+    pub async fn handle_event(
+        &self,
+        event: aws_lambda_events::event::apigw::ApiGatewayV2httpRequest,
+    ) -> aws_lambda_events::event::apigw::ApiGatewayV2httpResponse {
+        match super::edge::into_request(event) {
+            Ok(req) => super::edge::into_event_response(self.handle(req).await),
+            Err(e) => {
+                tracing::info!(reason = %e, "request refused at the edge");
+                super::edge::problem_response(e.into())
+            }
+        }
+    }
+
     /// Routes and answers one HTTP API request. Every error is problem+json.
     pub async fn handle(&self, req: Request) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().as_str().to_string();
+        // Before authentication: an odd path or query is refused, whatever signs it.
+        let target = super::edge::check_target("path", &path).and_then(|_| {
+            req.uri()
+                .query()
+                .map_or(Ok(()), |q| super::edge::check_target("query", q))
+        });
+        if let Err(e) = target {
+            return Problem::from(e).into_response();
+        }
         let result = match (method.as_str(), path.trim_end_matches('/')) {
             ("POST", "/v1/messages") => self.send(&req).await,
             ("GET", p) if p.starts_with("/v1/messages/") && p.len() > "/v1/messages/".len() => {
