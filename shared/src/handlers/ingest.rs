@@ -81,12 +81,12 @@ impl Ingest {
         if let Err(e) = target {
             return Problem::from(e).into_response();
         }
-        let result = match (method.as_str(), path.trim_end_matches('/')) {
-            ("POST", "/v1/messages") => self.send(&req).await,
-            ("GET", p) if p.starts_with("/v1/messages/") && p.len() > "/v1/messages/".len() => {
-                self.status(&req, &p["/v1/messages/".len()..]).await
-            }
-            (_, "/v1/messages") => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
+        let route = path.trim_end_matches('/');
+        let id = route.strip_prefix("/v1/messages/").filter(|id| !id.is_empty());
+        let result = match (method.as_str(), route, id) {
+            ("POST", "/v1/messages", _) => self.send(&req).await,
+            ("GET", _, Some(id)) => self.status(&req, id).await,
+            (_, "/v1/messages", _) => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
             _ => Err(Problem::not_found("no such route")),
         };
         result.unwrap_or_else(Problem::into_response)
@@ -228,7 +228,9 @@ impl Ingest {
         let pointer = if template.is_some() { "/data" } else { "/content" };
         let signature = creds.signature_hex();
         // A signature's guard must outlive the window in which it verifies.
-        let guard_expires = now.max(creds.timestamp.saturating_mul(1000)) / 1000 + self.cfg.clock_skew_secs + 60;
+        let guard_expires = (now.max(creds.timestamp.saturating_mul(1000)) / 1000)
+            .saturating_add(self.cfg.clock_skew_secs)
+            .saturating_add(60);
         if let (Some(k), SignatureVersion::V1) = (&idem_key, creds.version) {
             // v1 does not sign the key: without this guard, a captured request re-sent
             // under a new key would be a new message.
@@ -343,7 +345,7 @@ impl Ingest {
                         )]));
                 }
                 if old.ingest_pending == Some(true) {
-                    if now - old.created_at < IN_FLIGHT_MS {
+                    if now.saturating_sub(old.created_at) < IN_FLIGHT_MS {
                         return Err(Problem::new(409, "in-progress", "Conflict")
                             .detail("a request with this Idempotency-Key is still being processed")
                             .retry_after(1));
