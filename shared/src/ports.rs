@@ -10,6 +10,21 @@ pub enum Created {
     Created,
     /// A live record already holds this key; it is returned as stored.
     Exists(Box<Message>),
+    /// A replay guard (not a message) holds this key: the signature it derives from was
+    /// already used by a request that carried an `Idempotency-Key`, or was refused.
+    Guarded,
+}
+
+/// Result of writing the separate replay guard of a v1-signed request that carries an
+/// `Idempotency-Key` (which v1 does not sign).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureGuard {
+    /// First use of this signature.
+    Fresh,
+    /// The signature was used before. `same_key` tells an exact repeat (same
+    /// `Idempotency-Key`, a harmless idempotent retry) from a replay with the header
+    /// added, changed or removed.
+    Seen { same_key: bool },
 }
 
 /// Result of claiming a record for sending.

@@ -24,6 +24,14 @@ pub enum RequestBody {
     Inline(Box<Content>),
 }
 
+/// How deep a request body may nest (the body object is level 1). A message is stored
+/// with up to three more levels around a request's values (`alternates`, a fallback's
+/// entry, its `content`), and DynamoDB refuses items nested deeper than 32: so a body
+/// within this limit can always be stored, and one beyond it is a 422 naming the spot.
+pub const MAX_JSON_DEPTH: usize = 24;
+/// At most this many storage errors are listed (a huge body could have thousands).
+const MAX_STORAGE_ERRORS: usize = 20;
+
 const TOP_LEVEL_FIELDS: [&str; 7] = ["channel", "to", "template", "data", "content", "key", "fallback"];
 /// At most this many fallback recipients (one per other channel is plenty).
 const MAX_FALLBACKS: usize = 3;
@@ -35,6 +43,11 @@ pub fn validate(value: &Value, allow_private_webhooks: bool) -> Result<SendReque
     let Some(obj) = value.as_object() else {
         return Err(vec![FieldError::new("", "the body must be a JSON object")]);
     };
+    check_storable(value, &mut String::new(), 1, &mut errors);
+    if !errors.is_empty() {
+        // The rest of validation would only repeat these values' pointers.
+        return Err(errors);
+    }
     for key in obj.keys() {
         if !TOP_LEVEL_FIELDS.contains(&key.as_str()) {
             errors.push(FieldError::new(format!("/{}", escape(key)), "unknown field"));
@@ -350,12 +363,25 @@ pub fn normalize_phone(raw: &str) -> Result<String, String> {
     if !raw.trim_start().starts_with('+') {
         return Err(why());
     }
+    // Only what a written phone number holds, and not much of it: the parser is not
+    // ours, and it need not see anything else.
+    if raw.len() > MAX_PHONE_CHARS
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.'))
+    {
+        return Err(why());
+    }
     let number = phonenumber::parse(None, raw).map_err(|_| why())?;
     if !phonenumber::is_valid(&number) {
         return Err(why());
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
+
+/// The longest written phone number accepted (E.164 has at most 15 digits; the rest is
+/// room for spaces, dashes and parentheses).
+const MAX_PHONE_CHARS: usize = 40;
 
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -391,6 +417,54 @@ fn valid_template_id(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// Whether a number can be a DynamoDB `N`: zero, or a finite magnitude within
+/// 1E-130 ..= 9.99…E+125 (f64 has fewer than DynamoDB's 38 significant digits).
+pub fn storable_number(f: f64) -> bool {
+    f == 0.0 || (f.is_finite() && (1e-130..1e126).contains(&f.abs()))
+}
+
+/// Finds values DynamoDB cannot store, naming each by JSON Pointer: numbers outside its
+/// range (magnitudes below 1E-130 or from 1E+126) and nesting beyond [`MAX_JSON_DEPTH`].
+/// Without this such a request failed at the write and was answered 503, so clients
+/// retried it forever. `depth` is the nesting level of `value` (the body is 1).
+fn check_storable(value: &Value, pointer: &mut String, depth: usize, errors: &mut Vec<FieldError>) {
+    if errors.len() >= MAX_STORAGE_ERRORS {
+        return;
+    }
+    match value {
+        Value::Number(n) if !n.as_f64().is_some_and(storable_number) => {
+            errors.push(FieldError::new(
+                pointer.clone(),
+                "number out of range (its magnitude must be 0 or between 1e-130 and 9.9e125)",
+            ));
+        }
+        Value::Array(_) | Value::Object(_) if depth > MAX_JSON_DEPTH => {
+            errors.push(FieldError::new(
+                pointer.clone(),
+                format!("nested too deep (at most {MAX_JSON_DEPTH} levels of objects and arrays)"),
+            ));
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                check_storable(item, pointer, depth + 1, errors);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&escape(k));
+                check_storable(item, pointer, depth + 1, errors);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// JSON Pointer escaping (RFC 6901).
@@ -479,6 +553,167 @@ mod tests {
             let v = json!({"channel":"webhook","to":url,"content":{"text":"x"}});
             assert_eq!(pointers(v.clone()), vec!["/to"], "{url}");
             assert!(validate(&v, true).is_ok() || url.starts_with("ftp"), "{url}");
+        }
+    }
+
+    #[test]
+    fn unstorable_numbers_and_nesting_are_named() {
+        assert_eq!(
+            pointers(
+                json!({"channel":"webhook","to":"https://example.com/h","content":{"body":{"a":[1e200, 1e-200, 0, 1e125]}}})
+            ),
+            vec!["/content/body/a/0", "/content/body/a/1"]
+        );
+        assert_eq!(
+            pointers(json!({"channel":"email","to":"a@b.co","template":"t","data":{"x~/y": -1e130}})),
+            vec!["/data/x~0~1y"]
+        );
+        let mut deep = json!(1);
+        for _ in 0..30 {
+            deep = json!([deep]);
+        }
+        let errors = pointers(json!({"channel":"webhook","to":"https://example.com/h","content":{"body": deep}}));
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0], format!("/content/body{}", "/0".repeat(MAX_JSON_DEPTH - 2)));
+        for ok in [0.0, 1e-130, -1e-130, 9.99e125, 5.0, -1.5e100] {
+            assert!(storable_number(ok), "{ok}");
+        }
+        for bad in [1e126, 1e-131, f64::MAX, f64::MIN_POSITIVE, f64::NAN, f64::INFINITY] {
+            assert!(!storable_number(bad), "{bad}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "channel",
+                    "to",
+                    "template",
+                    "data",
+                    "content",
+                    "key",
+                    "fallback",
+                    "subject",
+                    "text",
+                    "html",
+                    "body",
+                    "markdown",
+                    "mentions",
+                    "sms",
+                    "wechat",
+                    "aliyun",
+                    "template_id",
+                ])
+                .prop_map(str::to_string),
+                "\\PC{0,8}",
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+                prop::sample::select(vec![
+                    1e200,
+                    -1e-200,
+                    1e126,
+                    9.9e125,
+                    1e-130,
+                    1e-131,
+                    f64::MAX,
+                    f64::MIN_POSITIVE
+                ])
+                .prop_map(|f| json!(f)),
+                "\\PC{0,16}".prop_map(Value::String),
+                prop::sample::select(vec![
+                    "email",
+                    "webhook",
+                    "sms",
+                    "dingtalk",
+                    "wechat",
+                    "a@b.co",
+                    "+8613800138000",
+                    "https://example.com/x",
+                    "welcome",
+                    "ops",
+                ])
+                .prop_map(|s| json!(s)),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Whether every number in `v` is storable and it nests at most `max` levels.
+        fn storable(v: &Value, depth: usize, max: usize) -> bool {
+            match v {
+                Value::Number(n) => n.as_f64().is_some_and(storable_number),
+                Value::Array(a) => depth <= max && a.iter().all(|x| storable(x, depth + 1, max)),
+                Value::Object(o) => depth <= max && o.values().all(|x| storable(x, depth + 1, max)),
+                _ => true,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any JSON value: an answer, never a panic; what is accepted can be stored.
+            #[test]
+            fn validate_never_panics_on_any_json(v in value(), private in any::<bool>()) {
+                if validate(&v, private).is_ok() {
+                    prop_assert!(storable(&v, 1, MAX_JSON_DEPTH));
+                }
+            }
+
+            /// Plausible requests around any content body, nested up to far beyond the
+            /// limit: deep ones are refused, none panics.
+            #[test]
+            fn deep_and_odd_bodies_are_answered(body in value(), levels in 0usize..200, channel in prop::sample::select(vec!["webhook", "email", "sms"])) {
+                let mut nested = body;
+                for _ in 0..levels {
+                    nested = json!({"d": nested});
+                }
+                let v = json!({"channel": channel, "to": "https://example.com/h", "content": {"body": nested, "text": "t"}});
+                let result = validate(&v, false);
+                if result.is_ok() {
+                    prop_assert!(storable(&v, 1, MAX_JSON_DEPTH));
+                }
+            }
+
+            /// Any string as a phone number: E.164 or refused, and E.164 is a fixed point.
+            #[test]
+            fn phone_normalisation_is_total_and_idempotent(raw in "\\PC{0,40}|\\+[0-9 ()\\-.]{0,45}") {
+                if let Ok(e164) = normalize_phone(&raw) {
+                    prop_assert!(e164.starts_with('+'));
+                    prop_assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()));
+                    prop_assert!(e164.len() <= 16);
+                    prop_assert_eq!(normalize_phone(&e164), Ok(e164.clone()));
+                }
+            }
+
+            /// Any string as an email recipient: refused, or one address without spaces.
+            #[test]
+            fn email_recipients_are_total(raw in "\\PC{0,40}|[a-z.+]{0,10}@[a-z.\\-]{0,12}") {
+                if let Ok(to) = normalize_recipient(Channel::Email, raw.trim(), false) {
+                    prop_assert_eq!(to.matches('@').count(), 1);
+                    prop_assert!(!to.chars().any(char::is_whitespace));
+                    prop_assert!(to.len() <= 254);
+                }
+            }
         }
     }
 }

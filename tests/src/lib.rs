@@ -40,6 +40,9 @@ pub const OTHER_SECRET: &str = "other-secret";
 pub const STRICT_APP: &str = "app-strict";
 /// An app limited to 5 messages a minute (signs with `OTHER_SECRET`).
 pub const RATED_APP: &str = "app-rated";
+/// An app limited to 2 messages a minute (signs with `OTHER_SECRET`): replays must not
+/// spend it.
+pub const TIGHT_APP: &str = "app-tight";
 /// An app masking sensitive words (signs with `OTHER_SECRET`).
 pub const MASKING_APP: &str = "app-masking";
 /// A metered app (`limits.balance`): each send takes one unit of its balance.
@@ -180,6 +183,8 @@ impl Stack {
                  "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
                 {"key": RATED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "limits": {"per_minute": 5}},
+                {"key": TIGHT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "limits": {"per_minute": 2}},
                 {"key": MASKING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino"], "action": "mask"}},
                 {"key": METERED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
@@ -521,6 +526,26 @@ pub fn signed(
         Body::Binary(body.to_vec())
     };
     b.body(body).expect("request")
+}
+
+/// A request signed v2 (the signature covers `idempotency_key`, which it then carries as
+/// `Idempotency-Key`), as API Gateway hands it to the function.
+pub fn signed_v2(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    key: &str,
+    secret: &str,
+    ts: i64,
+    idempotency_key: Option<&str>,
+) -> Request {
+    let mut req = signed(method, path, body, key, secret, ts, &[]);
+    let sig = pushgate_shared::auth::sign_v2(secret, ts, method, path, body, idempotency_key);
+    req.headers_mut().insert("x-signature", sig.parse().expect("header"));
+    if let Some(k) = idempotency_key {
+        req.headers_mut().insert("idempotency-key", k.parse().expect("header"));
+    }
+    req
 }
 
 /// Now, Unix seconds.

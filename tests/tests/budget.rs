@@ -1,6 +1,7 @@
 //! The AWS call budget per message, counted at the SDK (every round trip, retries
-//! included): ingest = 1 DynamoDB write + 1 SQS call; dispatch ≤ 2 DynamoDB round trips
-//! + 1 provider call.
+//! included): ingest = 1 DynamoDB write + 1 SQS call (an `Idempotency-Key` adds 1
+//! UpdateItem; under a v1 signature also 1 PutItem, the signature's replay guard);
+//! dispatch ≤ 2 DynamoDB round trips + 1 provider call.
 
 use std::time::Duration;
 
@@ -69,20 +70,77 @@ async fn an_idempotency_key_costs_one_more_write_to_close_its_in_flight_window()
     let body =
         serde_json::to_vec(&json!({"channel":"email","to":"k@example.com","content":{"subject":"s","text":"t"}}))
             .unwrap();
-    let req = signed(
-        "POST",
-        "/v1/messages",
-        &body,
-        APP,
-        APP_SECRETS[0],
-        now(),
-        &[("Idempotency-Key", "k-1")],
-    );
+    // Signed v2, which covers the key: the record is the replay guard, one write.
+    let req = signed_v2("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), Some("k-1"));
     assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
     let calls = stack.calls.snapshot();
     assert_eq!(calls.get("DynamoDB.PutItem"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("DynamoDB.UpdateItem"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("SQS.SendMessage"), Some(&1), "{calls:?}");
+    assert_eq!(calls.len(), 3, "{calls:?}");
+}
+
+#[tokio::test]
+async fn per_message_ingest_calls_by_signature_version_and_key() {
+    let stack = Stack::new().await;
+    stack.ingest.apps.current().await.unwrap();
+    // (name, v2?, key) → (PutItem, UpdateItem, SendMessage)
+    let cases: [(&str, bool, Option<&str>, [usize; 3]); 4] = [
+        ("v1 without key", false, None, [1, 0, 1]),
+        ("v2 without key", true, None, [1, 0, 1]),
+        ("v2 with key", true, Some("b-2"), [1, 1, 1]),
+        // v1 does not sign the key: one more conditional PutItem guards the signature.
+        ("v1 with key", false, Some("b-1"), [2, 1, 1]),
+    ];
+    for (i, (name, v2, key, want)) in cases.into_iter().enumerate() {
+        let body = serde_json::to_vec(
+            &json!({"channel":"email","to": format!("c{i}@example.com"),"content":{"subject":"s","text":"t"}}),
+        )
+        .unwrap();
+        let req = if v2 {
+            signed_v2("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), key)
+        } else {
+            let extra: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+            signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], now(), &extra)
+        };
+        stack.calls.reset();
+        assert_eq!(parts(stack.ingest.handle(req).await).0, 202, "{name}");
+        let calls = stack.calls.snapshot();
+        let got = [
+            calls.get("DynamoDB.PutItem").copied().unwrap_or(0),
+            calls.get("DynamoDB.UpdateItem").copied().unwrap_or(0),
+            calls.get("SQS.SendMessage").copied().unwrap_or(0),
+        ];
+        assert_eq!(got, want, "{name}: {calls:?}");
+        assert_eq!(
+            got.iter().sum::<usize>(),
+            calls.values().sum::<usize>(),
+            "{name}: nothing else"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_replay_costs_one_failed_write_and_no_rate_limit_hit() {
+    let stack = Stack::new().await;
+    stack.ingest.apps.current().await.unwrap();
+    let body =
+        serde_json::to_vec(&json!({"channel":"webhook","to": stack.receiver.url("r"),"content":{"text":"t"}})).unwrap();
+    let ts = now();
+    let req = || signed("POST", "/v1/messages", &body, TIGHT_APP, OTHER_SECRET, ts, &[]);
+    stack.calls.reset();
+    assert_eq!(parts(stack.ingest.handle(req()).await).0, 202);
+    let calls = stack.calls.snapshot();
+    assert_eq!(
+        (calls.get("DynamoDB.PutItem"), calls.get("DynamoDB.UpdateItem")),
+        (Some(&1), Some(&1)),
+        "a rate-limited app: the record, then the counter: {calls:?}"
+    );
+    stack.calls.reset();
+    assert_eq!(parts(stack.ingest.handle(req()).await).0, 401);
+    let calls = stack.calls.snapshot();
+    assert_eq!(calls.get("DynamoDB.PutItem"), Some(&1), "{calls:?}");
+    assert_eq!(calls.len(), 1, "no counter hit, nothing queued: {calls:?}");
 }
 
 #[tokio::test]

@@ -433,3 +433,346 @@ async fn an_app_over_its_per_minute_limit_gets_429_with_retry_after_and_nothing_
     let (status, _, _) = send(&stack, &webhook_body(&stack, "other app"), &[]).await;
     assert_eq!(status, 202);
 }
+
+/// The same signed request with extra headers (as someone who captured it would send it).
+fn with_headers(mut req: lambda_http::Request, extra: &[(&str, &str)]) -> lambda_http::Request {
+    for (k, v) in extra {
+        req.headers_mut()
+            .insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_v1_request_replayed_under_a_new_idempotency_key_is_refused() {
+    let stack = Stack::new().await;
+    let ts = now();
+    let body = webhook_body(&stack, "pay out once");
+    let v1 = || signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts, &[]);
+    assert_eq!(parts(stack.ingest.handle(v1()).await).0, 202);
+    // v1 does not sign the key: adding one must not make the replay a new message.
+    for key in ["fresh-1", "fresh-2"] {
+        let (status, _, problem) = parts(
+            stack
+                .ingest
+                .handle(with_headers(v1(), &[("Idempotency-Key", key)]))
+                .await,
+        );
+        assert_eq!(status, 401, "{key}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("replay"), "{problem}");
+    }
+
+    // A v1 request that carries a key: an exact repeat is an idempotent retry, the
+    // same request under another key (or none) is a replay.
+    let body = webhook_body(&stack, "keyed v1");
+    let keyed = |key: Option<&str>| {
+        let req = signed("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts, &[]);
+        match key {
+            Some(k) => with_headers(req, &[("Idempotency-Key", k)]),
+            None => req,
+        }
+    };
+    let (s1, _, b1) = parts(stack.ingest.handle(keyed(Some("k-a"))).await);
+    assert_eq!(s1, 202, "{b1}");
+    let (s2, h2, b2) = parts(stack.ingest.handle(keyed(Some("k-a"))).await);
+    assert_eq!((s2, &b2), (202, &b1), "an exact repeat gets the first answer");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    for key in [Some("k-b"), None] {
+        let (status, _, problem) = parts(stack.ingest.handle(keyed(key)).await);
+        assert_eq!(status, 401, "{key:?}: {problem}");
+    }
+    assert_eq!(
+        stack.queue_count(stack.res.send_queue()).await,
+        2,
+        "one message per signed request"
+    );
+}
+
+#[tokio::test]
+async fn a_v2_signature_covers_the_idempotency_key() {
+    let stack = Stack::new().await;
+    let ts = now();
+    let body = webhook_body(&stack, "v2");
+    let (s1, h1, b1) = parts(
+        stack
+            .ingest
+            .handle(signed_v2(
+                "POST",
+                "/v1/messages",
+                &body,
+                APP,
+                APP_SECRETS[0],
+                ts,
+                Some("v2-k"),
+            ))
+            .await,
+    );
+    assert_eq!(s1, 202, "{b1}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    // The exact request again (a client's retry, or a replay: the same either way).
+    let (s2, h2, b2) = parts(
+        stack
+            .ingest
+            .handle(signed_v2(
+                "POST",
+                "/v1/messages",
+                &body,
+                APP,
+                APP_SECRETS[0],
+                ts,
+                Some("v2-k"),
+            ))
+            .await,
+    );
+    assert_eq!((s2, &b2), (202, &b1), "{b2}");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    // Changed, removed or added keys break the signature.
+    let changed = with_headers(
+        signed_v2("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts, Some("v2-k")),
+        &[("Idempotency-Key", "other")],
+    );
+    let mut removed = signed_v2("POST", "/v1/messages", &body, APP, APP_SECRETS[0], ts, Some("v2-k"));
+    removed.headers_mut().remove("idempotency-key");
+    let body2 = webhook_body(&stack, "v2 without key");
+    let first = signed_v2("POST", "/v1/messages", &body2, APP, APP_SECRETS[0], ts, None);
+    assert_eq!(parts(stack.ingest.handle(first).await).0, 202);
+    let added = with_headers(
+        signed_v2("POST", "/v1/messages", &body2, APP, APP_SECRETS[0], ts, None),
+        &[("Idempotency-Key", "added")],
+    );
+    let again = signed_v2("POST", "/v1/messages", &body2, APP, APP_SECRETS[0], ts, None);
+    for (name, req) in [
+        ("changed", changed),
+        ("removed", removed),
+        ("added", added),
+        ("again", again),
+    ] {
+        let (status, _, problem) = parts(stack.ingest.handle(req).await);
+        assert_eq!(status, 401, "{name}: {problem}");
+    }
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 2);
+}
+
+#[tokio::test]
+async fn an_unknown_app_key_reads_like_a_bad_signature() {
+    let stack = Stack::new().await;
+    let body = webhook_body(&stack, "who");
+    let ts = now();
+    let unknown = parts(
+        stack
+            .ingest
+            .handle(signed("POST", "/v1/messages", &body, "nobody", APP_SECRETS[0], ts, &[]))
+            .await,
+    );
+    let forged = parts(
+        stack
+            .ingest
+            .handle(signed("POST", "/v1/messages", &body, APP, "wrong", ts, &[]))
+            .await,
+    );
+    assert_eq!(unknown.0, 401);
+    assert_eq!((unknown.0, &unknown.2), (forged.0, &forged.2), "one answer for both");
+    // Expired reads the same for known and unknown apps too.
+    let old = |app| signed("POST", "/v1/messages", &body, app, APP_SECRETS[0], ts - 1000, &[]);
+    let a = parts(stack.ingest.handle(old("nobody")).await);
+    let b = parts(stack.ingest.handle(old(APP)).await);
+    assert_eq!((a.0, &a.2), (b.0, &b.2));
+}
+
+#[tokio::test]
+async fn values_dynamodb_cannot_store_are_4xx_naming_the_field_never_503() {
+    let stack = Stack::new().await;
+    let url = stack.receiver.url("t");
+    let mut deep = json!("leaf");
+    for _ in 0..40 {
+        deep = json!({ "d": deep });
+    }
+    let cases: Vec<(&str, serde_json::Value, u16, &str)> = vec![
+        (
+            "huge number",
+            json!({"channel":"webhook","to": url,"content":{"body":{"n": 1e200}}}),
+            422,
+            "/content/body/n",
+        ),
+        (
+            "tiny number",
+            json!({"channel":"webhook","to": url,"content":{"body":{"list":[1, -1e-200]}}}),
+            422,
+            "/content/body/list/1",
+        ),
+        (
+            "number in template data",
+            json!({"channel":"webhook","to": url,"template":"welcome","data":{"name": 1e200, "product": "P"}}),
+            422,
+            "/data/name",
+        ),
+        (
+            "deep nesting",
+            json!({"channel":"webhook","to": url,"content":{"body": deep}}),
+            422,
+            "/content/body/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d",
+        ),
+    ];
+    for (name, message, want, pointer) in cases {
+        let (status, headers, problem) = stack.submit_as(APP, APP_SECRETS[0], message).await;
+        assert_eq!(status, want, "{name}: {problem}");
+        assert!(headers.get("retry-after").is_none(), "{name}: not a retry");
+        assert_eq!(problem["errors"][0]["pointer"], pointer, "{name}: {problem}");
+    }
+    // Template data rendered for the channel and three fallbacks: each alone is small,
+    // the stored record would be over 400 KB.
+    let id = "x".repeat(60_000);
+    let (status, headers, problem) = stack
+        .submit_as(
+            APP,
+            APP_SECRETS[0],
+            json!({"channel":"email","to":"a@example.com","template":"order_shipped",
+                   "data":{"order_id": id, "name": "Ann"},
+                   "fallback":[{"channel":"webhook","to": url},{"channel":"dingtalk","to":"ops"},
+                               {"channel":"sms","to":"+8613800138000"}]}),
+        )
+        .await;
+    assert_eq!(status, 413, "{problem}");
+    assert!(headers.get("retry-after").is_none());
+    assert_eq!(problem["errors"][0]["pointer"], "/data", "{problem}");
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0, "nothing queued");
+
+    // An id longer than a key may be: no such message, not an outage.
+    let path = format!("/v1/messages/{}", "A".repeat(3000));
+    let (status, _, problem) = parts(
+        stack
+            .ingest
+            .handle(signed("GET", &path, b"", APP, APP_SECRETS[0], now(), &[]))
+            .await,
+    );
+    assert_eq!(status, 404, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "path:id");
+}
+
+/// An API Gateway HTTP API event for `raw_path?raw_query`, as the function receives it.
+fn event(method: &str, raw_path: &str, raw_query: &str) -> aws_lambda_events::event::apigw::ApiGatewayV2httpRequest {
+    serde_json::from_value(json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": raw_query,
+        "headers": {"host": "pushgate.test", "content-type": "application/json", "x-app-key": APP,
+                    "x-timestamp": now().to_string(), "x-signature": format!("v2={}", "0".repeat(64))},
+        "requestContext": {"accountId": "1", "apiId": "a", "domainName": "pushgate.test", "domainPrefix": "p",
+                           "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1",
+                                    "sourceIp": "127.0.0.1", "userAgent": "t"},
+                           "requestId": "r", "routeKey": "$default", "stage": "$default",
+                           "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0},
+        "body": "{}",
+        "isBase64Encoded": false
+    }))
+    .expect("an HTTP API event")
+}
+
+#[tokio::test]
+async fn odd_paths_and_queries_are_a_clean_400_before_authentication() {
+    let stack = Stack::new().await;
+    for (path, query) in [
+        ("/v1/messages", "a=\""),
+        ("/v1/messages", "a=<b>"),
+        ("/v1/messages", "a=%00"),
+        ("/v1/messages", "a=%FF"),
+        ("/v1/messages", "a=%"),
+        ("/v1/messages/\"", ""),
+        ("/v1/messages/<x>", ""),
+        ("/v1/messages/%00", ""),
+        ("/v1/messages/%FF", ""),
+    ] {
+        let resp = stack.ingest.handle_event(event("POST", path, query)).await;
+        assert_eq!(resp.status_code, 400, "{path}?{query}: {:?}", resp.body);
+        assert_eq!(resp.headers["content-type"], "application/problem+json");
+    }
+    // A bad base64 body is a 400 too (the library conversion would panic on it).
+    let mut ev = event("POST", "/v1/messages", "");
+    ev.body = Some("***".into());
+    ev.is_base64_encoded = true;
+    assert_eq!(stack.ingest.handle_event(ev).await.status_code, 400);
+    // A plain event goes through to authentication (the signature is a dummy).
+    let resp = stack.ingest.handle_event(event("POST", "/v1/messages", "")).await;
+    assert_eq!(resp.status_code, 401, "{:?}", resp.body);
+    // Requests that http can represent are checked by `handle` as well.
+    for uri in [
+        "/v1/messages?a=%00",
+        "/v1/messages?a=%FF",
+        "/v1/messages/%FF",
+        "/v1/messages?a=\"",
+    ] {
+        let Ok(uri) = uri.parse::<http::Uri>() else { continue };
+        let mut req = signed("POST", "/v1/messages", b"{}", APP, APP_SECRETS[0], now(), &[]);
+        *req.uri_mut() = uri.clone();
+        let (status, _, problem) = parts(stack.ingest.handle(req).await);
+        assert_eq!(status, 400, "{uri}: {problem}");
+    }
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn refused_replays_do_not_spend_the_apps_per_minute_limit() {
+    let stack = Stack::new().await;
+    let into_minute = pushgate_shared::clock::now_ms() % 60_000;
+    if into_minute > 45_000 {
+        tokio::time::sleep(std::time::Duration::from_millis((60_000 - into_minute + 100) as u64)).await;
+    }
+    let ts = now();
+    let body = webhook_body(&stack, "once");
+    let req = || signed("POST", "/v1/messages", &body, TIGHT_APP, OTHER_SECRET, ts, &[]);
+    assert_eq!(parts(stack.ingest.handle(req()).await).0, 202);
+    for _ in 0..5 {
+        let (status, _, problem) = parts(stack.ingest.handle(req()).await);
+        assert_eq!(status, 401, "{problem}");
+    }
+    // Idempotent repeats are not new messages either.
+    let keyed = webhook_body(&stack, "keyed");
+    let kreq = || signed_v2("POST", "/v1/messages", &keyed, TIGHT_APP, OTHER_SECRET, ts, Some("t-1"));
+    assert_eq!(parts(stack.ingest.handle(kreq()).await).0, 202);
+    for _ in 0..3 {
+        let (status, headers, _) = parts(stack.ingest.handle(kreq()).await);
+        assert_eq!(
+            (status, &headers["idempotent-replayed"]),
+            (202, &"true".parse().unwrap())
+        );
+    }
+    // Two messages sent: the limit is spent now, and a third is refused...
+    let (status, _, problem) = stack
+        .submit_as(
+            TIGHT_APP,
+            OTHER_SECRET,
+            json!({"channel":"webhook","to": stack.receiver.url("t"),"content":{"text":"third"}}),
+        )
+        .await;
+    assert_eq!(status, 429, "{problem}");
+    // ...and stays spent: its signature cannot be replayed into the next window.
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 2);
+}
+
+#[tokio::test]
+async fn a_request_refused_by_the_rate_limit_keeps_its_signature_spent() {
+    let stack = Stack::new().await;
+    let into_minute = pushgate_shared::clock::now_ms() % 60_000;
+    if into_minute > 45_000 {
+        tokio::time::sleep(std::time::Duration::from_millis((60_000 - into_minute + 100) as u64)).await;
+    }
+    for i in 0..2 {
+        let (status, _, _) = stack
+            .submit_as(
+                TIGHT_APP,
+                OTHER_SECRET,
+                json!({"channel":"webhook","to": stack.receiver.url("t"),"content":{"text": format!("m{i}")}}),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let ts = now();
+    let body = webhook_body(&stack, "over");
+    let req = || signed("POST", "/v1/messages", &body, TIGHT_APP, OTHER_SECRET, ts, &[]);
+    assert_eq!(parts(stack.ingest.handle(req()).await).0, 429);
+    // The refused request's signature stays spent: a replay is a replay, not a retry.
+    let (status, _, problem) = parts(stack.ingest.handle(req()).await);
+    assert_eq!(status, 401, "{problem}");
+    assert_eq!(stack.all_records().await.len(), 2, "no record kept for the refused one");
+}

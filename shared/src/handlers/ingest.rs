@@ -1,5 +1,13 @@
 //! Ingest: `POST /v1/messages` (signed, validated, one conditional put + one SQS send)
 //! and `GET /v1/messages/{id}` (signed status read).
+//!
+//! Replay rules: a signature is accepted once. The record key is the replay guard:
+//! `{app}_s_{signature}` without an `Idempotency-Key`, `{app}_i_{sha256(key)}` with one.
+//! A v2 signature covers the key, so a replay under the same key is an idempotent retry
+//! (the first answer again) and any other key fails the signature. A v1 signature does
+//! not cover it, so a v1 request with a key first writes `{app}_s_{signature}` as a
+//! separate guard (one more conditional PutItem) holding the key's hash: the same key
+//! again is an idempotent retry, another key (or none) is a replay.
 
 use std::sync::Arc;
 
@@ -9,16 +17,16 @@ use sha2::{Digest, Sha256};
 
 use super::{body_bytes, header, json};
 use crate::apps::{AppConfig, Apps};
-use crate::auth::{self, AuthError};
+use crate::auth::{self, AuthError, SignatureVersion};
 use crate::clock::{rfc3339, Clock};
 use crate::config;
 use crate::filter::FilterCache;
 use crate::message::{Alternate, HistoryEntry, Job, Message, Status};
-use crate::ports::Created;
+use crate::ports::{Created, SignatureGuard};
 use crate::problem::{FieldError, Problem};
 use crate::queue::Queue;
 use crate::request::{self, check_content, RequestBody};
-use crate::store::Store;
+use crate::store::{Store, StoreError, Unstorable};
 use crate::templates::{TemplateError, TemplateStore};
 
 /// Header carrying the client's idempotency key.
@@ -45,44 +53,81 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Answers one API Gateway event: refuses what cannot be a request (an odd path or
+    /// query, a bad base64 body) with a 400 before anything else, then [`Self::handle`].
+    pub async fn handle_event(
+        &self,
+        event: aws_lambda_events::event::apigw::ApiGatewayV2httpRequest,
+    ) -> aws_lambda_events::event::apigw::ApiGatewayV2httpResponse {
+        match super::edge::into_request(event) {
+            Ok(req) => super::edge::into_event_response(self.handle(req).await),
+            Err(e) => {
+                tracing::info!(reason = %e, "request refused at the edge");
+                super::edge::problem_response(e.into())
+            }
+        }
+    }
+
     /// Routes and answers one HTTP API request. Every error is problem+json.
     pub async fn handle(&self, req: Request) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().as_str().to_string();
-        let result = match (method.as_str(), path.trim_end_matches('/')) {
-            ("POST", "/v1/messages") => self.send(&req).await,
-            ("GET", p) if p.starts_with("/v1/messages/") && p.len() > "/v1/messages/".len() => {
-                self.status(&req, &p["/v1/messages/".len()..]).await
-            }
-            (_, "/v1/messages") => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
+        // Before authentication: an odd path or query is refused, whatever signs it.
+        let target = super::edge::check_target("path", &path).and_then(|_| {
+            req.uri()
+                .query()
+                .map_or(Ok(()), |q| super::edge::check_target("query", q))
+        });
+        if let Err(e) = target {
+            return Problem::from(e).into_response();
+        }
+        let route = path.trim_end_matches('/');
+        let id = route.strip_prefix("/v1/messages/").filter(|id| !id.is_empty());
+        let result = match (method.as_str(), route, id) {
+            ("POST", "/v1/messages", _) => self.send(&req).await,
+            ("GET", _, Some(id)) => self.status(&req, id).await,
+            (_, "/v1/messages", _) => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
             _ => Err(Problem::not_found("no such route")),
         };
         result.unwrap_or_else(Problem::into_response)
     }
 
-    /// Authenticates a request: headers, app, timestamp window, signature.
-    async fn authenticate(&self, req: &Request, body: &[u8]) -> Result<(auth::Credentials, AppConfig), Problem> {
-        let creds = auth::parse(|name| header(req, name)).map_err(unauthorized)?;
-        let app = self
-            .apps
-            .app(&creds.app_key)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "service secret unavailable");
-                Problem::unavailable("configuration temporarily unavailable")
-            })?
-            .ok_or_else(|| unauthorized(AuthError::UnknownApp))?;
+    /// Authenticates a request: headers, app, timestamp window, signature (a v2
+    /// signature covers `idempotency_key`). An unknown app key is checked against a
+    /// stand-in secret, so its answer (and the work behind it) is the same as a bad
+    /// signature's: a 401 never tells which app keys exist.
+    async fn authenticate(
+        &self,
+        req: &Request,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<(auth::Credentials, AppConfig), Problem> {
+        let creds = auth::parse(|name| header(req, name)).map_err(|e| unauthorized(e, None))?;
+        let app = self.apps.app(&creds.app_key).await.map_err(|e| {
+            tracing::error!(error = %e, "service secret unavailable");
+            Problem::unavailable("configuration temporarily unavailable")
+        })?;
         let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        auth::verify(
-            &creds,
-            &app.secrets,
-            (self.clock)() / 1000,
-            self.cfg.clock_skew_secs,
-            req.method().as_str(),
-            path_and_query,
-            body,
-        )
-        .map_err(unauthorized)?;
+        let verify = |secrets: &[String]| {
+            auth::verify(
+                &creds,
+                secrets,
+                (self.clock)() / 1000,
+                self.cfg.clock_skew_secs,
+                req.method().as_str(),
+                path_and_query,
+                body,
+                idempotency_key,
+            )
+        };
+        let Some(app) = app else {
+            let why = match verify(&[UNKNOWN_APP_SECRET.to_string()]) {
+                Err(AuthError::Expired) => AuthError::Expired,
+                _ => AuthError::UnknownApp,
+            };
+            return Err(unauthorized(why, Some(&creds.app_key)));
+        };
+        verify(&app.secrets).map_err(|e| unauthorized(e, Some(&app.key)))?;
         Ok((creds, app))
     }
 
@@ -92,7 +137,9 @@ impl Ingest {
             return Err(Problem::new(413, "too-large", "Content Too Large")
                 .detail(format!("the body may be at most {} bytes", self.cfg.max_body_bytes)));
         }
-        let (creds, app) = self.authenticate(req, body).await?;
+        // Read before authentication: a v2 signature covers it.
+        let idem_key = idempotency_key(req)?;
+        let (creds, app) = self.authenticate(req, body, idem_key.as_deref()).await?;
 
         let content_type = header(req, "content-type").unwrap_or_default();
         if !content_type
@@ -106,20 +153,6 @@ impl Ingest {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             Problem::new(400, "malformed-json", "Bad Request").detail(format!("body is not valid JSON: {e}"))
         })?;
-        let idem_key = match header(req, IDEMPOTENCY_KEY) {
-            None => None,
-            Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) => {
-                Some(k.to_string())
-            }
-            Some(_) => {
-                return Err(
-                    Problem::new(400, "bad-idempotency-key", "Bad Request").errors(vec![FieldError::new(
-                        "header:Idempotency-Key",
-                        "must be 1-255 printable ASCII characters without spaces",
-                    )]),
-                )
-            }
-        };
         let request = request::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
         // The primary channel, then each fallback channel, rendered now: a message that
         // cannot be rendered for a channel it may fall back to is refused, not half-sent.
@@ -184,18 +217,6 @@ impl Ingest {
         let alternates: Vec<Alternate> = legs.collect();
 
         let now = (self.clock)();
-        if let Some(limit) = app.limits.per_minute {
-            if let Some(retry_after) = self
-                .store
-                .hit_rate_limit(&app.key, limit, now)
-                .await
-                .map_err(unavailable)?
-            {
-                return Err(Problem::new(429, "rate-limited", "Too Many Requests")
-                    .detail(format!("app {} may send {limit} messages per minute", app.key))
-                    .retry_after(retry_after));
-            }
-        }
         if app.limits.balance {
             let available = self.store.balance(&app.key).await.map_err(unavailable)?;
             if available.unwrap_or(0) <= 0 {
@@ -204,7 +225,25 @@ impl Ingest {
                     .retry_after(QUOTA_RETRY_AFTER_SECS));
             }
         }
+        let pointer = if template.is_some() { "/data" } else { "/content" };
         let signature = creds.signature_hex();
+        // A signature's guard must outlive the window in which it verifies.
+        let guard_expires = (now.max(creds.timestamp.saturating_mul(1000)) / 1000)
+            .saturating_add(self.cfg.clock_skew_secs)
+            .saturating_add(60);
+        if let (Some(k), SignatureVersion::V1) = (&idem_key, creds.version) {
+            // v1 does not sign the key: without this guard, a captured request re-sent
+            // under a new key would be a new message.
+            let key_hash = hex::encode(Sha256::digest(k.as_bytes()));
+            let seen = self
+                .store
+                .guard_signature(&format!("{}_s_{signature}", app.key), &key_hash, guard_expires, now)
+                .await
+                .map_err(unavailable)?;
+            if seen == (SignatureGuard::Seen { same_key: false }) {
+                return Err(unauthorized(AuthError::Replayed, Some(&app.key)));
+            }
+        }
         let pk = match &idem_key {
             Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
             None => format!("{}_s_{signature}", app.key),
@@ -245,8 +284,31 @@ impl Ingest {
             }],
         };
 
-        match self.store.create(&message, now).await.map_err(unavailable)? {
+        let created = self.store.create(&message, now).await.map_err(|e| match e {
+            StoreError::Unstorable(why) => unstorable(why, pointer),
+            e => unavailable(e),
+        })?;
+        match created {
+            Created::Guarded => Err(unauthorized(AuthError::Replayed, Some(&app.key))),
             Created::Created => {
+                // Counted only now, once the write proved this is no replay: a refused
+                // replay costs the app nothing.
+                if let Some(limit) = app.limits.per_minute {
+                    let hit = self.store.hit_rate_limit(&app.key, limit, now).await;
+                    let refused = match hit {
+                        Ok(None) => None,
+                        Ok(Some(retry_after)) => Some(
+                            Problem::new(429, "rate-limited", "Too Many Requests")
+                                .detail(format!("app {} may send {limit} messages per minute", app.key))
+                                .retry_after(retry_after),
+                        ),
+                        Err(e) => Some(unavailable(e)),
+                    };
+                    if let Some(problem) = refused {
+                        self.withdraw(&message, idem_key.is_some(), guard_expires).await;
+                        return Err(problem);
+                    }
+                }
                 let job = Job {
                     pk: pk.clone(),
                     id: message.id.clone(),
@@ -268,13 +330,12 @@ impl Ingest {
                 Ok(accepted(&message.id, false))
             }
             Created::Exists(old) => {
-                if old.signature == signature {
-                    return Err(unauthorized(AuthError::Replayed));
-                }
                 if idem_key.is_none() {
-                    // The key derives from the signature, so this cannot differ; refuse.
-                    return Err(unauthorized(AuthError::Replayed));
+                    // The key derives from the signature: this signature was used.
+                    return Err(unauthorized(AuthError::Replayed, Some(&app.key)));
                 }
+                // With a key, the same signature again is an exact repeat (v2 signs the
+                // key; v1 passed its guard with the same key): an idempotent retry.
                 if old.body_hash != message.body_hash {
                     return Err(Problem::new(422, "idempotency-key-reused", "Unprocessable Content")
                         .detail("this Idempotency-Key was used with a different body")
@@ -284,7 +345,7 @@ impl Ingest {
                         )]));
                 }
                 if old.ingest_pending == Some(true) {
-                    if now - old.created_at < IN_FLIGHT_MS {
+                    if now.saturating_sub(old.created_at) < IN_FLIGHT_MS {
                         return Err(Problem::new(409, "in-progress", "Conflict")
                             .detail("a request with this Idempotency-Key is still being processed")
                             .retry_after(1));
@@ -309,8 +370,35 @@ impl Ingest {
         }
     }
 
+    /// Takes back a record written for a request refused after its write (rate limit):
+    /// a keyed record is deleted, so the client may retry under the same key; a record
+    /// keyed by its signature becomes a bare guard, so the signature stays spent.
+    async fn withdraw(&self, message: &Message, keyed: bool, guard_expires: i64) {
+        let done = if keyed {
+            self.store.delete(&message.pk, &message.id).await
+        } else {
+            self.store
+                .seal_as_guard(&message.pk, &message.id, guard_expires)
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = done {
+            tracing::error!(error = %e, id = %message.id, "could not withdraw a refused record");
+        }
+    }
+
     async fn status(&self, req: &Request, id: &str) -> Result<Response<Body>, Problem> {
-        let (_, app) = self.authenticate(req, body_bytes(req)).await?;
+        let (_, app) = self
+            .authenticate(req, body_bytes(req), header(req, IDEMPOTENCY_KEY))
+            .await?;
+        // Anything but a ULID is no message of ours; asking DynamoDB would fail on
+        // ids longer than a key may be, and that is no outage.
+        if id.len() != 26 || ulid::Ulid::from_string(id).is_err() {
+            return Err(Problem::not_found("no such message").errors(vec![FieldError::new(
+                "path:id",
+                "not a message id (a 26-character ULID)",
+            )]));
+        }
         let message = self
             .store
             .get_by_id(id, (self.clock)())
@@ -362,9 +450,53 @@ fn accepted(id: &str, replayed: bool) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
-fn unauthorized(e: AuthError) -> Problem {
-    tracing::info!(reason = %e, "unauthenticated request refused");
-    Problem::unauthorized(e.to_string())
+/// The stand-in secret an unknown app key is verified against (it never matches a real
+/// signature; it only makes the refusal cost what a known app's does).
+const UNKNOWN_APP_SECRET: &str = "pushgate-unknown-app";
+
+/// The 401 for `e`. The log keeps the exact reason and the app key (never a secret);
+/// the caller gets [`AuthError::public_detail`].
+fn unauthorized(e: AuthError, app: Option<&str>) -> Problem {
+    tracing::info!(reason = %e, app = app.unwrap_or("-"), "unauthenticated request refused");
+    Problem::unauthorized(e.public_detail())
+}
+
+/// The request's `Idempotency-Key`: absent, or exactly one value of 1-255 printable
+/// ASCII characters. Anything else (non-ASCII bytes, several headers) is a 400, never
+/// silently "no key": that would change what the request means.
+fn idempotency_key(req: &Request) -> Result<Option<String>, Problem> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    let bad = |why: &str| {
+        Problem::new(400, "bad-idempotency-key", "Bad Request")
+            .errors(vec![FieldError::new("header:Idempotency-Key", why)])
+    };
+    if values.next().is_some() {
+        return Err(bad("give one Idempotency-Key header"));
+    }
+    let k = first.as_bytes();
+    if k.is_empty() || k.len() > 255 || !k.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return Err(bad("must be 1-255 printable ASCII characters without spaces"));
+    }
+    Ok(Some(String::from_utf8_lossy(k).into_owned()))
+}
+
+/// A message DynamoDB cannot hold: the client's to fix (4xx), not an outage to retry.
+fn unstorable(why: Unstorable, pointer: &str) -> Problem {
+    let status = match why {
+        Unstorable::TooLarge(_) => 413,
+        _ => 422,
+    };
+    let detail = match &why {
+        Unstorable::TooLarge(n) => format!(
+            "the message as stored (rendered for every channel and fallback) would take {n} bytes, over {} KB",
+            crate::store::MAX_ITEM_BYTES / 1024
+        ),
+        other => other.to_string(),
+    };
+    Problem::new(status, "unstorable", "Cannot Store")
+        .detail(detail.clone())
+        .errors(vec![FieldError::new(pointer, detail)])
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Problem {
@@ -479,5 +611,51 @@ mod tests {
         let body = br#"{"channel":"email","to":"a@example.com","content":{"subject":"s","text":"t"}}"#;
         let (status, problem) = answer(request(body, "application/json", offline::SECRET)).await;
         assert_eq!(status, 503, "{problem}");
+    }
+
+    #[tokio::test]
+    async fn hostile_timestamps_are_401_before_any_aws_call() {
+        let body = br#"{"channel":"email","to":"a@example.com","content":{"subject":"s","text":"t"}}"#;
+        for ts in [
+            "-9223372036854775808",
+            "9223372036854775807",
+            "+5",
+            " 5",
+            "5.0",
+            "1e9",
+            "1234567890123456789012345678901234567890",
+            "",
+        ] {
+            let mut req = request(body, "application/json", offline::SECRET);
+            req.headers_mut()
+                .insert("x-timestamp", http::HeaderValue::from_bytes(ts.as_bytes()).unwrap());
+            let (status, problem) = answer(req).await;
+            assert_eq!(status, 401, "{ts:?}: {problem}");
+            assert_eq!(problem["detail"], "malformed header X-Timestamp", "{ts:?}");
+        }
+        // Not ASCII (or not even UTF-8): the header does not read as text, still a 401.
+        for raw in ["１７００".as_bytes(), b"17\xff00"] {
+            let mut req = request(body, "application/json", offline::SECRET);
+            req.headers_mut()
+                .insert("x-timestamp", http::HeaderValue::from_bytes(raw).unwrap());
+            assert_eq!(answer(req).await.0, 401);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_idempotency_key_is_400_naming_the_header() {
+        let body = br#"{"channel":"email","to":"a@example.com","content":{"subject":"s","text":"t"}}"#;
+        for key in [&b"has space"[..], b"", b"caf\xc3\xa9", &[b'k'; 256]] {
+            let mut req = request(body, "application/json", offline::SECRET);
+            req.headers_mut()
+                .insert(IDEMPOTENCY_KEY, http::HeaderValue::from_bytes(key).unwrap());
+            let (status, problem) = answer(req).await;
+            assert_eq!(status, 400, "{problem}");
+            assert_eq!(problem["errors"][0]["pointer"], "header:Idempotency-Key");
+        }
+        let mut req = request(body, "application/json", offline::SECRET);
+        req.headers_mut().append(IDEMPOTENCY_KEY, "a".parse().unwrap());
+        req.headers_mut().append(IDEMPOTENCY_KEY, "b".parse().unwrap());
+        assert_eq!(answer(req).await.0, 400, "two keys");
     }
 }

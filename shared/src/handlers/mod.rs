@@ -3,6 +3,7 @@
 
 pub mod callback;
 pub mod dispatch;
+pub mod edge;
 pub mod ingest;
 
 use lambda_http::{Body, Request, Response};

@@ -10,19 +10,22 @@ use super::{
 };
 use crate::delivery::Finish;
 use crate::message::{HistoryEntry, Message, Status};
-use crate::ports::{Claim, Created, Release, RouteStep};
+use crate::ports::{Claim, Created, Release, RouteStep, SignatureGuard};
 
 impl Store {
     /// Writes a new record unless a live one holds the key (one conditional PutItem).
-    /// Records past their TTL count as absent: DynamoDB deletes them late.
+    /// Records past their TTL count as absent: DynamoDB deletes them late. An item
+    /// DynamoDB could never store is refused before the call ([`StoreError::Unstorable`]).
     pub async fn create(&self, message: &Message, now_ms: i64) -> Result<Created, StoreError> {
         let item: serde_dynamo::Item =
             serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let item: std::collections::HashMap<String, AttributeValue> = item.into();
+        super::check_item(&item)?;
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item.into()))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
             .expression_attribute_values(":now", n(now_ms / 1000))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -36,11 +39,72 @@ impl Store {
                         .item()
                         .cloned()
                         .ok_or_else(|| StoreError::Corrupt("condition failed without item".into()))?;
+                    if !old.contains_key("id") {
+                        return Ok(Created::Guarded);
+                    }
                     Ok(Created::Exists(Box::new(decode(old)?)))
                 }
                 _ => Err(aws_err(e)),
             },
         }
+    }
+
+    /// Marks signature `pk` (`{app}_s_{signature}`) as used by a v1 request carrying an
+    /// `Idempotency-Key` (stored as `key_hash`), until `expires_at` (unix seconds, past
+    /// the signature's window). One conditional PutItem: v1 does not sign the key, so
+    /// this is what stops a captured request from being re-sent under another key.
+    /// A message record at the same key (the signature was first used without a key)
+    /// counts as seen with a different key.
+    pub async fn guard_signature(
+        &self,
+        pk: &str,
+        key_hash: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> Result<SignatureGuard, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("guard_key", s(key_hash))
+            .item("expires_at", n(expires_at))
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", n(now_ms / 1000))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(SignatureGuard::Fresh),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    let same_key = c
+                        .item()
+                        .and_then(|i| i.get("guard_key"))
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|k| k == key_hash);
+                    Ok(SignatureGuard::Seen { same_key })
+                }
+                _ => Err(aws_err(e)),
+            },
+        }
+    }
+
+    /// Replaces record `pk` (if it is still message `id`) by a bare replay guard that
+    /// lives until `expires_at`: the request it came from was refused (rate limit) after
+    /// its write, and its signature must stay spent. One conditional PutItem.
+    pub async fn seal_as_guard(&self, pk: &str, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("expires_at", n(expires_at))
+            .condition_expression("id = :id")
+            .expression_attribute_values(":id", s(id))
+            .send()
+            .await;
+        applied(result)
     }
 
     /// Clears `ingest_pending` once the job is on the queue.

@@ -30,6 +30,80 @@ pub enum StoreError {
     Aws(String),
     #[error("stored item is malformed: {0}")]
     Corrupt(String),
+    /// The item breaks one of DynamoDB's hard limits (size, nesting, number range): no
+    /// retry can succeed, so the edge answers 4xx, never 503.
+    #[error("item cannot be stored: {0}")]
+    Unstorable(#[from] Unstorable),
+}
+
+/// DynamoDB's hard limits on an item, checked before a write so that a request that can
+/// never be stored is refused (4xx) instead of failing as if DynamoDB were down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unstorable {
+    #[error("the item would take {0} bytes; DynamoDB items are at most {MAX_ITEM_BYTES}")]
+    TooLarge(usize),
+    #[error("nested deeper than DynamoDB's {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("number {0} is outside DynamoDB's range")]
+    NumberOutOfRange(String),
+}
+
+/// DynamoDB's item size limit (400 KB).
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// DynamoDB's nesting limit for maps and lists.
+pub const MAX_DEPTH: usize = 32;
+
+/// Checks an item against DynamoDB's limits: its size as DynamoDB counts it (names plus
+/// values; an upper bound for numbers), nesting depth, and number range.
+pub fn check_item(item: &HashMap<String, AttributeValue>) -> Result<(), Unstorable> {
+    let mut size = 0usize;
+    for (name, value) in item {
+        size = size.saturating_add(name.len()).saturating_add(value_size(value, 0)?);
+    }
+    if size > MAX_ITEM_BYTES {
+        return Err(Unstorable::TooLarge(size));
+    }
+    Ok(())
+}
+
+fn value_size(value: &AttributeValue, depth: usize) -> Result<usize, Unstorable> {
+    Ok(match value {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => {
+            if !n.parse::<f64>().is_ok_and(crate::request::storable_number) {
+                return Err(Unstorable::NumberOutOfRange(n.chars().take(40).collect()));
+            }
+            n.len().saturating_add(1)
+        }
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::L(items) => {
+            if depth >= MAX_DEPTH {
+                return Err(Unstorable::TooDeep);
+            }
+            let mut size = 3usize;
+            for v in items {
+                size = size.saturating_add(1).saturating_add(value_size(v, depth + 1)?);
+            }
+            size
+        }
+        AttributeValue::M(map) => {
+            if depth >= MAX_DEPTH {
+                return Err(Unstorable::TooDeep);
+            }
+            let mut size = 3usize;
+            for (k, v) in map {
+                size = size
+                    .saturating_add(1)
+                    .saturating_add(k.len())
+                    .saturating_add(value_size(v, depth + 1)?);
+            }
+            size
+        }
+        AttributeValue::Ss(l) | AttributeValue::Ns(l) => l.iter().map(String::len).sum(),
+        AttributeValue::Bs(l) => l.iter().map(|b| b.as_ref().len()).sum(),
+        _ => 0,
+    })
 }
 
 pub(crate) fn aws_err<E: std::error::Error + 'static>(e: E) -> StoreError {

@@ -2,6 +2,7 @@
 //! `PUSHGATE_URL`, `PUSHGATE_APP_KEY` and `PUSHGATE_APP_SECRET`.
 
 use crate::BoxError;
+pub use pushgate_shared::auth::SignatureVersion;
 
 /// Where and as whom to call the API.
 #[derive(Debug, Clone)]
@@ -40,15 +41,54 @@ impl ApiClient {
         ))
     }
 
-    /// The three authentication headers for a request.
-    pub fn sign(&self, method: &str, path_and_query: &str, body: &[u8], timestamp: i64) -> [(&'static str, String); 3] {
+    /// The three authentication headers for a request, signed v2 (covering
+    /// `idempotency_key`, which the request must then carry as `Idempotency-Key`).
+    pub fn sign(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        timestamp: i64,
+        idempotency_key: Option<&str>,
+    ) -> [(&'static str, String); 3] {
+        self.sign_as(
+            SignatureVersion::V2,
+            method,
+            path_and_query,
+            body,
+            timestamp,
+            idempotency_key,
+        )
+    }
+
+    /// The headers signed with a chosen scheme. v1 does not cover the key (the server
+    /// then pays one more write to guard the signature); it stays for old clients.
+    pub fn sign_as(
+        &self,
+        version: SignatureVersion,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        timestamp: i64,
+        idempotency_key: Option<&str>,
+    ) -> [(&'static str, String); 3] {
+        let signature = match version {
+            SignatureVersion::V1 => {
+                pushgate_shared::auth::sign(&self.app_secret, timestamp, method, path_and_query, body)
+            }
+            SignatureVersion::V2 => pushgate_shared::auth::sign_v2(
+                &self.app_secret,
+                timestamp,
+                method,
+                path_and_query,
+                body,
+                idempotency_key,
+            ),
+        };
         [
             ("X-App-Key", self.app_key.clone()),
             ("X-Timestamp", timestamp.to_string()),
-            (
-                "X-Signature",
-                pushgate_shared::auth::sign(&self.app_secret, timestamp, method, path_and_query, body),
-            ),
+            ("X-Signature", signature),
         ]
     }
 
@@ -69,7 +109,11 @@ impl ApiClient {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        for (k, v) in self.sign(method, path, &bytes, ts) {
+        let key = extra
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"))
+            .map(|(_, v)| *v);
+        for (k, v) in self.sign(method, path, &bytes, ts, key) {
             req = req.header(k, v);
         }
         for (k, v) in extra {

@@ -37,6 +37,12 @@ enum Command {
         body: Option<String>,
         #[arg(long)]
         body_file: Option<PathBuf>,
+        /// The Idempotency-Key the request will carry: v2 signs it too (and prints it).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Sign with the older v1 scheme, which does not cover Idempotency-Key.
+        #[arg(long)]
+        v1: bool,
     },
     /// Templates: preview a rendering, or seed the templates table from the repo's file.
     Template {
@@ -243,7 +249,9 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             path,
             body,
             body_file,
-        } => sign(&method, &path, body, body_file),
+            idempotency_key,
+            v1,
+        } => sign(&method, &path, body, body_file, idempotency_key.as_deref(), v1),
         Command::Template { command } => template(command).await,
         Command::Dlq { command } => dlq(command).await,
         Command::Routes { command } => routes(command).await,
@@ -317,8 +325,16 @@ async fn send(args: SendArgs) -> Result<bool, BoxError> {
     }
 }
 
-/// `sign`: prints the headers a request with this body would carry now.
-fn sign(method: &str, path: &str, body: Option<String>, body_file: Option<PathBuf>) -> Result<bool, BoxError> {
+/// `sign`: prints the headers a request with this body would carry now (v2 by default,
+/// covering `idempotency_key`; `v1` for the older scheme).
+fn sign(
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    body_file: Option<PathBuf>,
+    idempotency_key: Option<&str>,
+    v1: bool,
+) -> Result<bool, BoxError> {
     let client = ApiClient::from_env()?;
     let bytes = match (body, body_file) {
         (Some(b), _) => b.into_bytes(),
@@ -326,8 +342,16 @@ fn sign(method: &str, path: &str, body: Option<String>, body_file: Option<PathBu
         (None, None) => Vec::new(),
     };
     let ts = pushgate_shared::clock::now_ms() / 1000;
-    for (k, v) in client.sign(&method.to_ascii_uppercase(), path, &bytes, ts) {
+    let version = if v1 {
+        pushgate_tool::client::SignatureVersion::V1
+    } else {
+        pushgate_tool::client::SignatureVersion::V2
+    };
+    for (k, v) in client.sign_as(version, &method.to_ascii_uppercase(), path, &bytes, ts, idempotency_key) {
         println!("{k}: {v}");
+    }
+    if let Some(key) = idempotency_key {
+        println!("Idempotency-Key: {key}");
     }
     Ok(true)
 }
