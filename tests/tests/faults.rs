@@ -75,14 +75,23 @@ impl Faulty {
             .store
             .claim(&job.pk, &job.id, "crashed", now, lease_until)
             .await;
-        let Ok(pushgate_shared::ports::Claim::Claimed { message, .. }) = claim else {
+        let Ok(pushgate_shared::ports::Claim::Claimed { message, takeover }) = claim else {
             return;
         };
         if after_call {
             let app = self.stack.dispatcher.apps.app(&message.app).await.unwrap().unwrap();
             let provider = self.stack.dispatcher.providers.select(message.channel, &app).unwrap();
-            // The send reaches the provider; its outcome is never recorded.
-            let _ = provider.send(&message, &app).await;
+            // Up to its call it does what a real dispatcher does: a takeover asks the
+            // provider first, and sends only what the provider does not have.
+            let unsent = !takeover
+                || matches!(
+                    provider.reconcile(&message, &app).await,
+                    Ok(pushgate_shared::delivery::Reconciled::NotSent)
+                );
+            if unsent {
+                // The send reaches the provider; its outcome is never recorded.
+                let _ = provider.send(&message, &app).await;
+            }
             self.crashes_after_call.fetch_add(1, Ordering::Relaxed);
         } else {
             self.crashes_before_call.fetch_add(1, Ordering::Relaxed);
