@@ -8,8 +8,8 @@ use aws_sdk_sesv2::Client;
 
 use super::Provider;
 use super::ReceiptSource;
+use crate::apps::AppConfig;
 use crate::apps::ServiceSecrets;
-use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
@@ -84,16 +84,19 @@ fn classify(e: SdkError<SendEmailError>) -> ProviderError {
     ProviderError::new(class, code, message)
 }
 
-/// SES needs no per-app account: every app sends through the service's one.
-pub fn account_id(_accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some("default".into())
+/// The app's sending identity (its `email_from`, else the service's `default_from`),
+/// escaped (see [`super::key_part`]). Every app sends through the service's SES account,
+/// but SES throttles and refuses per identity (an unverified or paused sender), so one
+/// app's failing identity must not open the circuit for every app.
+pub fn account_id(app: &AppConfig, default_from: &str) -> Option<String> {
+    Some(super::key_part(app.email_from.as_deref().unwrap_or(default_from)))
 }
 
 #[async_trait::async_trait]
 impl Provider for Ses {
     /// See [`account_id`].
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
+    fn account(&self, app: &AppConfig, _to: &str) -> Option<String> {
+        account_id(app, &self.default_from)
     }
 
     fn name(&self) -> &'static str {

@@ -29,7 +29,7 @@ use lettre::transport::smtp::Error as SmtpError;
 use sha2::{Digest, Sha256};
 
 use super::Provider;
-use crate::apps::{AppConfig, ProviderAccounts, SmtpAccount};
+use crate::apps::{AppConfig, SmtpAccount};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
 
@@ -109,9 +109,13 @@ enum Phase {
     Message,
 }
 
-/// The app's SMTP relay: its host.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.smtp.as_ref()?.host.clone())
+/// `{app}.{host}:{port}` (escaped, see [`super::key_part`]) of the app's SMTP relay: the
+/// relay is the tenant's choice (often a shared one such as a mail provider's), so two
+/// apps' accounts on one relay keep separate circuits and rate buckets.
+pub fn account_id(app: &AppConfig, _to: &str) -> Option<String> {
+    let relay = app.providers.smtp.as_ref()?;
+    let origin = format!("{}:{}", relay.host.to_ascii_lowercase(), relay.port);
+    Some(format!("{}.{}", super::key_part(&app.key), super::key_part(&origin)))
 }
 
 /// The SMTP provider. One per process; it caches idle connections per account.
@@ -386,7 +390,7 @@ fn build(message: &Message, from: &str) -> Result<lettre::Message, ProviderError
 impl Provider for Smtp {
     /// See [`account_id`].
     fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
+        account_id(app, to)
     }
 
     fn name(&self) -> &'static str {
