@@ -179,8 +179,13 @@ pub fn standard(
             ses,
             cfg.email_from.clone(),
             cfg.ses_configuration_set.clone(),
+            cfg.provider_timeout,
         )),
-        Arc::new(smtp::Smtp::new(cfg.email_from.clone(), cfg.provider_timeout)),
+        Arc::new(smtp::Smtp::new(
+            cfg.email_from.clone(),
+            cfg.provider_timeout,
+            cfg.webhook_allow_private,
+        )),
         Arc::new(webhook::Webhook::new(
             cfg.webhook_timeout,
             cfg.webhook_allow_private,
@@ -202,6 +207,7 @@ pub fn standard(
             ddb,
             table.to_string(),
             clock(),
+            cfg.provider_timeout,
         )),
     ]))
 }

@@ -55,13 +55,17 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A client with no redirects, a total timeout and the address guard.
+    /// A client with no redirects, a total timeout and the address guard. Proxies from
+    /// the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored: through a
+    /// proxy the guard would check the proxy's address, not the tenant's target, and the
+    /// proxy could reach whatever the guard refuses.
     pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .dns_resolver(guarded_resolver(allow_private))
+            .no_proxy()
             .user_agent("Pushgate-Webhooks/1")
             .build()?;
         Ok(Self {
