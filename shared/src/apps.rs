@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::RwLock;
+
+use crate::cache::{Bounded, BoundedError, StalePolicy};
 
 /// One client application.
 #[derive(Clone, Deserialize)]
@@ -282,20 +283,31 @@ impl SecretSource for SecretsManagerSource {
     }
 }
 
-/// Caches the secret document for `ttl`; on a failed refresh keeps serving the last good
-/// copy so a Secrets Manager blip does not reject every request.
+/// Caches the secret document (see [`Bounded`]): fresh for the ttl; when a refresh fails
+/// the last good copy is served, so a Secrets Manager blip does not reject every
+/// request, but only until it is `max_stale` old (`PUSHGATE_SECRET_MAX_STALE_SECONDS`),
+/// so a revoked app key or signing secret stops working within that bound even while
+/// Secrets Manager is unreachable. Failed loads back off (1 s doubling to 30 s) and are
+/// single flight: one `GetSecretValue` at a time per instance, the other requests served
+/// the stale copy meanwhile instead of queueing behind the refresh.
 pub struct Apps {
     source: Arc<dyn SecretSource>,
-    ttl: Duration,
-    cached: RwLock<Option<(Instant, Arc<ServiceSecrets>)>>,
+    cache: Bounded<ServiceSecrets>,
 }
 
 impl Apps {
+    /// How long a stale copy may be served by default (`PUSHGATE_SECRET_MAX_STALE_SECONDS`).
+    pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(900);
+
+    /// A cache fresh for `ttl`, stale copies served up to [`Apps::DEFAULT_MAX_STALE`].
     pub fn new(source: Arc<dyn SecretSource>, ttl: Duration) -> Self {
+        Self::with_policy(source, StalePolicy::new(ttl, Self::DEFAULT_MAX_STALE))
+    }
+
+    pub fn with_policy(source: Arc<dyn SecretSource>, policy: StalePolicy) -> Self {
         Self {
             source,
-            ttl,
-            cached: RwLock::new(None),
+            cache: Bounded::new(policy),
         }
     }
 
@@ -305,31 +317,13 @@ impl Apps {
     }
 
     pub async fn current(&self) -> Result<Arc<ServiceSecrets>, AppsError> {
-        if let Some((at, doc)) = self.cached.read().await.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(doc.clone());
-            }
-        }
-        let mut slot = self.cached.write().await;
-        if let Some((at, doc)) = slot.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(doc.clone());
-            }
-        }
-        match self.source.load().await {
-            Ok(doc) => {
-                let doc = Arc::new(doc);
-                *slot = Some((Instant::now(), doc.clone()));
-                Ok(doc)
-            }
-            Err(e) => match slot.as_ref() {
-                Some((_, doc)) => {
-                    tracing::warn!(error = %e, "service secret refresh failed; serving cached copy");
-                    Ok(doc.clone())
-                }
-                None => Err(e),
-            },
-        }
+        self.cache
+            .get("service secret", || self.source.load())
+            .await
+            .map_err(|e| match e {
+                BoundedError::Load(e) => e,
+                e @ BoundedError::BackingOff { .. } => AppsError::Unavailable(e.to_string()),
+            })
     }
 
     /// The app's config, or `None` for an unknown key.
@@ -343,5 +337,140 @@ pub fn secrets_with(apps: Vec<AppConfig>, callback_token: Option<&str>) -> Servi
     ServiceSecrets {
         apps,
         callback_token: callback_token.map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A secret source that counts its loads, and can be slow, fail, or change.
+    #[derive(Default)]
+    struct Fake {
+        loads: AtomicUsize,
+        failing: AtomicBool,
+        delay: Mutex<Duration>,
+        keys: Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SecretSource for Fake {
+        async fn load(&self) -> Result<ServiceSecrets, AppsError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(AppsError::Unavailable("down".into()));
+            }
+            let apps = self.keys.lock().unwrap().iter().map(|k| app(k)).collect();
+            Ok(secrets_with(apps, None))
+        }
+    }
+
+    fn app(key: &str) -> AppConfig {
+        serde_json::from_value(serde_json::json!({"key": key, "secrets": ["s"]})).unwrap()
+    }
+
+    const TTL: Duration = Duration::from_secs(300);
+    const MAX_STALE: Duration = Duration::from_secs(900);
+
+    fn setup() -> (Arc<Fake>, Arc<Apps>) {
+        let fake = Arc::new(Fake::default());
+        *fake.keys.lock().unwrap() = vec!["a", "b"];
+        let apps = Arc::new(Apps::with_policy(fake.clone(), StalePolicy::new(TTL, MAX_STALE)));
+        (fake, apps)
+    }
+
+    fn loads(fake: &Fake) -> usize {
+        fake.loads.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_burst_makes_one_load() {
+        let (fake, apps) = setup();
+        *fake.delay.lock().unwrap() = Duration::from_millis(200);
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let apps = apps.clone();
+                tokio::spawn(async move { apps.current().await.map(|d| d.apps.len()) })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), 2);
+        }
+        assert_eq!(loads(&fake), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_never_wait_for_a_refresh_while_a_stale_copy_is_usable() {
+        let (fake, apps) = setup();
+        apps.current().await.unwrap();
+        tokio::time::advance(TTL + Duration::from_secs(1)).await;
+        *fake.delay.lock().unwrap() = Duration::from_secs(10);
+        let refresher = {
+            let apps = apps.clone();
+            tokio::spawn(async move { apps.current().await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(loads(&fake), 2, "the refresh is under way");
+        let started = tokio::time::Instant::now();
+        for _ in 0..20 {
+            assert!(apps.app("a").await.unwrap().is_some());
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "served the stale copy at once");
+        assert_eq!(loads(&fake), 2, "one refresh in flight, no more");
+        refresher.await.unwrap().unwrap();
+    }
+
+    /// A failed refresh serves the stale copy only until it is `max_stale` old, so a
+    /// revoked key stops working within that bound; meanwhile loads back off instead of
+    /// being retried by every request.
+    #[tokio::test(start_paused = true)]
+    async fn staleness_is_bounded_and_failed_refreshes_back_off() {
+        let (fake, apps) = setup();
+        apps.current().await.unwrap();
+        fake.failing.store(true, Ordering::SeqCst);
+        tokio::time::advance(TTL + Duration::from_secs(1)).await;
+        assert!(apps.app("a").await.unwrap().is_some(), "stale copy served");
+        assert_eq!(loads(&fake), 2);
+        for _ in 0..100 {
+            assert!(apps.app("a").await.unwrap().is_some());
+        }
+        assert_eq!(loads(&fake), 2, "backing off: no load per request");
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        apps.current().await.unwrap();
+        assert_eq!(loads(&fake), 3, "retried after the first back-off (1 s)");
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        apps.current().await.unwrap();
+        assert_eq!(loads(&fake), 3, "the second back-off is 2 s");
+
+        // Past max_stale the copy is no longer served: the request fails, not the old key.
+        tokio::time::advance(MAX_STALE).await;
+        assert!(matches!(apps.current().await, Err(AppsError::Unavailable(_))));
+        let failed = loads(&fake);
+        assert!(matches!(apps.app("a").await, Err(AppsError::Unavailable(_))));
+        assert_eq!(loads(&fake), failed, "still backing off, without a copy");
+
+        // The source recovers without app "a" (revoked): it is gone at the next load.
+        fake.failing.store(false, Ordering::SeqCst);
+        *fake.keys.lock().unwrap() = vec!["b"];
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(apps.app("a").await.unwrap().is_none());
+        assert!(apps.app("b").await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_failure_backs_off_too() {
+        let (fake, apps) = setup();
+        fake.failing.store(true, Ordering::SeqCst);
+        assert!(apps.current().await.is_err());
+        assert!(apps.current().await.is_err());
+        assert_eq!(loads(&fake), 1, "the second call did not load again");
+        fake.failing.store(false, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(apps.current().await.unwrap().apps.len(), 2);
+        assert_eq!(loads(&fake), 2);
     }
 }

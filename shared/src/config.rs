@@ -50,6 +50,10 @@ pub struct Common {
     pub secret_id: String,
     /// `PUSHGATE_SECRET_TTL_SECONDS` (300): how long the secret is cached.
     pub secret_ttl: Duration,
+    /// `PUSHGATE_SECRET_MAX_STALE_SECONDS` (900, at least the ttl): how long a copy of the
+    /// secret is served at most, since it was read, while refreshes fail; the bound on
+    /// how long a revoked app key keeps working during a Secrets Manager outage.
+    pub secret_max_stale: Duration,
     /// `PUSHGATE_WEBHOOK_ALLOW_PRIVATE` (false)
     pub webhook_allow_private: bool,
 }
@@ -60,6 +64,7 @@ impl Common {
             messages_table: required("PUSHGATE_MESSAGES_TABLE")?,
             secret_id: required("PUSHGATE_SECRET_ID")?,
             secret_ttl: Duration::from_secs(number("PUSHGATE_SECRET_TTL_SECONDS", 300u64)?),
+            secret_max_stale: Duration::from_secs(number("PUSHGATE_SECRET_MAX_STALE_SECONDS", 900u64)?),
             webhook_allow_private: flag("PUSHGATE_WEBHOOK_ALLOW_PRIVATE")?,
         })
     }

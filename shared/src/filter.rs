@@ -1,8 +1,16 @@
 //! Per-app sensitive-word filter (Aho-Corasick over the rendered text): an app either
 //! rejects a message naming the matched term (422) or has the terms masked.
+//!
+//! Terms and text are compared folded ([`fold`]): Unicode compatibility forms (full-width
+//! `ｃａｓｉｎｏ`, ligatures, circled letters) as their plain letters, any case as lower
+//! case, and zero-width characters (U+200B–U+200D, U+2060, U+FEFF) ignored, so such
+//! spellings cannot slip a term past the filter. Every text a message carries is
+//! checked: subject, text, html, markdown, SMS template parameters, WeChat template
+//! data, and every JSON string value of a webhook `body`.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde::Deserialize;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::message::Content;
 use crate::problem::FieldError;
@@ -34,14 +42,51 @@ pub struct Filter {
     action: FilterAction,
 }
 
+/// Zero-width characters, ignored when matching: inserted between a term's letters they
+/// change nothing a reader sees.
+fn is_zero_width(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// One character folded for matching: its compatibility decomposition (NFKD; the
+/// decomposition is per character, so every folded character maps back to the one it came
+/// from, which masking needs), lower-cased; nothing for a zero-width character.
+fn fold_char(c: char, out: &mut String) {
+    if is_zero_width(c) {
+        return;
+    }
+    for d in std::iter::once(c).nfkd() {
+        out.extend(d.to_lowercase());
+    }
+}
+
+/// `text` folded for matching (see the module doc).
+pub fn fold(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    text.chars().for_each(|c| fold_char(c, &mut out));
+    out
+}
+
+/// `text` folded, with, for each byte of the folded text, the byte range of the original
+/// character it came from.
+fn fold_mapped(text: &str) -> (String, Vec<(usize, usize)>) {
+    let mut out = String::with_capacity(text.len());
+    let mut origin = Vec::with_capacity(text.len());
+    for (at, c) in text.char_indices() {
+        fold_char(c, &mut out);
+        origin.resize(out.len(), (at, at + c.len_utf8()));
+    }
+    (out, origin)
+}
+
 impl Filter {
-    /// Compiles a configuration (case-insensitive for ASCII, longest match first).
+    /// Compiles a configuration (terms folded like the text, longest match first).
     pub fn new(config: &FilterConfig) -> Result<Self, aho_corasick::BuildError> {
-        let terms: Vec<String> = config.terms.iter().filter(|t| !t.is_empty()).cloned().collect();
+        let terms: Vec<String> = config.terms.iter().filter(|t| !fold(t).is_empty()).cloned().collect();
+        let folded: Vec<String> = terms.iter().map(|t| fold(t)).collect();
         let matcher = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostLongest)
-            .build(&terms)?;
+            .build(&folded)?;
         Ok(Self {
             matcher,
             terms,
@@ -55,7 +100,7 @@ impl Filter {
         let mut errors = Vec::new();
         let mut visit = |part: String, text: &mut String| match self.action {
             FilterAction::Reject => {
-                if let Some(m) = self.matcher.find(text.as_str()) {
+                if let Some(m) = self.matcher.find(fold(text).as_str()) {
                     let term = &self.terms[m.pattern().as_usize()];
                     errors.push(FieldError::new(
                         format!("{at}/{part}"),
@@ -64,8 +109,8 @@ impl Filter {
                 }
             }
             FilterAction::Mask => {
-                if self.matcher.is_match(text.as_str()) {
-                    *text = self.mask(text);
+                if let Some(masked) = self.mask(text) {
+                    *text = masked;
                 }
             }
         };
@@ -96,6 +141,9 @@ impl Filter {
                 visit(format!("wechat/data/{k}"), v);
             }
         }
+        if let Some(body) = content.body.as_mut() {
+            visit_json("body".to_string(), body, &mut visit);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -103,16 +151,49 @@ impl Filter {
         }
     }
 
-    fn mask(&self, text: &str) -> String {
+    /// `text` with every character of each match (zero-width ones between its letters
+    /// included) replaced by `*`; `None` when nothing matches.
+    fn mask(&self, text: &str) -> Option<String> {
+        let (folded, origin) = fold_mapped(text);
         let mut out = String::with_capacity(text.len());
         let mut last = 0;
-        for m in self.matcher.find_iter(text) {
-            out.push_str(&text[last..m.start()]);
-            out.extend(text[m.start()..m.end()].chars().map(|_| '*'));
-            last = m.end();
+        let mut matched = false;
+        for m in self.matcher.find_iter(folded.as_str()) {
+            matched = true;
+            let (start, end) = (origin[m.start()].0, origin[m.end() - 1].1);
+            if start < last {
+                continue; // Two matches within one original character: masked already.
+            }
+            out.push_str(&text[last..start]);
+            out.extend(text[start..end].chars().map(|_| '*'));
+            last = end;
+        }
+        if !matched {
+            return None;
         }
         out.push_str(&text[last..]);
-        out
+        Some(out)
+    }
+}
+
+/// Calls `visit` on every string in a JSON value (object values and array items, at any
+/// depth; keys are the sender's field names, not text), naming each by its JSON pointer
+/// below `at`.
+fn visit_json(at: String, value: &mut serde_json::Value, visit: &mut impl FnMut(String, &mut String)) {
+    match value {
+        serde_json::Value::String(s) => visit(at, s),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                visit_json(format!("{at}/{i}"), v, visit);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let key = k.replace('~', "~0").replace('/', "~1");
+                visit_json(format!("{at}/{key}"), v, visit);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -176,5 +257,81 @@ mod tests {
         let mut c = content("a BAD idea: 赌博!");
         f.apply(&mut c, "/content").unwrap();
         assert_eq!(c.text.as_deref(), Some("a *** idea: **!"));
+    }
+
+    fn casino(action: FilterAction) -> Filter {
+        Filter::new(&FilterConfig {
+            terms: vec!["casino".into()],
+            action,
+        })
+        .unwrap()
+    }
+
+    /// Spellings a reader sees as the term: full width, other case, zero-width characters
+    /// between the letters, compatibility forms.
+    #[test]
+    fn width_case_and_zero_width_characters_do_not_hide_a_term() {
+        let f = casino(FilterAction::Reject);
+        for text in [
+            "ｃａｓｉｎｏ",
+            "ＣＡＳＩＮＯ night",
+            "ca\u{200b}sino",
+            "c\u{200c}a\u{200d}s\u{2060}i\u{feff}no",
+            "CaSiNo",
+            "ⓒⓐⓢⓘⓝⓞ",
+            "Ｃa\u{200b}ＳＩno",
+        ] {
+            let errors = f.apply(&mut content(text), "/content").unwrap_err();
+            assert_eq!(errors[0].pointer, "/content/text", "{text:?}");
+        }
+        assert!(f.apply(&mut content("casin o"), "/content").is_ok());
+        // A term configured in full width matches the plain spelling too.
+        let wide = Filter::new(&FilterConfig {
+            terms: vec!["ｂａｄ".into()],
+            action: FilterAction::Reject,
+        })
+        .unwrap();
+        assert!(wide.apply(&mut content("so bad"), "/content").is_err());
+    }
+
+    #[test]
+    fn masking_covers_the_original_characters_of_a_folded_match() {
+        let f = casino(FilterAction::Mask);
+        let mut c = content("go ｃａｓｉｎｏ and ca\u{200b}sino, CASINO");
+        f.apply(&mut c, "/content").unwrap();
+        assert_eq!(c.text.as_deref(), Some("go ****** and *******, ******"));
+    }
+
+    /// Every JSON string of a webhook body is text the receiver shows, at any depth.
+    #[test]
+    fn webhook_body_strings_and_wechat_data_are_checked() {
+        let f = casino(FilterAction::Reject);
+        let mut c = Content {
+            body: Some(serde_json::json!({
+                "title": "ok",
+                "items": [{"name": "ｃａｓｉｎｏ"}, 3, null],
+                "a/b": "casino",
+            })),
+            ..Content::default()
+        };
+        let errors = f.apply(&mut c, "/content").unwrap_err();
+        let mut pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        pointers.sort_unstable();
+        assert_eq!(pointers, ["/content/body/a~1b", "/content/body/items/0/name"]);
+
+        let mut w: Content = serde_json::from_value(serde_json::json!({
+            "wechat": {"template_id": "t", "data": {"first": "ca\u{200b}sino"}}
+        }))
+        .unwrap();
+        let errors = f.apply(&mut w, "/content").unwrap_err();
+        assert_eq!(errors[0].pointer, "/content/wechat/data/first");
+
+        let m = casino(FilterAction::Mask);
+        let mut c = Content {
+            body: Some(serde_json::json!({"deep": {"list": ["CASINO!", 1]}})),
+            ..Content::default()
+        };
+        m.apply(&mut c, "/content").unwrap();
+        assert_eq!(c.body, Some(serde_json::json!({"deep": {"list": ["******!", 1]}})));
     }
 }

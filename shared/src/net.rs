@@ -1,5 +1,7 @@
-//! Outbound-address policy for webhooks: targets on loopback, private, link-local,
-//! shared (CGNAT), multicast or cloud-metadata addresses are refused unless explicitly
+//! Outbound-address policy for targets a tenant chooses (webhook URLs, SMTP relays):
+//! targets on loopback, private, link-local, site-local, shared (CGNAT), multicast or
+//! cloud-metadata addresses, and IPv6 forms that embed such an IPv4 address
+//! (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo), are refused unless explicitly
 //! allowed (`PUSHGATE_WEBHOOK_ALLOW_PRIVATE=true`, the local dev stack). Checked twice:
 //! on the URL at ingest, and on every resolved address at connect time, so DNS that
 //! points a public name at a private address (or rebinds) is refused too.
@@ -9,24 +11,47 @@ use std::sync::Arc;
 
 use url::{Host, Url};
 
-/// Is this address one a webhook may reach without the private-address override?
+/// Is this address one a tenant's target may reach without the private-address override?
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return is_public_v4(v4);
             }
-            let seg0 = v6.segments()[0];
+            let seg = v6.segments();
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local, incl. fd00:ec2::254 (metadata)
-                || (seg0 & 0xffc0) == 0xfe80 // link-local
-                || seg0 == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe))
+                || seg[..6] == [0; 6] // IPv4-compatible ::a.b.c.d (deprecated; never global)
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local, incl. fd00:ec2::254 (metadata)
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed on some LANs)
+                || seg[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
+                || seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
         }
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, for the forms that reach it:
+/// IPv4-mapped `::ffff:a.b.c.d`, well-known NAT64 `64:ff9b::a.b.c.d`, 6to4
+/// `2002:AABB:CCDD::/48` and Teredo `2001:0::/32` (the client address, inverted).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let seg = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(v4(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return Some(v4(seg[1], seg[2]));
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        return Some(v4(!seg[6], !seg[7]));
+    }
+    None
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
@@ -78,6 +103,32 @@ pub fn check_webhook_url(raw: &str, allow_private: bool) -> Result<Url, String> 
     Ok(url)
 }
 
+/// Resolves `host` and keeps the addresses the policy allows, with `port`, so a connection
+/// can only go to an address that passed it (no rebinding between check and use).
+/// [`TargetError::Blocked`] when the host has addresses but none is allowed.
+pub async fn allowed_addrs(host: &str, port: u16, allow_private: bool) -> Result<Vec<SocketAddr>, TargetError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(TargetError::Resolve)?
+        .filter(|a| allow_private || is_public(a.ip()))
+        .collect();
+    if addrs.is_empty() {
+        return Err(TargetError::Blocked(BlockedAddress(host.to_string())));
+    }
+    Ok(addrs)
+}
+
+/// Why a tenant's target cannot be connected to.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The name did not resolve (possibly transient).
+    #[error("cannot resolve the host: {0}")]
+    Resolve(#[source] std::io::Error),
+    /// It resolved only to addresses the policy refuses (permanent).
+    #[error(transparent)]
+    Blocked(BlockedAddress),
+}
+
 /// A DNS resolver for reqwest that drops disallowed addresses, so the connection can
 /// only go to an address that passed the policy (no rebinding between check and use).
 #[derive(Debug, Clone, Copy)]
@@ -89,15 +140,11 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| allow_private || is_public(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(Box::new(BlockedAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
+            match allowed_addrs(name.as_str(), 0, allow_private).await {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
+                Err(TargetError::Resolve(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                Err(TargetError::Blocked(b)) => Err(Box::new(b) as Box<dyn std::error::Error + Send + Sync>),
             }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -136,6 +183,50 @@ mod tests {
         for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    /// IPv6 forms that reach a blocked IPv4 address, or are never global, are refused;
+    /// the same forms around a public IPv4 address are not.
+    #[test]
+    fn ipv6_forms_embedding_ipv4_are_judged_by_the_ipv4_address() {
+        let table: &[(&str, bool, &str)] = &[
+            ("::127.0.0.1", false, "IPv4-compatible loopback"),
+            ("::169.254.169.254", false, "IPv4-compatible metadata"),
+            ("::8.8.8.8", false, "IPv4-compatible, deprecated even when public"),
+            ("::ffff:10.0.0.1", false, "IPv4-mapped private"),
+            ("::ffff:8.8.8.8", true, "IPv4-mapped public"),
+            ("64:ff9b::169.254.169.254", false, "NAT64 metadata"),
+            ("64:ff9b::127.0.0.1", false, "NAT64 loopback"),
+            ("64:ff9b::10.1.2.3", false, "NAT64 private"),
+            ("64:ff9b::8.8.8.8", true, "NAT64 public"),
+            ("64:ff9b:1::a00:1", false, "local-use NAT64"),
+            ("2002:a9fe:a9fe::1", false, "6to4 of 169.254.169.254"),
+            ("2002:7f00:1::", false, "6to4 of 127.0.0.1"),
+            ("2002:c0a8:101::1", false, "6to4 of 192.168.1.1"),
+            ("2002:808:808::1", true, "6to4 of 8.8.8.8"),
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", false, "Teredo of 127.0.0.1"),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", true, "Teredo of 8.8.8.8"),
+            ("fec0::1", false, "site-local"),
+            ("feff::1", false, "site-local, top of the range"),
+            ("fe80::1", false, "link-local"),
+            ("2001:db8::1", false, "documentation"),
+            ("2606:4700::1111", true, "global"),
+        ];
+        for (ip, public, why) in table {
+            assert_eq!(is_public(ip.parse().unwrap()), *public, "{ip}: {why}");
+            let url = format!("https://[{ip}]/hook");
+            assert_eq!(check_webhook_url(&url, false).is_ok(), *public, "{url}: {why}");
+        }
+    }
+
+    #[tokio::test]
+    async fn allowed_addresses_drop_private_ones() {
+        assert!(matches!(
+            allowed_addrs("127.0.0.1", 25, false).await,
+            Err(TargetError::Blocked(_))
+        ));
+        let addrs = allowed_addrs("127.0.0.1", 25, true).await.unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:25".parse().unwrap()]);
     }
 
     #[test]

@@ -35,7 +35,8 @@ async fn shared() -> Result<Shared, WiringError> {
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let store = Store::new(ddb.clone(), common.messages_table.clone());
     let source = SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&sdk), common.secret_id.clone());
-    let apps = Arc::new(Apps::new(Arc::new(source), common.secret_ttl));
+    let policy = crate::cache::StalePolicy::new(common.secret_ttl, common.secret_max_stale);
+    let apps = Arc::new(Apps::with_policy(Arc::new(source), policy));
     Ok(Shared {
         sdk,
         common,

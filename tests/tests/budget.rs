@@ -33,11 +33,13 @@ async fn ingest_and_dispatch_stay_within_the_call_budget() {
         "nothing else, not even the service secret (cached): {ingest:?}"
     );
 
-    // A warm instance has read SES's circuit state within the last second: closed.
+    // A warm instance has read SES's circuit state within the last second: closed. The
+    // harness app sends from the default sender, whose identity is the account.
+    let ses = format!("ses.{}", pushgate_shared::providers::key_part(EMAIL_FROM));
     stack
         .dispatcher
         .breaker
-        .state("ses.default", pushgate_shared::clock::now_ms())
+        .state(&ses, pushgate_shared::clock::now_ms())
         .await
         .unwrap();
     stack.calls.reset();
@@ -157,9 +159,11 @@ async fn a_metered_app_pays_one_transaction_per_delivered_message() {
         let req = signed("POST", "/v1/messages", &body, METERED_APP, OTHER_SECRET, now(), &[]);
         assert_eq!(parts(stack.ingest.handle(req).await).0, 202);
     }
+    let app: pushgate_shared::apps::AppConfig =
+        serde_json::from_value(json!({"key": METERED_APP, "secrets": []})).unwrap();
     let host = format!(
         "webhook.{}",
-        url::Url::parse(&stack.receiver.url("x")).unwrap().host_str().unwrap()
+        pushgate_shared::providers::webhook::account_id(&app, &stack.receiver.url("x")).unwrap()
     );
     stack
         .dispatcher

@@ -24,7 +24,7 @@ async fn relay() -> SmtpFake {
 }
 
 fn provider() -> Smtp {
-    Smtp::new(DEFAULT_FROM.into(), Duration::from_secs(2))
+    Smtp::new(DEFAULT_FROM.into(), Duration::from_secs(2), true)
 }
 
 fn app(providers: Value, email_from: Option<&str>) -> AppConfig {
@@ -215,7 +215,7 @@ async fn a_refused_connection_is_retryable() {
 #[tokio::test]
 async fn no_reply_after_the_message_is_ambiguous() {
     let f = relay().await;
-    let p = Smtp::new(DEFAULT_FROM.into(), Duration::from_millis(300));
+    let p = Smtp::new(DEFAULT_FROM.into(), Duration::from_millis(300), true);
     let err = p.send(&email(fake::SILENT_RCPT), &app_for(&f)).await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Ambiguous, "{err}");
     assert_eq!(err.code, "timeout");
@@ -241,8 +241,12 @@ async fn the_email_order_picks_smtp_first() {
         .behavior_version(aws_sdk_sesv2::config::BehaviorVersion::latest())
         .region(aws_sdk_sesv2::config::Region::new("us-east-1"))
         .build();
-    let ses =
-        pushgate_shared::providers::ses::Ses::new(aws_sdk_sesv2::Client::from_conf(sdk), DEFAULT_FROM.into(), None);
+    let ses = pushgate_shared::providers::ses::Ses::new(
+        aws_sdk_sesv2::Client::from_conf(sdk),
+        DEFAULT_FROM.into(),
+        None,
+        Duration::from_secs(2),
+    );
     let providers = Providers::new(vec![Arc::new(ses), Arc::new(provider())]);
     let smtp = account(2525, fake::PASSWORD)["smtp"].clone();
 
@@ -255,4 +259,114 @@ async fn the_email_order_picks_smtp_first() {
 
     let no_account = app(json!({"email_order": ["smtp", "ses"]}), None);
     assert_eq!(providers.select(Channel::Email, &no_account).unwrap().name(), "ses");
+}
+
+/// A relay that answers every line (greeting, commands, the message) `delay` late, each
+/// reply well inside the provider timeout; `None` accepts and never answers at all.
+async fn slow_relay(delay: Option<Duration>) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Some(delay) = delay else {
+                    // Hold the connection open, silent.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    drop(socket);
+                    return;
+                };
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let mut in_data = false;
+                tokio::time::sleep(delay).await;
+                let _ = write.write_all(b"220 slow ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = match line.as_str() {
+                        "." if in_data => {
+                            in_data = false;
+                            b"250 queued\r\n"
+                        }
+                        _ if in_data => continue,
+                        l if l.starts_with("EHLO") => b"250 slow\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    tokio::time::sleep(delay).await;
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn relay_at(port: u16) -> AppConfig {
+    app(
+        json!({"smtp": {"host": "127.0.0.1", "port": port, "security": "none"}}),
+        None,
+    )
+}
+
+/// The lease fence allows one provider timeout per send: a relay that answers each step
+/// just in time must not stretch the whole conversation past it.
+#[tokio::test]
+async fn a_slow_relay_cannot_stretch_a_send_past_the_provider_timeout() {
+    let timeout = Duration::from_millis(600);
+    let port = slow_relay(Some(Duration::from_millis(250))).await;
+    let p = Smtp::new(DEFAULT_FROM.into(), timeout, true);
+    let started = std::time::Instant::now();
+    let err = p
+        .send(&email("someone@example.com"), &relay_at(port))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < timeout + Duration::from_millis(200), "took {took:?}");
+    // The time ran out before the message: nothing can have been accepted.
+    assert_eq!(
+        (err.class, err.code.as_str()),
+        (ErrorClass::Retryable, "timeout"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_relay_that_accepts_and_never_answers_ends_within_the_provider_timeout() {
+    let timeout = Duration::from_millis(400);
+    let port = slow_relay(None).await;
+    let p = Smtp::new(DEFAULT_FROM.into(), timeout, true);
+    let started = std::time::Instant::now();
+    let err = p
+        .send(&email("someone@example.com"), &relay_at(port))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < timeout + Duration::from_millis(200), "took {took:?}");
+    assert_eq!(err.class, ErrorClass::Retryable, "{err}");
+}
+
+/// The relay is the tenant's choice: it passes the outbound-address guard like a webhook
+/// target, so a private or loopback relay is refused (before any connection) unless the
+/// service allows private targets.
+#[tokio::test]
+async fn a_relay_on_a_private_address_is_refused() {
+    let f = relay().await;
+    let guarded = Smtp::new(DEFAULT_FROM.into(), Duration::from_secs(2), false);
+    for host in ["127.0.0.1", "localhost"] {
+        let mut app = app_for(&f);
+        app.providers.smtp.as_mut().unwrap().host = host.into();
+        let err = guarded.send(&email("someone@example.com"), &app).await.unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (ErrorClass::Permanent, "target_not_allowed"),
+            "{host}: {err}"
+        );
+    }
+    assert_eq!(f.connections(), 0, "never connected");
 }

@@ -48,6 +48,7 @@ impl Env {
             ddb,
             self.stack.res.messages_table().to_string(),
             pushgate_shared::clock::system(),
+            timeout,
         );
         (wechat, calls)
     }
@@ -569,4 +570,34 @@ async fn the_token_never_appears_in_an_error() {
         let text = format!("{e} {e:?}");
         assert!(!text.contains(&token[..32]), "{to}: token in {text}");
     }
+}
+
+/// The access-token wait counts against the provider timeout: a send behind another
+/// instance's (live) refresh lock ends within the timeout, retryable, never at the
+/// token wait's own longer limit.
+#[tokio::test]
+async fn the_token_wait_ends_within_the_provider_timeout() {
+    let env = env().await;
+    let now = now_ms();
+    env.plant(&[
+        ("lock_owner", s("another-instance")),
+        ("lock_until", n(now + 20_000)),
+        ("expires_at", n(now / 1000 + 86_400)),
+    ])
+    .await;
+    let timeout = Duration::from_millis(700);
+    let (wechat, _) = env.instance_at(env.fakes.endpoints().wechat, timeout);
+    let started = Instant::now();
+    let err = wechat.send(&msg("oUser_1"), &app()).await.unwrap_err();
+    assert!(
+        started.elapsed() < timeout + Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (err.class, err.code.as_str()),
+        (ErrorClass::Retryable, "token_timeout"),
+        "{err}"
+    );
+    assert!(env.sends().is_empty());
 }

@@ -679,6 +679,72 @@ async fn an_open_circuit_sends_to_the_next_provider_until_a_probe_closes_it() {
     assert_eq!(stack.record(&id).await.provider.as_deref(), Some("aliyun"));
 }
 
+/// A webhook circuit belongs to the app and the target's origin: one tenant's failing
+/// target opens that tenant's circuit only, never every tenant's webhooks to the host.
+#[tokio::test]
+async fn one_apps_failing_webhooks_do_not_open_another_apps_circuit() {
+    let policy = BreakerPolicy {
+        failures: 2,
+        window_ms: 60_000,
+        cool_down_ms: 60_000,
+    };
+    let stack = Stack::with(StackOptions {
+        breaker: policy,
+        breaker_cache_ms: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    clear_of_window_end(policy.window_ms, 10_000).await;
+    // App one: two 5xx answers from the host open its circuit.
+    for hook in ["a1", "a2"] {
+        let id = stack
+            .accept(json!({"channel":"webhook","to": format!("{}?status=500", stack.receiver.url(hook)),"content":{"text":"x"}}))
+            .await;
+        assert_eq!(dispatch_one(&stack, &id).await, 1, "retried");
+    }
+    let app = |key: &str| -> pushgate_shared::apps::AppConfig {
+        serde_json::from_value(json!({"key": key, "secrets": []})).unwrap()
+    };
+    let account = |key: &str| {
+        format!(
+            "webhook.{}",
+            pushgate_shared::providers::webhook::account_id(&app(key), &stack.receiver.url("x")).unwrap()
+        )
+    };
+    let now = pushgate_shared::clock::now_ms();
+    assert!(matches!(
+        stack.store.circuit(&account(APP), &policy, now).await.unwrap(),
+        Circuit::Open { .. }
+    ));
+    assert_eq!(
+        stack.store.circuit(&account(OTHER_APP), &policy, now).await.unwrap(),
+        Circuit::Closed
+    );
+
+    // App one's next webhook to the host waits behind its open circuit...
+    let held = stack
+        .accept(json!({"channel":"webhook","to": stack.receiver.url("a3"),"content":{"text":"x"}}))
+        .await;
+    assert_eq!(dispatch_one(&stack, &held).await, 1);
+    assert!(has_note(&stack.record(&held).await, "skipped webhook: circuit open"));
+
+    // ...while app two's webhooks to the same host still go out.
+    let (status, _, body) = stack
+        .submit_as(
+            OTHER_APP,
+            OTHER_SECRET,
+            json!({"channel":"webhook","to": stack.receiver.url("b1"),"content":{"text":"y"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let other = body["id"].as_str().unwrap().to_string();
+    assert_eq!(dispatch_one(&stack, &other).await, 0);
+    assert_eq!(stack.record(&other).await.status, Status::Delivered);
+    let hooks: Vec<String> = stack.receiver.received().into_iter().map(|r| r.hook).collect();
+    assert!(hooks.contains(&"b1".to_string()), "{hooks:?}");
+    assert!(!hooks.contains(&"a3".to_string()), "{hooks:?}");
+}
+
 // 6. Rate shaping.
 
 /// Accepts 21 messages to the DingTalk robot `ops` and dispatches them as one batch.

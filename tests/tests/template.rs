@@ -89,3 +89,126 @@ fn every_function_binary_in_the_template_exists_in_the_workspace() {
         Some("ReportBatchItemFailures")
     );
 }
+
+/// The function resource `name`'s IAM statements.
+fn statements(template: &Value, name: &str) -> Vec<Value> {
+    let policies = template["Resources"][name]["Properties"]["Policies"]
+        .as_sequence()
+        .unwrap();
+    policies
+        .iter()
+        .flat_map(|p| p["Statement"].as_sequence().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Whether `v` is `!GetAtt {what}`.
+fn is_get_att(v: &Value, what: &str) -> bool {
+    matches!(v, Value::Tagged(t) if t.tag == "GetAtt" && t.value.as_str() == Some(what))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(items) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+        _ => vec![],
+    }
+}
+
+/// Every (action, condition operator, key patterns) the function is granted on the
+/// messages table itself (not its indexes).
+fn table_grants(template: &Value, function: &str) -> BTreeSet<(String, String, Vec<String>)> {
+    let mut grants = BTreeSet::new();
+    for s in statements(template, function) {
+        if !is_get_att(&s["Resource"], "MessagesTable.Arn") {
+            continue;
+        }
+        assert_eq!(s["Effect"].as_str(), Some("Allow"));
+        let condition = s.get("Condition").and_then(Value::as_mapping);
+        let (op, patterns) = condition
+            .and_then(|c| c.iter().next())
+            .map(|(op, keys)| (op.as_str().unwrap().to_string(), strings(&keys["dynamodb:LeadingKeys"])))
+            .unwrap_or_default();
+        for action in strings(&s["Action"]) {
+            grants.insert((action, op.clone(), patterns.clone()));
+        }
+    }
+    grants
+}
+
+/// Ingest and callbacks are the internet-facing functions: they may touch message items
+/// (keys without '.') but not the balances, circuits, rate buckets and access tokens kept
+/// beside them (keys with '.'); ingest's two exceptions are its per-minute counter and
+/// reading a balance.
+#[test]
+fn internet_facing_functions_touch_only_message_items() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    let messages_only = |action: &str| {
+        (
+            format!("dynamodb:{action}"),
+            "ForAllValues:StringNotLike".to_string(),
+            vec!["*.*".to_string()],
+        )
+    };
+    let only = |action: &str, pattern: &str| {
+        (
+            format!("dynamodb:{action}"),
+            "ForAllValues:StringLike".to_string(),
+            vec![pattern.to_string()],
+        )
+    };
+    let ingest: BTreeSet<_> = [
+        messages_only("PutItem"),
+        messages_only("UpdateItem"),
+        messages_only("DeleteItem"),
+        messages_only("GetItem"),
+        only("UpdateItem", "_rate.*"),
+        only("GetItem", "_balance.*"),
+    ]
+    .into();
+    assert_eq!(table_grants(&template, "IngestFunction"), ingest);
+    let callback: BTreeSet<_> = [messages_only("UpdateItem"), messages_only("GetItem")].into();
+    assert_eq!(table_grants(&template, "CallbackFunction"), callback);
+    // The '.' that sets the service's items apart is in every one of their keys.
+    assert!(pushgate_shared::providers::wechat::TOKEN_PK_PREFIX.starts_with("_token."));
+    assert!(
+        !pushgate_shared::auth::valid_app_key("app.x"),
+        "app keys, hence message keys, have no '.'"
+    );
+}
+
+#[test]
+fn ses_sends_only_from_the_configured_senders() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    let ses: Vec<Value> = statements(&template, "DispatcherFunction")
+        .into_iter()
+        .filter(|s| strings(&s["Action"]).contains(&"ses:SendEmail".to_string()))
+        .collect();
+    assert_eq!(ses.len(), 1);
+    assert!(ses[0]["Condition"]["StringLike"].get("ses:FromAddress").is_some());
+}
+
+#[test]
+fn functions_have_reserved_concurrency_and_the_api_is_throttled_and_logged() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    for f in ["IngestFunction", "DispatcherFunction", "CallbackFunction"] {
+        assert!(
+            template["Resources"][f]["Properties"]
+                .get("ReservedConcurrentExecutions")
+                .is_some(),
+            "{f}"
+        );
+    }
+    let api = &template["Resources"]["HttpApi"]["Properties"];
+    assert!(api["DefaultRouteSettings"].get("ThrottlingRateLimit").is_some());
+    assert!(api["DefaultRouteSettings"].get("ThrottlingBurstLimit").is_some());
+    assert!(is_get_att(
+        &api["AccessLogSettings"]["DestinationArn"],
+        "ApiAccessLogGroup.Arn"
+    ));
+    assert!(api["AccessLogSettings"]["Format"]
+        .as_str()
+        .unwrap()
+        .contains("$context.requestId"));
+    let env = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert!(env.get("PUSHGATE_SECRET_MAX_STALE_SECONDS").is_some());
+}

@@ -179,8 +179,13 @@ pub fn standard(
             ses,
             cfg.email_from.clone(),
             cfg.ses_configuration_set.clone(),
+            cfg.provider_timeout,
         )),
-        Arc::new(smtp::Smtp::new(cfg.email_from.clone(), cfg.provider_timeout)),
+        Arc::new(smtp::Smtp::new(
+            cfg.email_from.clone(),
+            cfg.provider_timeout,
+            cfg.webhook_allow_private,
+        )),
         Arc::new(webhook::Webhook::new(
             cfg.webhook_timeout,
             cfg.webhook_allow_private,
@@ -202,6 +207,7 @@ pub fn standard(
             ddb,
             table.to_string(),
             clock(),
+            cfg.provider_timeout,
         )),
     ]))
 }
@@ -234,6 +240,18 @@ pub(crate) fn unreadable_answer(vendor: &str, status: u16, missing: &str) -> Pro
     )
 }
 
+/// Characters a key part keeps as they are: letters, digits, `-` and `_`. Everything else
+/// (notably `.`, which separates the parts of `{provider}.{account}`, and `@`, which ends
+/// a rate slot's account) is percent-encoded.
+const KEY_SAFE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+
+/// `part` escaped so it can be one `.`-separated part of an account key whatever it
+/// contains: tenant-chosen values (app ids, webhook hosts, sender addresses) can then
+/// neither collide with another tenant's key nor forge a part of the key format.
+pub fn key_part(part: &str) -> String {
+    percent_encoding::utf8_percent_encode(part, KEY_SAFE).to_string()
+}
+
 /// Classifies a transport error: refused connections never reached the provider.
 pub fn transport_error(e: &reqwest::Error) -> ProviderError {
     if e.is_connect() {
@@ -248,31 +266,33 @@ pub fn transport_error(e: &reqwest::Error) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::ProviderAccounts;
     use crate::delivery::Sent;
 
-    /// How a vendor finds the account a message goes through, from the app's accounts.
-    type AccountFn = fn(&ProviderAccounts, &str) -> Option<String>;
+    /// How a vendor finds the account a message goes through, from the app.
+    type AccountFn = fn(&AppConfig, &str) -> Option<String>;
+
+    /// The default sender the test registry's SES sends from.
+    const DEFAULT_FROM: &str = "no-reply@pushgate.test";
 
     /// The vendors' account lookups by name (a test table: the code asks the provider).
     const ACCOUNTS: [(&str, AccountFn); 10] = [
-        ("ses", ses::account_id),
+        ("ses", |app, _| ses::account_id(app, DEFAULT_FROM)),
         ("smtp", smtp::account_id),
         ("webhook", webhook::account_id),
-        ("aliyun", aliyun::account_id),
-        ("tencent", tencent::account_id),
-        ("twilio", twilio::account_id),
-        ("dingtalk", dingtalk::account_id),
-        ("wecom", wecom::account_id),
-        ("feishu", feishu::account_id),
-        ("wechat", wechat::account_id),
+        ("aliyun", |app, to| aliyun::account_id(&app.providers, to)),
+        ("tencent", |app, to| tencent::account_id(&app.providers, to)),
+        ("twilio", |app, to| twilio::account_id(&app.providers, to)),
+        ("dingtalk", |app, to| dingtalk::account_id(&app.providers, to)),
+        ("wecom", |app, to| wecom::account_id(&app.providers, to)),
+        ("feishu", |app, to| feishu::account_id(&app.providers, to)),
+        ("wechat", |app, to| wechat::account_id(&app.providers, to)),
     ];
 
-    fn account_by_name(provider: &str, accounts: &ProviderAccounts, to: &str) -> Option<String> {
+    fn account_by_name(provider: &str, app: &AppConfig, to: &str) -> Option<String> {
         ACCOUNTS
             .iter()
             .find(|(name, _)| *name == provider)
-            .and_then(|(_, account)| account(accounts, to))
+            .and_then(|(_, account)| account(app, to))
     }
 
     /// A provider that answers `account` the way the vendor of its name does.
@@ -281,7 +301,7 @@ mod tests {
     #[async_trait::async_trait]
     impl Provider for Named {
         fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-            account_by_name(self.0, &app.providers, to)
+            account_by_name(self.0, app, to)
         }
 
         fn name(&self) -> &'static str {
@@ -352,23 +372,46 @@ mod tests {
         let robots = app(serde_json::json!({"dingtalk": {"ops": {"token": "t"}}}));
         // The token's hash (hex of sha256's first 8 bytes), never the token.
         assert_eq!(
-            account_by_name("dingtalk", &robots.providers, "ops").as_deref(),
+            account_by_name("dingtalk", &robots, "ops").as_deref(),
             Some("e3b98a4da31a127d")
         );
+        assert_eq!(account_by_name("dingtalk", &robots, "nope").as_deref(), Some("default"));
+        assert_eq!(account_by_name("wecom", &robots, "ops"), None);
+        // Per app and origin (scheme, host, port), never the host alone.
         assert_eq!(
-            account_by_name("dingtalk", &robots.providers, "nope").as_deref(),
-            Some("default")
+            account_by_name("webhook", &robots, "https://hooks.example/x").as_deref(),
+            Some("a.https%3A%2F%2Fhooks%2Eexample%3A443")
         );
-        assert_eq!(account_by_name("wecom", &robots.providers, "ops"), None);
+        // Per sending identity, never one account for every app.
         assert_eq!(
-            account_by_name("webhook", &robots.providers, "https://hooks.example/x").as_deref(),
-            Some("hooks.example")
+            account_by_name("ses", &robots, "a@b.c").as_deref(),
+            Some("no-reply%40pushgate%2Etest")
         );
-        assert_eq!(
-            account_by_name("ses", &robots.providers, "a@b.c").as_deref(),
-            Some("default")
-        );
-        assert_eq!(account_by_name("nope", &robots.providers, "x"), None);
-        assert_eq!(account_by_name("aliyun", &robots.providers, "x"), None);
+        assert_eq!(account_by_name("nope", &robots, "x"), None);
+        assert_eq!(account_by_name("aliyun", &robots, "x"), None);
+    }
+
+    #[test]
+    fn tenant_chosen_targets_are_kept_apart_by_app_and_origin() {
+        let a = app(serde_json::json!({}));
+        let mut b = a.clone();
+        b.key = "b".into();
+        let hook = |app: &AppConfig, to: &str| account_by_name("webhook", app, to).unwrap();
+        let url = "https://host.example:1/";
+        assert_ne!(hook(&a, url), hook(&b, url), "one tenant's failures are not another's");
+        assert_ne!(hook(&a, url), hook(&a, "https://host.example:2/"), "ports apart");
+        assert_ne!(hook(&a, url), hook(&a, "http://host.example:1/"), "schemes apart");
+        assert_eq!(hook(&a, url), hook(&a, "https://HOST.example:1/other?q"), "one origin");
+        // An app id cannot forge another app's key by containing the separator.
+        let mut dotted = a.clone();
+        dotted.key = "a.https://host.example:1".into();
+        assert_ne!(hook(&dotted, "https://x/"), hook(&a, url));
+        assert!(!hook(&dotted, url).contains('@'), "rate slots end an account at '@'");
+
+        let mut own = a.clone();
+        own.email_from = Some("news@tenant.example".into());
+        let ses = |app: &AppConfig| account_by_name("ses", app, "r@x").unwrap();
+        assert_ne!(ses(&own), ses(&a), "an app's own sender is its own circuit");
+        assert_eq!(ses(&own), "news%40tenant%2Eexample");
     }
 }

@@ -1,15 +1,18 @@
 //! Email through Amazon SES v2 `SendEmail`. Tags carry our key and id so SES events can
 //! be correlated even when the SES message id was never recorded (a send cut short).
 
+use aws_sdk_sesv2::config::retry::RetryConfig;
+use aws_sdk_sesv2::config::timeout::TimeoutConfig;
 use aws_sdk_sesv2::error::SdkError;
 use aws_sdk_sesv2::operation::send_email::SendEmailError;
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message as SesMessage, MessageTag};
 use aws_sdk_sesv2::Client;
+use std::time::Duration;
 
 use super::Provider;
 use super::ReceiptSource;
+use crate::apps::AppConfig;
 use crate::apps::ServiceSecrets;
-use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
@@ -28,13 +31,37 @@ pub struct Ses {
 }
 
 impl Ses {
-    pub fn new(client: Client, default_from: String, configuration_set: Option<String>) -> Self {
+    /// `client` is rebuilt for sending (see [`sending_client`]): `SendEmail` is not
+    /// idempotent, so it is tried once and bounded by `timeout`, the provider timeout the
+    /// dispatcher's lease fence allows for one call.
+    pub fn new(client: Client, default_from: String, configuration_set: Option<String>, timeout: Duration) -> Self {
         Self {
-            client,
+            client: sending_client(&client, timeout),
             default_from,
             configuration_set,
         }
     }
+}
+
+/// `client` with automatic retries off and every operation bounded by `timeout` (its
+/// other settings, interceptors included, kept). The SDK's default retries would resend
+/// `SendEmail` after an IO error that may have followed SES's acceptance (a second email),
+/// and without an operation timeout a slow call could outlive the lease fence, letting
+/// another dispatcher take the message over and send it again. A timed-out call is
+/// classified ambiguous ([`classify`]) and never resent (`MarkUnknown`).
+pub fn sending_client(client: &Client, timeout: Duration) -> Client {
+    let config = client
+        .config()
+        .to_builder()
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(3)))
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
 }
 
 fn content(data: &str) -> Result<Content, ProviderError> {
@@ -84,16 +111,19 @@ fn classify(e: SdkError<SendEmailError>) -> ProviderError {
     ProviderError::new(class, code, message)
 }
 
-/// SES needs no per-app account: every app sends through the service's one.
-pub fn account_id(_accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some("default".into())
+/// The app's sending identity (its `email_from`, else the service's `default_from`),
+/// escaped (see [`super::key_part`]). Every app sends through the service's SES account,
+/// but SES throttles and refuses per identity (an unverified or paused sender), so one
+/// app's failing identity must not open the circuit for every app.
+pub fn account_id(app: &AppConfig, default_from: &str) -> Option<String> {
+    Some(super::key_part(app.email_from.as_deref().unwrap_or(default_from)))
 }
 
 #[async_trait::async_trait]
 impl Provider for Ses {
     /// See [`account_id`].
-    fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
+    fn account(&self, app: &AppConfig, _to: &str) -> Option<String> {
+        account_id(app, &self.default_from)
     }
 
     fn name(&self) -> &'static str {
@@ -259,6 +289,27 @@ mod tests {
     use super::*;
 
     use serde_json::json;
+
+    #[test]
+    fn send_email_is_tried_once_and_bounded_by_the_provider_timeout() {
+        let given = Client::from_conf(
+            aws_sdk_sesv2::Config::builder()
+                .behavior_version(aws_sdk_sesv2::config::BehaviorVersion::latest())
+                .region(aws_sdk_sesv2::config::Region::new("us-east-1"))
+                .build(),
+        );
+        let ses = Ses::new(given, "a@b.c".into(), None, Duration::from_millis(1500));
+        let config = ses.client.config();
+        assert_eq!(
+            config.retry_config().map(|r| r.max_attempts()),
+            Some(1),
+            "no automatic resend"
+        );
+        assert_eq!(
+            config.timeout_config().and_then(|t| t.operation_timeout()),
+            Some(Duration::from_millis(1500))
+        );
+    }
 
     fn sns(event: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({"Type":"Notification","MessageId":"m","TopicArn":"arn:aws:sns:us-east-1:1:t","Message": event.to_string()})).unwrap()

@@ -29,9 +29,10 @@ use lettre::transport::smtp::Error as SmtpError;
 use sha2::{Digest, Sha256};
 
 use super::Provider;
-use crate::apps::{AppConfig, ProviderAccounts, SmtpAccount};
+use crate::apps::{AppConfig, SmtpAccount};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
+use crate::net::TargetError;
 
 /// Idle connections kept per account.
 const MAX_IDLE: usize = 8;
@@ -109,34 +110,54 @@ enum Phase {
     Message,
 }
 
-/// The app's SMTP relay: its host.
-pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
-    Some(accounts.smtp.as_ref()?.host.clone())
+/// `{app}.{host}:{port}` (escaped, see [`super::key_part`]) of the app's SMTP relay: the
+/// relay is the tenant's choice (often a shared one such as a mail provider's), so two
+/// apps' accounts on one relay keep separate circuits and rate buckets.
+pub fn account_id(app: &AppConfig, _to: &str) -> Option<String> {
+    let relay = app.providers.smtp.as_ref()?;
+    let origin = format!("{}:{}", relay.host.to_ascii_lowercase(), relay.port);
+    Some(format!("{}.{}", super::key_part(&app.key), super::key_part(&origin)))
 }
 
 /// The SMTP provider. One per process; it caches idle connections per account.
 pub struct Smtp {
     default_from: String,
     timeout: Duration,
+    /// Whether relays on private addresses may be reached (see [`crate::net`]).
+    allow_private: bool,
     hello: ClientId,
     idle: Mutex<HashMap<AccountKey, Vec<Idle>>>,
 }
 
 impl Smtp {
-    /// `default_from` is used when the app has no `email_from`; `timeout` bounds each
-    /// step of the conversation (connect, each command, the message).
-    pub fn new(default_from: String, timeout: std::time::Duration) -> Self {
+    /// `default_from` is used when the app has no `email_from`; `timeout` bounds the
+    /// whole send (checking an idle connection or connecting, every command, the message
+    /// and the courtesy `QUIT`): the dispatcher's lease fence allows one provider timeout
+    /// per call, and a relay answering each step just in time must not stretch a send past
+    /// it (another dispatcher could then take the message over and send it again).
+    ///
+    /// The relay's host is the tenant's choice, so it passes the same address guard as
+    /// webhook targets: it is resolved, and only addresses the policy allows are
+    /// connected to, unless `allow_private` (`PUSHGATE_WEBHOOK_ALLOW_PRIVATE`, the local
+    /// dev stack).
+    pub fn new(default_from: String, timeout: std::time::Duration, allow_private: bool) -> Self {
         Self {
             default_from,
             timeout,
+            allow_private,
             hello: ClientId::default(),
             idle: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Runs one step under the step timeout, classifying its failure by `phase`.
-    async fn step<T>(&self, phase: Phase, fut: impl Future<Output = Result<T, SmtpError>>) -> Result<T, ProviderError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+    /// Runs one step, to end by the send's `deadline`, classifying its failure by `phase`.
+    async fn step<T>(
+        &self,
+        phase: Phase,
+        deadline: Instant,
+        fut: impl Future<Output = Result<T, SmtpError>>,
+    ) -> Result<T, ProviderError> {
+        match tokio::time::timeout_at(deadline.into(), fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(&e, phase)),
             Err(_) => Err(timed_out(phase)),
@@ -144,7 +165,7 @@ impl Smtp {
     }
 
     /// An idle connection for `key` that still answers, if any.
-    async fn take_idle(&self, key: &AccountKey) -> Option<AsyncSmtpConnection> {
+    async fn take_idle(&self, key: &AccountKey, deadline: Instant) -> Option<AsyncSmtpConnection> {
         loop {
             let idle = {
                 let mut map = self.idle.lock().ok()?;
@@ -159,7 +180,7 @@ impl Smtp {
                 continue;
             }
             let mut conn = idle.conn;
-            if let Ok(true) = tokio::time::timeout(self.timeout, conn.test_connected()).await {
+            if let Ok(true) = tokio::time::timeout_at(deadline.into(), conn.test_connected()).await {
                 return Some(conn);
             }
         }
@@ -181,7 +202,12 @@ impl Smtp {
     }
 
     /// Opens, secures and authenticates a connection.
-    async fn connect(&self, account: &SmtpAccount, security: Security) -> Result<AsyncSmtpConnection, ProviderError> {
+    async fn connect(
+        &self,
+        account: &SmtpAccount,
+        security: Security,
+        deadline: Instant,
+    ) -> Result<AsyncSmtpConnection, ProviderError> {
         let tls = |host: &str| {
             TlsParameters::new(host.to_string())
                 .map_err(|_| ProviderError::new(ErrorClass::Permanent, "tls_config", "cannot set up TLS for the host"))
@@ -190,12 +216,14 @@ impl Smtp {
             Security::Tls => Some(tls(&account.host)?),
             _ => None,
         };
+        let addrs = self.allowed_addrs(account, deadline).await?;
         let mut conn = self
             .step(
                 Phase::Connect,
+                deadline,
                 AsyncSmtpConnection::connect_tokio1(
-                    (account.host.as_str(), account.port),
-                    Some(self.timeout),
+                    addrs.as_slice(),
+                    Some(deadline.saturating_duration_since(Instant::now())),
                     &self.hello,
                     implicit,
                     None,
@@ -204,7 +232,7 @@ impl Smtp {
             .await?;
         if security == Security::StartTls {
             if !conn.server_info().supports_feature(Extension::StartTls) {
-                quit(conn).await;
+                quit(conn, deadline).await;
                 return Err(ProviderError::new(
                     ErrorClass::Permanent,
                     "starttls_unsupported",
@@ -212,22 +240,52 @@ impl Smtp {
                 ));
             }
             let params = tls(&account.host)?;
-            self.step(Phase::Connect, conn.starttls(params, &self.hello)).await?;
+            self.step(Phase::Connect, deadline, conn.starttls(params, &self.hello))
+                .await?;
         }
         if let Some(username) = &account.username {
             let credentials = Credentials::new(username.clone(), account.password.clone().unwrap_or_default());
             let auth = self
                 .step(
                     Phase::Connect,
+                    deadline,
                     conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials),
                 )
                 .await;
             if let Err(e) = auth {
-                quit(conn).await;
+                quit(conn, deadline).await;
                 return Err(e);
             }
         }
         Ok(conn)
+    }
+
+    /// The relay's addresses that the outbound-address policy allows (resolved once, so
+    /// the connection goes to an address that was checked).
+    async fn allowed_addrs(
+        &self,
+        account: &SmtpAccount,
+        deadline: Instant,
+    ) -> Result<Vec<std::net::SocketAddr>, ProviderError> {
+        let resolved = tokio::time::timeout_at(
+            deadline.into(),
+            crate::net::allowed_addrs(&account.host, account.port, self.allow_private),
+        )
+        .await;
+        match resolved {
+            Ok(Ok(addrs)) => Ok(addrs),
+            Ok(Err(TargetError::Blocked(_))) => Err(ProviderError::new(
+                ErrorClass::Permanent,
+                "target_not_allowed",
+                "the SMTP host resolves to a disallowed address",
+            )),
+            Ok(Err(TargetError::Resolve(e))) => Err(ProviderError::new(
+                ErrorClass::Retryable,
+                "connect",
+                format!("cannot resolve the SMTP host: {e}"),
+            )),
+            Err(_) => Err(timed_out(Phase::Connect)),
+        }
     }
 
     /// MAIL, RCPT, DATA and the message on `conn`. On error the connection is spent.
@@ -236,6 +294,7 @@ impl Smtp {
         conn: &mut AsyncSmtpConnection,
         envelope: &lettre::address::Envelope,
         email: &[u8],
+        deadline: Instant,
     ) -> Result<(), ProviderError> {
         let mut params = Vec::new();
         let non_ascii_address = envelope.from().is_some_and(|a| !AsRef::<str>::as_ref(a).is_ascii())
@@ -262,22 +321,25 @@ impl Smtp {
         }
         self.step(
             Phase::Envelope,
+            deadline,
             conn.command(Mail::new(envelope.from().cloned(), params)),
         )
         .await?;
         for to in envelope.to() {
-            self.step(Phase::Envelope, conn.command(Rcpt::new(to.clone(), vec![])))
+            self.step(Phase::Envelope, deadline, conn.command(Rcpt::new(to.clone(), vec![])))
                 .await?;
         }
-        self.step(Phase::Envelope, conn.command(Data)).await?;
-        self.step(Phase::Message, conn.message(email)).await?;
+        self.step(Phase::Envelope, deadline, conn.command(Data)).await?;
+        self.step(Phase::Message, deadline, conn.message(email)).await?;
         Ok(())
     }
 }
 
-/// Gives a connection up politely (bounded `QUIT`).
-async fn quit(mut conn: AsyncSmtpConnection) {
-    let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.abort()).await;
+/// Gives a connection up politely (`QUIT`, bounded by [`QUIT_TIMEOUT`] and the send's
+/// `deadline`).
+async fn quit(mut conn: AsyncSmtpConnection, deadline: Instant) {
+    let by = deadline.min(Instant::now() + QUIT_TIMEOUT);
+    let _ = tokio::time::timeout_at(by.into(), conn.abort()).await;
 }
 
 fn timed_out(phase: Phase) -> ProviderError {
@@ -386,7 +448,7 @@ fn build(message: &Message, from: &str) -> Result<lettre::Message, ProviderError
 impl Provider for Smtp {
     /// See [`account_id`].
     fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
+        account_id(app, to)
     }
 
     fn name(&self) -> &'static str {
@@ -421,12 +483,16 @@ impl Provider for Smtp {
         let email = build(message, from)?;
         let formatted = email.formatted();
 
+        let deadline = Instant::now() + self.timeout;
         let key = AccountKey::of(account, security);
-        let mut conn = match self.take_idle(&key).await {
+        let mut conn = match self.take_idle(&key, deadline).await {
             Some(conn) => conn,
-            None => self.connect(account, security).await?,
+            None => self.connect(account, security, deadline).await?,
         };
-        match self.transaction(&mut conn, email.envelope(), &formatted).await {
+        match self
+            .transaction(&mut conn, email.envelope(), &formatted, deadline)
+            .await
+        {
             Ok(()) => {
                 self.put_idle(key, conn);
                 Ok(Sent {
@@ -438,7 +504,7 @@ impl Provider for Smtp {
                 // A refused transaction leaves the connection mid-way: give it up
                 // (politely when the server is still talking).
                 if e.code.starts_with("smtp_") {
-                    quit(conn).await;
+                    quit(conn, deadline).await;
                 } else {
                     drop(conn);
                 }

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::Provider;
-use crate::apps::{AppConfig, ProviderAccounts};
+use crate::apps::AppConfig;
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
@@ -55,13 +55,17 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A client with no redirects, a total timeout and the address guard.
+    /// A client with no redirects, a total timeout and the address guard. Proxies from
+    /// the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored: through a
+    /// proxy the guard would check the proxy's address, not the tenant's target, and the
+    /// proxy could reach whatever the guard refuses.
     pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .dns_resolver(guarded_resolver(allow_private))
+            .no_proxy()
             .user_agent("Pushgate-Webhooks/1")
             .build()?;
         Ok(Self {
@@ -94,22 +98,28 @@ fn classify_error(e: &reqwest::Error) -> ProviderError {
     super::transport_error(e)
 }
 
-/// The target URL's host (every app can send webhooks; `"default"` for a `to` that
-/// is not a URL, which the send refuses).
-pub fn account_id(_accounts: &ProviderAccounts, to: &str) -> Option<String> {
-    Some(
-        url::Url::parse(to)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
-            .unwrap_or_else(|| "default".into()),
-    )
+/// `{app}.{origin}` (both escaped, see [`super::key_part`]): the target is the tenant's
+/// choice, so its circuit and rate bucket belong to the app and the origin (scheme, host,
+/// port) it sends to. Keyed by host alone, one tenant failing to reach `https://host:1/`
+/// would open the circuit for every tenant's webhooks to that host. Every app can send
+/// webhooks; the origin is `default` for a `to` that is not a URL, which the send refuses.
+pub fn account_id(app: &AppConfig, to: &str) -> Option<String> {
+    let origin = url::Url::parse(to)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_ascii_lowercase();
+            let port = u.port_or_known_default()?;
+            Some(format!("{}://{host}:{port}", u.scheme()))
+        })
+        .unwrap_or_else(|| "default".into());
+    Some(format!("{}.{}", super::key_part(&app.key), super::key_part(&origin)))
 }
 
 #[async_trait::async_trait]
 impl Provider for Webhook {
     /// See [`account_id`].
     fn account(&self, app: &AppConfig, to: &str) -> Option<String> {
-        account_id(&app.providers, to)
+        account_id(app, to)
     }
 
     fn name(&self) -> &'static str {

@@ -552,17 +552,23 @@ pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
 /// WeChat Official Account template messages.
 pub struct Wechat {
     tokens: Tokens,
+    /// Bounds a whole send, the access-token wait included (see [`Wechat::new`]).
+    timeout: Duration,
 }
 
 impl Wechat {
     /// `endpoint` is the API base without a trailing slash; `table` is the messages
-    /// table, which also holds one token item per appid.
+    /// table, which also holds one token item per appid. `timeout` bounds a whole send:
+    /// the access-token wait (another instance's refresh may take up to `WAIT_MS`), the
+    /// template send and the retry after a rejected token together, because the
+    /// dispatcher's lease fence allows one provider timeout per call.
     pub fn new(
         http: reqwest::Client,
         endpoint: String,
         ddb: aws_sdk_dynamodb::Client,
         table: String,
         clock: Clock,
+        timeout: Duration,
     ) -> Self {
         Self {
             tokens: Tokens {
@@ -574,7 +580,46 @@ impl Wechat {
                 flights: Mutex::new(HashMap::new()),
                 clock,
             },
+            timeout,
         }
+    }
+
+    /// A token for `account` by `deadline`; nothing was sent yet, so running out of time
+    /// is retryable.
+    async fn token_by(
+        &self,
+        account: &WechatAccount,
+        stale: Option<&AccessToken>,
+        deadline: tokio::time::Instant,
+    ) -> Result<AccessToken, ProviderError> {
+        tokio::time::timeout_at(deadline, self.tokens.get(account, stale))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::new(
+                    ErrorClass::Retryable,
+                    "token_timeout",
+                    "no access token in time; nothing was sent",
+                ))
+            })
+    }
+
+    /// [`Wechat::post`] by `deadline`; the request may have reached WeChat, so running out
+    /// of time is ambiguous.
+    async fn post_by(
+        &self,
+        token: &AccessToken,
+        body: &serde_json::Value,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Sent, ProviderError>, ProviderError> {
+        tokio::time::timeout_at(deadline, self.post(token, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::new(
+                    ErrorClass::Ambiguous,
+                    "timeout",
+                    "no answer in time",
+                ))
+            })
     }
 
     /// One template send with `token`. `Ok(Err(errcode))` is a token rejection.
@@ -662,13 +707,14 @@ impl Provider for Wechat {
             return Err(ProviderError::new(ErrorClass::Permanent, "40003", "empty OpenID"));
         }
         let body = payload(&message.to, template);
-        let token = self.tokens.get(account, None).await?;
-        match self.post(&token, &body).await? {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let token = self.token_by(account, None, deadline).await?;
+        match self.post_by(&token, &body, deadline).await? {
             Ok(sent) => Ok(sent),
             // The token was rejected, so nothing went out: refresh (forced) and retry once.
             Err(_) => {
-                let token = self.tokens.get(account, Some(&token)).await?;
-                self.post(&token, &body).await?
+                let token = self.token_by(account, Some(&token), deadline).await?;
+                self.post_by(&token, &body, deadline).await?
             }
         }
     }
