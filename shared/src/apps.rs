@@ -38,6 +38,12 @@ pub struct AppConfig {
     /// Request limits enforced at ingest.
     #[serde(default)]
     pub limits: Limits,
+    /// This app's callback token: what its provider callback URLs carry
+    /// (`/v1/callbacks/{aliyun,tencent}?app={key}&token={callback_token}`) and the server
+    /// token of its WeChat official account. It lets its holder change this app's
+    /// message statuses only, never another app's.
+    #[serde(default)]
+    pub callback_token: Option<String>,
 }
 
 /// Per-app request limits.
@@ -211,7 +217,9 @@ impl fmt::Debug for AppConfig {
 pub struct ServiceSecrets {
     #[serde(default)]
     pub apps: Vec<AppConfig>,
-    /// Shared token that provider callbacks must present (`?token=`).
+    /// Shared token that SES event callbacks present (`?token=`). It no longer
+    /// authenticates Aliyun, Tencent or WeChat callbacks: those use each app's own
+    /// `callback_token`, which can only change that app's messages.
     #[serde(default)]
     pub callback_token: Option<String>,
 }

@@ -23,6 +23,58 @@ pub struct Receipt {
     pub note: String,
 }
 
+/// Whose messages an authenticated callback may change. A callback proves who sent it
+/// (a per-app token, an app's Twilio auth token, an app's WeChat server token), and what
+/// it proves bounds what it may write: a receipt for another app's message is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Only messages of these apps (the apps whose secret authenticated the call).
+    Apps(Vec<String>),
+    /// Any app's messages: only for callbacks authenticated at the service level (SES
+    /// events, which carry our own record key; see `providers::ses`).
+    AnyApp,
+}
+
+impl Scope {
+    /// A scope of one app.
+    pub fn app(key: &str) -> Self {
+        Self::Apps(vec![key.to_string()])
+    }
+
+    /// Whether a message of `app` is in scope.
+    pub fn allows(&self, app: &str) -> bool {
+        match self {
+            Self::Apps(apps) => apps.iter().any(|a| a == app),
+            Self::AnyApp => true,
+        }
+    }
+}
+
+/// Why a callback was refused (401): logged, never the payload or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no app named (?app=)")]
+    NoApp,
+    #[error("unknown app")]
+    UnknownApp,
+    #[error("the app has no callback token configured")]
+    NoAppToken,
+    #[error("no token given (?token=)")]
+    NoToken,
+    #[error("token does not match")]
+    BadToken,
+    #[error("the app has no account with this provider")]
+    NoAccount,
+    #[error("signature missing or wrong")]
+    BadSignature,
+    #[error("timestamp missing or outside the allowed window")]
+    Stale,
+    #[error("nonce already seen (replay)")]
+    Replayed,
+    #[error("caller address not in the provider's allow-list")]
+    Address,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
     #[error("body is not valid JSON")]
@@ -40,6 +92,8 @@ pub struct Inbound<'a> {
     pub query: &'a [(String, String)],
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+    /// Now (Unix milliseconds), for callbacks whose signature carries a timestamp.
+    pub now_ms: i64,
 }
 
 impl Inbound<'_> {
@@ -59,12 +113,32 @@ impl Inbound<'_> {
     }
 
     /// Whether the request carries the shared callback token (`?token=`), compared in
-    /// constant time: the check for providers that document no signature of their own.
-    /// With no token configured nothing passes, rather than anyone.
+    /// constant time. With no token configured nothing passes, rather than anyone. Only
+    /// SES still uses it (see `providers::ses`); it never scopes a per-app vendor.
     pub fn has_callback_token(&self, secrets: &ServiceSecrets) -> bool {
         match (secrets.callback_token.as_deref(), self.param("token")) {
             (Some(expected), Some(given)) => constant_time_eq(expected, given),
             _ => false,
+        }
+    }
+
+    /// The per-app callback check for vendors that sign nothing (Aliyun, Tencent): the
+    /// app's callback URL carries `?app={key}&token={its callback_token}`, compared in
+    /// constant time. The scope is that app alone, so a leaked token exposes one
+    /// tenant's statuses, not every tenant's.
+    pub fn app_token(&self, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        let key = self.param("app").ok_or(Refusal::NoApp)?;
+        let app = secrets.app(key).ok_or(Refusal::UnknownApp)?;
+        let expected = app
+            .callback_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or(Refusal::NoAppToken)?;
+        let given = self.param("token").ok_or(Refusal::NoToken)?;
+        if constant_time_eq(expected, given) {
+            Ok(Scope::app(&app.key))
+        } else {
+            Err(Refusal::BadToken)
         }
     }
 }
@@ -73,6 +147,11 @@ impl Inbound<'_> {
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
+
+/// Providers whose receipts name the message only by the provider's own id, and may
+/// arrive before the dispatcher has recorded that id: their receipts are held until the
+/// reference is recorded (`Store::hold_receipt`, `Store::record_ref`).
+pub const HELD_UNTIL_RECORDED: &[&str] = &["twilio", "tencent", "wechat"];
 
 /// The receipts one callback carried.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -48,6 +48,10 @@ pub const METERED_APP: &str = "app-metered";
 pub const WAITING_APP: &str = "app-waiting";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const CALLBACK_TOKEN: &str = "cb-token-123";
+/// `APP`'s own callback token (Aliyun/Tencent `?app=&token=`, its WeChat server token).
+pub const APP_CALLBACK_TOKEN: &str = "app-one-cb-token";
+/// `OTHER_APP`'s own callback token.
+pub const OTHER_CALLBACK_TOKEN: &str = "app-two-cb-token";
 pub const EMAIL_FROM: &str = "sender@pushgate.test";
 /// The public base URL the test stack claims (providers sign callbacks over it).
 pub const PUBLIC_URL: &str = "https://pushgate.test";
@@ -174,8 +178,10 @@ impl Stack {
         let accounts = pushgate_tool::fakes::sandbox_accounts(smtp.addr);
         let doc = serde_json::json!({
             "apps": [
-                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET, "providers": accounts},
-                {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET},
+                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET, "providers": accounts,
+                 "callback_token": APP_CALLBACK_TOKEN},
+                {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "callback_token": OTHER_CALLBACK_TOKEN},
                 {"key": STRICT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
                 {"key": RATED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,

@@ -337,7 +337,8 @@ async fn the_receipt_sandbox_settles_sent_messages_through_the_callback() {
         stack.res.messages_table(),
         CALLBACK_TOKEN,
         PUBLIC_URL,
-    );
+    )
+    .with_app_tokens([(APP.to_string(), APP_CALLBACK_TOKEN.to_string())].into());
     let callbacks = sandbox.pending().await.unwrap();
     assert_eq!(callbacks.len(), 4, "one receipt per sent message");
     for cb in callbacks {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::apps::{AppConfig, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
-use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use crate::shaping::Rate;
 
 pub mod aliyun;
@@ -67,8 +67,16 @@ pub trait ReceiptSource: Send + Sync {
     fn on_get(&self, _call: &Inbound<'_>) -> Option<Reply> {
         None
     }
-    /// Whether the call really comes from the vendor.
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool;
+    /// Whether the call really comes from the vendor, and whose messages it may change:
+    /// the scope is what the call proved (the app whose secret authenticated it), never
+    /// what it claims in its body.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal>;
+    /// For vendors whose signature covers a nonce but not the body (WeChat): the key
+    /// under which this call's nonce is remembered, so a captured call cannot be replayed
+    /// with another body. `None`: nothing to remember.
+    fn replay_key(&self, _call: &Inbound<'_>) -> Option<String> {
+        None
+    }
     /// The receipts an authentic POST carries.
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError>;
     /// What the vendor must read back once `applied` of the batch's receipts changed a
@@ -86,8 +94,10 @@ static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
     &wechat::WechatReceipts,
 ];
 
-/// A vendor whose callbacks are a JSON array of reports, authenticated by the shared
-/// callback token because the vendor documents no signature (Aliyun, Tencent).
+/// A vendor whose callbacks are a JSON array of reports, authenticated by the app's own
+/// callback token (`?app=&token=`) because the vendor documents no signature (Aliyun,
+/// Tencent). The shared service token no longer passes here: it would let its holder
+/// rewrite every tenant's statuses.
 pub struct TokenReports {
     /// The provider's name and callback path segment.
     pub name: &'static str,
@@ -102,8 +112,8 @@ impl ReceiptSource for TokenReports {
         self.name
     }
 
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        call.app_token(secrets)
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {

@@ -13,7 +13,7 @@ use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use serde_json::Value;
 
 /// Tag naming the record key (`pk`) on every email.
@@ -230,8 +230,14 @@ impl ReceiptSource for SesReceipts {
         "ses"
     }
 
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
+    /// Still the shared token until SNS signatures are verified (README, "Callbacks"):
+    /// SES events carry our own record key, so the scope is any app.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        if call.has_callback_token(secrets) {
+            Ok(Scope::AnyApp)
+        } else {
+            Err(Refusal::BadToken)
+        }
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
