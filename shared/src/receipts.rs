@@ -188,3 +188,44 @@ pub fn parse_reports(
     let reports: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|_| ReceiptError::NotJson)?;
     reports.iter().map(report).collect()
 }
+
+/// Every receipt parser faces the internet before any of its data is trusted: none may
+/// panic, whatever the body.
+#[cfg(test)]
+mod never_panic {
+    use proptest::prelude::*;
+
+    use crate::providers::{receipt_source, ses, twilio, wechat};
+
+    fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            ".{0,256}".prop_map(String::into_bytes),
+            // Near-misses of each format, where parsers do real work.
+            r#"\[\{("[a-z_]{1,12}":("[A-Za-z0-9]{0,6}"|true|false|1|null),?){0,6}\}\]"#.prop_map(String::into_bytes),
+            r#"\{"Type":"(Notification|SubscriptionConfirmation|X)","Message":"[{}\[\]a-zA-Z":,]{0,64}"\}"#
+                .prop_map(String::into_bytes),
+            "<xml>(<(Event|MsgID|Status)>(<!\\[CDATA\\[)?[a-zA-Z:]{0,8}(\\]\\]>)?(</(Event|MsgID|Status)>)?){0,4}</xml>"
+                .prop_map(String::into_bytes),
+            "((MessageSid|MessageStatus|SmsSid|ErrorCode)=[a-z%0-9]{0,8}&?){0,5}".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn receipt_parsers_never_panic(body in bodies()) {
+            let _ = ses::parse(&body);
+            let _ = wechat::parse(&body);
+            let fields: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+            let _ = twilio::parse(&fields);
+            for name in ["aliyun", "tencent", "ses", "twilio", "wechat"] {
+                let source = receipt_source(name).expect("registered");
+                let headers = lambda_http::http::HeaderMap::new();
+                let call = super::Inbound { url: "https://x/", query: &[], headers: &headers, body: &body, now_ms: 0 };
+                let _ = source.parse(&call);
+            }
+        }
+    }
+}
