@@ -217,9 +217,9 @@ impl fmt::Debug for AppConfig {
 pub struct ServiceSecrets {
     #[serde(default)]
     pub apps: Vec<AppConfig>,
-    /// Shared token that SES event callbacks present (`?token=`). It no longer
-    /// authenticates Aliyun, Tencent or WeChat callbacks: those use each app's own
-    /// `callback_token`, which can only change that app's messages.
+    /// The former shared callback token. It authenticates no callback any more (each app
+    /// has its own `callback_token`; SES events are verified by their SNS signature) and
+    /// is kept so existing secret documents still parse.
     #[serde(default)]
     pub callback_token: Option<String>,
 }

@@ -31,7 +31,7 @@ pub enum Scope {
     /// Only messages of these apps (the apps whose secret authenticated the call).
     Apps(Vec<String>),
     /// Any app's messages: only for callbacks authenticated at the service level (SES
-    /// events, which carry our own record key; see `providers::ses`).
+    /// events signed by SNS on our topic, which carry our own record key).
     AnyApp,
 }
 
@@ -73,6 +73,14 @@ pub enum Refusal {
     Replayed,
     #[error("caller address not in the provider's allow-list")]
     Address,
+    #[error("not a signed SNS message")]
+    Unsigned,
+    #[error("SNS message not trusted: {0}")]
+    Sns(String),
+    /// Not a refusal: what the check needs (a signing certificate) could not be had now,
+    /// so the sender should retry (503).
+    #[error("cannot verify now: {0}")]
+    Unverifiable(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +121,8 @@ impl Inbound<'_> {
     }
 
     /// Whether the request carries the shared callback token (`?token=`), compared in
-    /// constant time. With no token configured nothing passes, rather than anyone. Only
-    /// SES still uses it (see `providers::ses`); it never scopes a per-app vendor.
+    /// constant time. With no token configured nothing passes, rather than anyone. No
+    /// callback relies on it any more; kept for tools that still put it in URLs.
     pub fn has_callback_token(&self, secrets: &ServiceSecrets) -> bool {
         match (secrets.callback_token.as_deref(), self.param("token")) {
             (Some(expected), Some(given)) => constant_time_eq(expected, given),
@@ -195,7 +203,7 @@ pub fn parse_reports(
 mod never_panic {
     use proptest::prelude::*;
 
-    use crate::providers::{receipt_source, ses, twilio, wechat};
+    use crate::providers::{receipt_source, ses, sns, twilio, wechat};
 
     fn bodies() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
@@ -217,6 +225,9 @@ mod never_panic {
         #[test]
         fn receipt_parsers_never_panic(body in bodies()) {
             let _ = ses::parse(&body);
+            if let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&body) {
+                let _ = sns::canonical_string(&envelope);
+            }
             let _ = wechat::parse(&body);
             let fields: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
             let _ = twilio::parse(&fields);

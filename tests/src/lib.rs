@@ -149,6 +149,20 @@ pub struct Stack {
     /// The fake providers this stack's app is configured for.
     pub fakes: Fakes,
     pub smtp: pushgate_tool::fakes::smtp::SmtpFake,
+    /// The SNS subscriptions the callback confirmed (their `SubscribeURL`s).
+    pub sns_confirmations: Arc<SnsConfirmations>,
+}
+
+/// Records SNS subscription confirmations instead of visiting SNS.
+#[derive(Default)]
+pub struct SnsConfirmations(pub std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl pushgate_shared::providers::sns::Confirmer for SnsConfirmations {
+    async fn confirm(&self, subscribe_url: &str) -> Result<(), pushgate_shared::providers::sns::SnsError> {
+        self.0.lock().unwrap().push(subscribe_url.to_string());
+        Ok(())
+    }
 }
 
 impl Stack {
@@ -299,11 +313,20 @@ impl Stack {
                 dead_letter: Queue::new(sqs.clone(), res.dead_letter_queue()),
             },
         });
+        let sns_confirmations = Arc::new(SnsConfirmations::default());
         let callback = Arc::new(Callback {
             store: store.clone(),
             apps,
             clock: pushgate_shared::clock::system(),
             public_url: Some(PUBLIC_URL.into()),
+            sns: Arc::new(
+                pushgate_shared::providers::sns::SnsTrust::new(
+                    vec![pushgate_tool::fakes::sns::TOPIC_ARN.to_string()],
+                    pushgate_tool::fakes::sns::pinned_certs(),
+                    reqwest::Client::new(),
+                )
+                .with_confirmer(sns_confirmations.clone()),
+            ),
         });
         let harness_store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
         Stack {
@@ -319,6 +342,7 @@ impl Stack {
             calls,
             fakes,
             smtp,
+            sns_confirmations,
         }
     }
 

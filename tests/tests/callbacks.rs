@@ -369,3 +369,89 @@ async fn a_held_receipt_keeps_its_scope() {
     );
     assert_eq!(stack.record(&id).await.status, Status::Delivered);
 }
+
+fn ses_delivery(pk: &str, id: &str, kind: &str) -> Value {
+    json!({"eventType": kind, "mail": {"messageId": "ses-x", "tags": {"pushgate_pk": [pk], "pushgate_id": [id]}}})
+}
+
+async fn post_ses(stack: &Stack, path: &str, envelope: &Value) -> u16 {
+    let body = envelope.to_string();
+    parts(
+        stack
+            .callback
+            .handle(post(path, "text/plain", body.as_bytes(), &[]))
+            .await,
+    )
+    .0
+}
+
+/// The shared token used to be the whole proof for SES events: a forged `Send` marked an
+/// accepted email `sent`, so it was never sent.
+#[tokio::test]
+async fn ses_events_need_a_valid_sns_signature_on_our_topic() {
+    use pushgate_tool::fakes::sns;
+    let stack = Stack::new().await;
+    let id = stack
+        .accept(json!({"channel":"email","to":"sns@example.com","content":{"subject":"s","text":"t"}}))
+        .await;
+    let pk = stack.record(&id).await.pk;
+    let with_token = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
+
+    // Unsigned, with the shared token: refused, nothing written.
+    let unsigned = json!({"Type": "Notification", "MessageId": "m", "TopicArn": sns::TOPIC_ARN,
+                          "Message": ses_delivery(&pk, &id, "Send").to_string(), "Timestamp": "t"});
+    assert_eq!(post_ses(&stack, &with_token, &unsigned).await, 401);
+    // A bare event (no envelope) with the token: refused.
+    assert_eq!(
+        post_ses(&stack, &with_token, &ses_delivery(&pk, &id, "Send")).await,
+        401
+    );
+    // Signed, then tampered with.
+    let mut tampered = sns::notification(&ses_delivery(&pk, &id, "Delivery"));
+    tampered["Message"] = Value::String(ses_delivery(&pk, &id, "Send").to_string());
+    assert_eq!(post_ses(&stack, &with_token, &tampered).await, 401);
+    // Signed by a certificate on a host that is not SNS's.
+    let mut elsewhere = sns::notification(&ses_delivery(&pk, &id, "Send"));
+    elsewhere["SigningCertURL"] = Value::String("https://evil.s3.amazonaws.com/cert.pem".into());
+    assert_eq!(post_ses(&stack, &with_token, &elsewhere).await, 401);
+    // Validly signed, but for a topic that is not configured.
+    let mut other_topic = json!({"Type": "Notification", "MessageId": "m", "TopicArn": "arn:aws:sns:us-east-1:1:other",
+                                 "Message": ses_delivery(&pk, &id, "Send").to_string(), "Timestamp": "t"});
+    sns::sign(&mut other_topic);
+    assert_eq!(post_ses(&stack, &with_token, &other_topic).await, 401);
+    let m = stack.record(&id).await;
+    assert_eq!(m.status, Status::Accepted, "no forged event wrote anything");
+
+    // Signed (both signature versions), no token needed.
+    let mut v1 = json!({"Type": "Notification", "MessageId": "m1", "TopicArn": sns::TOPIC_ARN,
+                        "Message": ses_delivery(&pk, &id, "Delivery").to_string(), "Timestamp": "t",
+                        "Subject": "Amazon SES Email Event Notification", "SignatureVersion": "1"});
+    sns::sign(&mut v1);
+    assert_eq!(post_ses(&stack, "/v1/callbacks/ses", &v1).await, 200);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
+    let v2 = sns::notification(&ses_delivery(&pk, &id, "Bounce"));
+    assert_eq!(post_ses(&stack, "/v1/callbacks/ses", &v2).await, 200);
+}
+
+#[tokio::test]
+async fn sns_subscriptions_are_confirmed_only_once_verified() {
+    use pushgate_tool::fakes::sns;
+    let stack = Stack::new().await;
+    let subscribe = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=t&Token=k";
+    let mut confirmation = json!({"Type": "SubscriptionConfirmation", "MessageId": "m", "Token": "k",
+                                  "TopicArn": sns::TOPIC_ARN, "Message": "You have chosen to subscribe",
+                                  "SubscribeURL": subscribe, "Timestamp": "t"});
+    let unsigned = confirmation.clone();
+    assert_eq!(post_ses(&stack, "/v1/callbacks/ses", &unsigned).await, 401);
+    let mut elsewhere = confirmation.clone();
+    elsewhere["SubscribeURL"] = Value::String("https://attacker.example/confirm".into());
+    sns::sign(&mut elsewhere);
+    assert_eq!(post_ses(&stack, "/v1/callbacks/ses", &elsewhere).await, 401);
+    assert!(
+        stack.sns_confirmations.0.lock().unwrap().is_empty(),
+        "nothing confirmed yet"
+    );
+    sns::sign(&mut confirmation);
+    assert_eq!(post_ses(&stack, "/v1/callbacks/ses", &confirmation).await, 200);
+    assert_eq!(*stack.sns_confirmations.0.lock().unwrap(), vec![subscribe.to_string()]);
+}

@@ -7,7 +7,8 @@
 //! - `twilio`: `X-Twilio-Signature` with the auth token of the app named by `?app=`;
 //! - `wechat`: WeChat's own `signature` = sha1(sorted token, timestamp, nonce) under the
 //!   app's callback token, timestamp within 5 minutes, nonce used once;
-//! - `ses`: the shared callback token (`?token=`) until SNS signatures are verified.
+//! - `ses`: the SNS message signature, with SNS's certificate, on a configured topic
+//!   ([`crate::providers::sns`]).
 //!
 //! Authentication yields a [`Scope`]: the apps whose secret the call proved. Receipts are
 //! applied only to those apps' messages; one for another app's message is ignored and
@@ -24,7 +25,8 @@ use super::{body_bytes, header, json};
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::problem::Problem;
-use crate::providers::{receipt_source, ReceiptSource};
+use crate::providers::sns::SnsTrust;
+use crate::providers::{receipt_source, ReceiptSource, Trust};
 use crate::receipts::{Inbound, Receipt, ReceiptError, Refusal, Reply, Scope, HELD_UNTIL_RECORDED};
 use crate::store::{HeldReceipt, ReceiptOutcome, Store};
 
@@ -43,6 +45,8 @@ pub struct Callback {
     /// `PUSHGATE_PUBLIC_URL`: this API's public base URL, which providers sign over
     /// (Twilio); without it, `https://{Host}` is assumed.
     pub public_url: Option<String>,
+    /// What SES events (through SNS) are verified against.
+    pub sns: Arc<SnsTrust>,
 }
 
 fn query(req: &Request) -> Vec<(String, String)> {
@@ -101,19 +105,27 @@ impl Callback {
             body: body_bytes(req),
             now_ms: now,
         };
-        let authenticate = |source: &dyn ReceiptSource| {
-            source
-                .authentic(&call, &secrets)
-                .map_err(|r| refused(source.name(), &r))
+        let trust = Trust {
+            secrets: &secrets,
+            sns: &self.sns,
+        };
+        let authenticate = |source: &'static dyn ReceiptSource| {
+            let (call, trust) = (&call, &trust);
+            async move {
+                source
+                    .authenticate(call, trust)
+                    .await
+                    .map_err(|r| refused(source.name(), &r))
+            }
         };
         match method {
             "GET" => {
                 let reply = source.on_get(&call).ok_or_else(method_not_allowed)?;
-                authenticate(source)?;
+                authenticate(source).await?;
                 Ok(respond(reply))
             }
             "POST" => {
-                let scope = authenticate(source)?;
+                let scope = authenticate(source).await?;
                 let batch = source.parse(&call).map_err(|e| bad_receipt(source.name(), e))?;
                 let nonce = source.replay_key(&call);
                 if let Some(key) = &nonce {
@@ -223,6 +235,10 @@ fn method_not_allowed() -> Problem {
 
 /// A refused callback: 401, nothing written, the reason logged (never the payload).
 fn refused(provider: &str, reason: &Refusal) -> Problem {
+    if let Refusal::Unverifiable(_) = reason {
+        tracing::error!(provider, %reason, "callback cannot be verified now; the sender retries");
+        return Problem::unavailable("cannot verify the callback now; retry");
+    }
     tracing::warn!(provider, %reason, "callback refused");
     Problem::unauthorized("callback authentication failed")
 }
@@ -262,6 +278,7 @@ mod offline_tests {
             })),
             clock: crate::clock::fixed(NOW_S * 1000),
             public_url: None,
+            sns: Arc::new(SnsTrust::new(Vec::new(), Default::default(), reqwest::Client::new())),
         }
     }
 

@@ -20,6 +20,7 @@ pub mod feishu;
 mod robot;
 pub mod ses;
 pub mod smtp;
+pub mod sns;
 pub mod tencent;
 pub mod twilio;
 pub mod webhook;
@@ -56,9 +57,17 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// What callbacks are checked against: the service secret (apps' tokens and accounts)
+/// and, for SES events, what is trusted of SNS.
+pub struct Trust<'a> {
+    pub secrets: &'a ServiceSecrets,
+    pub sns: &'a sns::SnsTrust,
+}
+
 /// A vendor's delivery receipts, as they reach `/v1/callbacks/{name}`: how the callback
 /// is authenticated, what it carries and what the vendor must read back. One unit struct
 /// per vendor that sends receipts, listed in [`receipt_source`]'s registry.
+#[async_trait::async_trait]
 pub trait ReceiptSource: Send + Sync {
     /// The provider's name, which is also its callback path segment.
     fn name(&self) -> &'static str;
@@ -71,6 +80,11 @@ pub trait ReceiptSource: Send + Sync {
     /// the scope is what the call proved (the app whose secret authenticated it), never
     /// what it claims in its body.
     fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal>;
+    /// The check the callback makes: [`ReceiptSource::authentic`], unless the vendor's
+    /// check needs the network (SES: SNS signing certificates).
+    async fn authenticate(&self, call: &Inbound<'_>, trust: &Trust<'_>) -> Result<Scope, Refusal> {
+        self.authentic(call, trust.secrets)
+    }
     /// For vendors whose signature covers a nonce but not the body (WeChat): the key
     /// under which this call's nonce is remembered, so a captured call cannot be replayed
     /// with another body. `None`: nothing to remember.
@@ -107,6 +121,7 @@ pub struct TokenReports {
     pub ack: fn() -> serde_json::Value,
 }
 
+#[async_trait::async_trait]
 impl ReceiptSource for TokenReports {
     fn name(&self) -> &'static str {
         self.name

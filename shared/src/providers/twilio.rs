@@ -243,6 +243,7 @@ pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptErro
 /// of the app named by `?app=`.
 pub struct TwilioReceipts;
 
+#[async_trait::async_trait]
 impl ReceiptSource for TwilioReceipts {
     fn name(&self) -> &'static str {
         "twilio"

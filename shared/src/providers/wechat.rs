@@ -767,6 +767,7 @@ fn signing_apps(
 /// with a nonce never seen before.
 pub struct WechatReceipts;
 
+#[async_trait::async_trait]
 impl ReceiptSource for WechatReceipts {
     fn name(&self) -> &'static str {
         "wechat"

@@ -122,6 +122,12 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
         ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
         ("PUSHGATE_PUBLIC_URL", api.clone()),
+        // SES events come through SNS; locally the sandbox signs them with a test key.
+        ("PUSHGATE_SNS_TOPIC_ARNS", crate::fakes::sns::TOPIC_ARN.into()),
+        (
+            "PUSHGATE_SNS_CERTS",
+            serde_json::to_string(&crate::fakes::sns::pinned_certs())?,
+        ),
         ("PUSHGATE_ALIYUN_SMS_ENDPOINT", endpoints.aliyun_sms.clone()),
         ("PUSHGATE_TENCENT_SMS_ENDPOINT", endpoints.tencent_sms.clone()),
         ("PUSHGATE_TWILIO_ENDPOINT", endpoints.twilio.clone()),

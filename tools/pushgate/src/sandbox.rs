@@ -2,7 +2,7 @@
 //! events; the fakes only answer sends), so this stands in for them. For every message
 //! a provider accepted (`sent`), it produces the receipt that provider would post to the
 //! callback route, authenticated the way that provider authenticates: an SNS-wrapped SES
-//! event (shared token), an Aliyun SmsReport and a Tencent status report (the app's own
+//! event (signed with the local SNS test key), an Aliyun SmsReport and a Tencent status report (the app's own
 //! callback token), a Twilio StatusCallback with `X-Twilio-Signature`, a WeChat
 //! `TEMPLATESENDJOBFINISH` signed with the app's callback token as WeChat server token. Mail to the
 //! SES mailbox simulator's bounce address bounces; everything else is delivered.
@@ -137,13 +137,10 @@ impl ReceiptSandbox {
                 if bounced {
                     event["bounce"] = json!({"bounceType": "Permanent", "bounceSubType": "General"});
                 }
-                let envelope = json!({
-                    "Type": "Notification",
-                    "MessageId": ulid::Ulid::new().to_string(),
-                    "TopicArn": "arn:aws:sns:us-east-1:123456789012:pushgate-ses-events",
-                    "Message": event.to_string(),
-                });
+                // Signed as SNS signs it (test key); the URL token is no longer needed.
+                let envelope = crate::fakes::sns::notification(&event);
                 Some(SimulatedCallback {
+                    path: "/v1/callbacks/ses".into(),
                     content_type: "text/plain; charset=UTF-8",
                     headers: vec![("x-amz-sns-message-type", "Notification".into())],
                     ..json_cb("ses", envelope)
