@@ -39,6 +39,12 @@ pub struct AppConfig {
     /// Request limits enforced at ingest.
     #[serde(default)]
     pub limits: Limits,
+    /// This app's callback token: what its provider callback URLs carry
+    /// (`/v1/callbacks/{aliyun,tencent}?app={key}&token={callback_token}`) and the server
+    /// token of its WeChat official account. It lets its holder change this app's
+    /// message statuses only, never another app's.
+    #[serde(default)]
+    pub callback_token: Option<String>,
 }
 
 /// Per-app request limits.
@@ -212,7 +218,9 @@ impl fmt::Debug for AppConfig {
 pub struct ServiceSecrets {
     #[serde(default)]
     pub apps: Vec<AppConfig>,
-    /// Shared token that provider callbacks must present (`?token=`).
+    /// The former shared callback token. It authenticates no callback any more (each app
+    /// has its own `callback_token`; SES events are verified by their SNS signature) and
+    /// is kept so existing secret documents still parse.
     #[serde(default)]
     pub callback_token: Option<String>,
 }

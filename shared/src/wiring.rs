@@ -18,6 +18,8 @@ pub enum WiringError {
     Templates(#[from] crate::templates::TemplateError),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("SNS trust: {0}")]
+    Sns(String),
 }
 
 struct Shared {
@@ -104,6 +106,7 @@ impl Callback {
             apps: s.apps,
             clock: crate::clock::system(),
             public_url: config::public_url(),
+            sns: Arc::new(crate::providers::sns::SnsTrust::from_env().map_err(WiringError::Sns)?),
         })
     }
 }

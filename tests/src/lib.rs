@@ -51,6 +51,10 @@ pub const METERED_APP: &str = "app-metered";
 pub const WAITING_APP: &str = "app-waiting";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const CALLBACK_TOKEN: &str = "cb-token-123";
+/// `APP`'s own callback token (Aliyun/Tencent `?app=&token=`, its WeChat server token).
+pub const APP_CALLBACK_TOKEN: &str = "app-one-cb-token";
+/// `OTHER_APP`'s own callback token.
+pub const OTHER_CALLBACK_TOKEN: &str = "app-two-cb-token";
 pub const EMAIL_FROM: &str = "sender@pushgate.test";
 /// The public base URL the test stack claims (providers sign callbacks over it).
 pub const PUBLIC_URL: &str = "https://pushgate.test";
@@ -148,6 +152,20 @@ pub struct Stack {
     /// The fake providers this stack's app is configured for.
     pub fakes: Fakes,
     pub smtp: pushgate_tool::fakes::smtp::SmtpFake,
+    /// The SNS subscriptions the callback confirmed (their `SubscribeURL`s).
+    pub sns_confirmations: Arc<SnsConfirmations>,
+}
+
+/// Records SNS subscription confirmations instead of visiting SNS.
+#[derive(Default)]
+pub struct SnsConfirmations(pub std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl pushgate_shared::providers::sns::Confirmer for SnsConfirmations {
+    async fn confirm(&self, subscribe_url: &str) -> Result<(), pushgate_shared::providers::sns::SnsError> {
+        self.0.lock().unwrap().push(subscribe_url.to_string());
+        Ok(())
+    }
 }
 
 impl Stack {
@@ -177,8 +195,10 @@ impl Stack {
         let accounts = pushgate_tool::fakes::sandbox_accounts(smtp.addr);
         let doc = serde_json::json!({
             "apps": [
-                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET, "providers": accounts},
-                {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET},
+                {"key": APP, "secrets": APP_SECRETS, "webhook_secret": WEBHOOK_SECRET, "providers": accounts,
+                 "callback_token": APP_CALLBACK_TOKEN},
+                {"key": OTHER_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
+                 "callback_token": OTHER_CALLBACK_TOKEN},
                 {"key": STRICT_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino", "赌博"], "action": "reject"}},
                 {"key": RATED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
@@ -298,11 +318,20 @@ impl Stack {
                 dead_letter: Queue::new(sqs.clone(), res.dead_letter_queue()),
             },
         });
+        let sns_confirmations = Arc::new(SnsConfirmations::default());
         let callback = Arc::new(Callback {
             store: store.clone(),
             apps,
             clock: pushgate_shared::clock::system(),
             public_url: Some(PUBLIC_URL.into()),
+            sns: Arc::new(
+                pushgate_shared::providers::sns::SnsTrust::new(
+                    vec![pushgate_tool::fakes::sns::TOPIC_ARN.to_string()],
+                    pushgate_tool::fakes::sns::pinned_certs(),
+                    reqwest::Client::new(),
+                )
+                .with_confirmer(sns_confirmations.clone()),
+            ),
         });
         let harness_store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
         Stack {
@@ -318,6 +347,7 @@ impl Stack {
             calls,
             fakes,
             smtp,
+            sns_confirmations,
         }
     }
 

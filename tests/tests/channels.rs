@@ -22,7 +22,7 @@ async fn sms_goes_through_aliyun_and_its_receipt_delivers_it() {
     assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
 
     let receipt = json!([{"phone_number":"8613800138000","success":true,"err_code":"DELIVERED","biz_id": m.provider_message_id,"out_id": id}]);
-    let path = format!("/v1/callbacks/aliyun?token={CALLBACK_TOKEN}");
+    let path = format!("/v1/callbacks/aliyun?app={APP}&token={APP_CALLBACK_TOKEN}");
     let (status, _, reply) = parts(
         stack
             .callback
@@ -81,7 +81,7 @@ async fn sms_goes_through_tencent_and_its_receipt_is_found_by_serial_number() {
     let serial = m.provider_message_id.clone().unwrap();
 
     let receipt = json!([{"user_receive_time":"2026-11-25 00:00:00","nationcode":"86","mobile":"13800138000","report_status":"FAIL","errmsg":"MK:0001","description":"failed","sid": serial}]);
-    let path = format!("/v1/callbacks/tencent?token={CALLBACK_TOKEN}");
+    let path = format!("/v1/callbacks/tencent?app={APP}&token={APP_CALLBACK_TOKEN}");
     let (status, _, reply) = parts(
         stack
             .callback
@@ -242,8 +242,10 @@ async fn wechat_template_message_and_its_receipt() {
     let msg_id = m.provider_message_id.clone().unwrap();
 
     let xml = format!("<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser123]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msg_id}</MsgID><Status><![CDATA[success]]></Status></xml>");
-    let (ts, nonce) = ("1700000000", "n0nce");
-    let sig = pushgate_shared::handlers::callback::wechat_signature(CALLBACK_TOKEN, ts, nonce);
+    // A timestamp within WeChat's 5-minute window, under the app's own server token.
+    let ts = &now().to_string();
+    let nonce = "n0nce";
+    let sig = pushgate_shared::handlers::callback::wechat_signature(APP_CALLBACK_TOKEN, ts, nonce);
     let bad = format!("/v1/callbacks/wechat?signature=00&timestamp={ts}&nonce={nonce}");
     assert_eq!(
         parts(stack.callback.handle(post(&bad, "text/xml", xml.as_bytes(), &[])).await).0,

@@ -238,7 +238,7 @@ async fn a_webhook_timeout_is_retried_not_failed() {
 fn ses_event(kind: &str, pk: &str, id: &str) -> Vec<u8> {
     let event =
         json!({"eventType": kind, "mail": {"messageId": "ses-x", "tags": {"pushgate_pk": [pk], "pushgate_id": [id]}}});
-    serde_json::to_vec(&json!({"Type":"Notification","MessageId":"n1","TopicArn":"arn:aws:sns:us-east-1:123456789012:ses","Message": event.to_string()})).unwrap()
+    serde_json::to_vec(&pushgate_tool::fakes::sns::notification(&event)).unwrap()
 }
 
 fn callback(path: &str, body: &[u8]) -> lambda_http::Request {
@@ -259,14 +259,24 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
     assert_eq!(m.status, Status::Sent);
 
     let delivered = ses_event("Delivery", &m.pk, &id);
+    // Authentication is SNS's signature now (the URL token no longer counts): the same
+    // event unsigned is refused with or without a token.
+    let unsigned = {
+        let mut e: serde_json::Value = serde_json::from_slice(&delivered).unwrap();
+        e.as_object_mut().unwrap().remove("Signature");
+        serde_json::to_vec(&e).unwrap()
+    };
     let (status, _, _) = parts(
         stack
             .callback
-            .handle(callback("/v1/callbacks/ses?token=wrong", &delivered))
+            .handle(callback(
+                &format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}"),
+                &unsigned,
+            ))
             .await,
     );
     assert_eq!(status, 401);
-    let (status, _, _) = parts(stack.callback.handle(callback("/v1/callbacks/ses", &delivered)).await);
+    let (status, _, _) = parts(stack.callback.handle(callback("/v1/callbacks/ses", &unsigned)).await);
     assert_eq!(status, 401);
     assert_eq!(
         stack.record(&id).await.status,
@@ -291,8 +301,9 @@ async fn ses_receipts_are_authenticated_and_only_move_status_forward() {
     }
     assert_eq!(stack.record(&id).await.status, Status::Delivered);
 
+    // An unreadable body cannot carry an SNS signature: refused before it is parsed.
     let (status, _, _) = parts(stack.callback.handle(callback(&ok_path, b"not json")).await);
-    assert_eq!(status, 400);
+    assert_eq!(status, 401);
     let (status, _, _) = parts(
         stack
             .callback
@@ -314,7 +325,7 @@ async fn a_bounce_fails_the_message() {
     let path = format!("/v1/callbacks/ses?token={CALLBACK_TOKEN}");
     let bounce = {
         let event = json!({"eventType":"Bounce","bounce":{"bounceType":"Permanent","bounceSubType":"General"},"mail":{"messageId":"x","tags":{"pushgate_pk":[m.pk],"pushgate_id":[id]}}});
-        serde_json::to_vec(&json!({"Type":"Notification","Message": event.to_string()})).unwrap()
+        serde_json::to_vec(&pushgate_tool::fakes::sns::notification(&event)).unwrap()
     };
     assert_eq!(parts(stack.callback.handle(callback(&path, &bounce)).await).0, 200);
     let m = stack.record(&id).await;
@@ -337,7 +348,8 @@ async fn the_receipt_sandbox_settles_sent_messages_through_the_callback() {
         stack.res.messages_table(),
         CALLBACK_TOKEN,
         PUBLIC_URL,
-    );
+    )
+    .with_app_tokens([(APP.to_string(), APP_CALLBACK_TOKEN.to_string())].into());
     let callbacks = sandbox.pending().await.unwrap();
     assert_eq!(callbacks.len(), 4, "one receipt per sent message");
     for cb in callbacks {

@@ -70,7 +70,7 @@ async fn dispatcher_and_callback_events_are_accepted() {
     assert_eq!(
         parts(stack.callback.handle(api_request(&callback)).await).0,
         401,
-        "sample token is a placeholder"
+        "sample signature is a placeholder"
     );
     pushgate_tool::events::resign(&mut callback, APP, APP_SECRETS[0], Some(CALLBACK_TOKEN), now()).unwrap();
     let (status, _, body) = parts(stack.callback.handle(api_request(&callback)).await);

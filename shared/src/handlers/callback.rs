@@ -2,11 +2,18 @@
 //! WeChat's server-URL check). The provider is looked up in the receipt sources'
 //! registry ([`crate::providers::receipt_source`]), and its module says how it is
 //! authenticated, what its callbacks carry and what it must read back:
-//! - `ses`, `aliyun`, `tencent`: the shared callback token (`?token=`), compared in
-//!   constant time (Aliyun and Tencent document no signature at all);
+//! - `aliyun`, `tencent`: the app's own callback token (`?app={key}&token={token}`),
+//!   compared in constant time (Aliyun and Tencent document no signature at all);
 //! - `twilio`: `X-Twilio-Signature` with the auth token of the app named by `?app=`;
-//! - `wechat`: WeChat's own `signature` = sha1(sorted token, timestamp, nonce), with the
-//!   callback token configured as the WeChat server token.
+//! - `wechat`: WeChat's own `signature` = sha1(sorted token, timestamp, nonce) under the
+//!   app's callback token, timestamp within 5 minutes, nonce used once;
+//! - `ses`: the SNS message signature, with SNS's certificate, on a configured topic
+//!   ([`crate::providers::sns`]).
+//!
+//! Authentication yields a [`Scope`]: the apps whose secret the call proved. Receipts are
+//! applied only to those apps' messages; one for another app's message is ignored and
+//! logged. A receipt that names a message by a provider id not yet recorded (the send's
+//! answer and its receipt race) is held until the dispatcher records it.
 //!
 //! This handler only routes, authenticates through the source, applies and answers.
 
@@ -18,9 +25,14 @@ use super::{body_bytes, header, json};
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::problem::Problem;
-use crate::providers::{receipt_source, ReceiptSource};
-use crate::receipts::{Inbound, Receipt, ReceiptError, Reply};
-use crate::store::Store;
+use crate::providers::sns::SnsTrust;
+use crate::providers::{receipt_source, ReceiptSource, Trust};
+use crate::receipts::{Inbound, Receipt, ReceiptError, Refusal, Reply, Scope, HELD_UNTIL_RECORDED};
+use crate::store::{HeldReceipt, ReceiptOutcome, Store};
+
+/// How long a callback nonce is remembered: past the whole window in which its
+/// timestamp is accepted (±5 minutes), so a replay inside the window is always caught.
+pub const NONCE_TTL_SECS: i64 = 900;
 
 /// WeChat's server signature, where the tools and tests have always found it.
 pub use crate::providers::wechat::server_signature as wechat_signature;
@@ -33,6 +45,8 @@ pub struct Callback {
     /// `PUSHGATE_PUBLIC_URL`: this API's public base URL, which providers sign over
     /// (Twilio); without it, `https://{Host}` is assumed.
     pub public_url: Option<String>,
+    /// What SES events (through SNS) are verified against.
+    pub sns: Arc<SnsTrust>,
 }
 
 fn query(req: &Request) -> Vec<(String, String)> {
@@ -83,73 +97,128 @@ impl Callback {
             Some(q) => format!("{base}{}?{q}", req.uri().path()),
             None => format!("{base}{}", req.uri().path()),
         };
+        let now = (self.clock)();
         let call = Inbound {
             url: &url,
             query: &params,
             headers: req.headers(),
             body: body_bytes(req),
+            now_ms: now,
         };
-        let authenticate = |source: &dyn ReceiptSource| {
-            if source.authentic(&call, &secrets) {
-                Ok(())
-            } else {
-                Err(refused(source.name()))
+        let trust = Trust {
+            secrets: &secrets,
+            sns: &self.sns,
+        };
+        let authenticate = |source: &'static dyn ReceiptSource| {
+            let (call, trust) = (&call, &trust);
+            async move {
+                source
+                    .authenticate(call, trust)
+                    .await
+                    .map_err(|r| refused(source.name(), &r))
             }
         };
         match method {
             "GET" => {
                 let reply = source.on_get(&call).ok_or_else(method_not_allowed)?;
-                authenticate(source)?;
+                authenticate(source).await?;
                 Ok(respond(reply))
             }
             "POST" => {
-                authenticate(source)?;
-                let batch = source.parse(&call).map_err(bad_receipt)?;
-                let applied = self.apply_all(&batch.receipts).await?;
-                Ok(respond(source.reply(&batch, applied)))
+                let scope = authenticate(source).await?;
+                let batch = source.parse(&call).map_err(|e| bad_receipt(source.name(), e))?;
+                let nonce = source.replay_key(&call);
+                if let Some(key) = &nonce {
+                    if !self
+                        .store
+                        .claim_nonce(key, now, NONCE_TTL_SECS)
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        return Err(refused(source.name(), &Refusal::Replayed));
+                    }
+                }
+                match self.apply_all(&batch.receipts, &scope, now).await {
+                    Ok(applied) => Ok(respond(source.reply(&batch, applied))),
+                    Err(problem) => {
+                        // The vendor will retry this very call: it must not look replayed.
+                        if let Some(key) = &nonce {
+                            if let Err(e) = self.store.release_nonce(key).await {
+                                tracing::error!(error = %e, "releasing a callback nonce failed");
+                            }
+                        }
+                        Err(problem)
+                    }
+                }
             }
             _ => Err(method_not_allowed()),
         }
     }
 
-    async fn apply_all(&self, receipts: &[Receipt]) -> Result<usize, Problem> {
+    async fn apply_all(&self, receipts: &[Receipt], scope: &Scope, now: i64) -> Result<usize, Problem> {
         let mut applied = 0;
         for r in receipts {
-            applied += usize::from(self.apply(r).await?);
+            applied += usize::from(self.apply(r, scope, now).await?);
         }
         Ok(applied)
     }
 
     /// Finds the record (by our key, our id, or the provider's id) and moves its status
-    /// forward. Unknown messages are acknowledged, so providers stop retrying.
-    async fn apply(&self, receipt: &Receipt) -> Result<bool, Problem> {
-        let now = (self.clock)();
+    /// forward, if the message is in the callback's scope. Unknown messages are
+    /// acknowledged, so providers stop retrying, except those named by a provider id the
+    /// dispatcher may not have recorded yet: those are held until it does.
+    async fn apply(&self, receipt: &Receipt, scope: &Scope, now: i64) -> Result<bool, Problem> {
+        let provider = receipt.provider;
         let pk = match (&receipt.pk, &receipt.id, &receipt.provider_message_id) {
             (Some(pk), _, _) => Some(pk.clone()),
             (None, Some(id), _) => self.store.get_by_id(id, now).await.map_err(unavailable)?.map(|m| m.pk),
             (None, None, Some(pid)) => self
                 .store
-                .key_by_provider_ref(receipt.provider, pid)
+                .key_by_provider_ref(provider, pid)
                 .await
                 .map_err(unavailable)?,
             (None, None, None) => None,
         };
-        let Some(pk) = pk else {
-            tracing::warn!(provider = receipt.provider, "receipt for an unknown message ignored");
-            return Ok(false);
+        let pk = match (pk, &receipt.provider_message_id) {
+            (Some(pk), _) => pk,
+            (None, Some(pid)) if HELD_UNTIL_RECORDED.contains(&provider) => {
+                let held = HeldReceipt {
+                    status: receipt.status,
+                    note: receipt.note.clone(),
+                    scope: scope.clone(),
+                };
+                match self
+                    .store
+                    .hold_receipt(provider, pid, &held, now)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Some(pk) => pk,
+                    None => {
+                        tracing::info!(provider, "receipt held until its send is recorded");
+                        return Ok(false);
+                    }
+                }
+            }
+            (None, _) => {
+                tracing::warn!(provider, "receipt for an unknown message ignored");
+                return Ok(false);
+            }
         };
-        let applied = self
+        let outcome = self
             .store
-            .apply_receipt(&pk, receipt.status, Some(receipt.note.clone()), now)
+            .apply_receipt_scoped(&pk, receipt.status, Some(receipt.note.clone()), now, scope)
             .await
             .map_err(unavailable)?;
-        tracing::info!(
-            provider = receipt.provider,
-            status = receipt.status.as_str(),
-            applied,
-            "receipt"
-        );
-        Ok(applied)
+        match &outcome {
+            ReceiptOutcome::OutOfScope { app } => tracing::warn!(
+                provider,
+                message_app = app.as_str(),
+                "receipt for another app's message ignored: nothing written"
+            ),
+            _ => tracing::info!(provider, status = receipt.status.as_str(), ?outcome, "receipt"),
+        }
+        Ok(outcome == ReceiptOutcome::Applied)
     }
 }
 
@@ -164,12 +233,18 @@ fn method_not_allowed() -> Problem {
     Problem::new(405, "method-not-allowed", "Method Not Allowed")
 }
 
-fn refused(provider: &str) -> Problem {
-    tracing::warn!(provider, "callback refused: authentication failed");
+/// A refused callback: 401, nothing written, the reason logged (never the payload).
+fn refused(provider: &str, reason: &Refusal) -> Problem {
+    if let Refusal::Unverifiable(_) = reason {
+        tracing::error!(provider, %reason, "callback cannot be verified now; the sender retries");
+        return Problem::unavailable("cannot verify the callback now; retry");
+    }
+    tracing::warn!(provider, %reason, "callback refused");
     Problem::unauthorized("callback authentication failed")
 }
 
-fn bad_receipt(e: ReceiptError) -> Problem {
+fn bad_receipt(provider: &str, e: ReceiptError) -> Problem {
+    tracing::warn!(provider, error = %e, "callback refused: unreadable receipt");
     Problem::new(400, "bad-receipt", "Bad Request").detail(e.to_string())
 }
 
@@ -181,14 +256,29 @@ fn unavailable(e: impl std::fmt::Display) -> Problem {
 #[cfg(test)]
 mod offline_tests {
     use super::*;
+    use crate::apps::{AppConfig, Apps, ServiceSecrets};
     use crate::handlers::offline;
 
+    const NOW_S: i64 = 1_700_000_000;
+
+    /// Two apps with their own callback tokens, and the shared token `tok`.
     fn callback() -> Callback {
+        let app = |key: &str, token: &str| -> AppConfig {
+            serde_json::from_value(serde_json::json!({
+                "key": key, "secrets": ["s"], "callback_token": token,
+                "providers": {"wechat": {"appid": format!("wx{key}"), "secret": "x"}},
+            }))
+            .unwrap()
+        };
         Callback {
             store: offline::store(),
-            apps: offline::apps(),
-            clock: crate::clock::fixed(0),
+            apps: Arc::new(Apps::fixed(ServiceSecrets {
+                apps: vec![app("a", "tok-a"), app("b", "tok-b")],
+                callback_token: Some("tok".into()),
+            })),
+            clock: crate::clock::fixed(NOW_S * 1000),
             public_url: None,
+            sns: Arc::new(SnsTrust::new(Vec::new(), Default::default(), reqwest::Client::new())),
         }
     }
 
@@ -200,29 +290,72 @@ mod offline_tests {
             .unwrap()
     }
 
+    async fn status(cb: &Callback, method: &str, uri: &str) -> u16 {
+        cb.handle(req(method, uri)).await.status().as_u16()
+    }
+
     #[tokio::test]
     async fn callbacks_are_authenticated_before_any_aws_call() {
         let cb = callback();
-        assert_eq!(cb.handle(req("POST", "/v1/callbacks/ses")).await.status(), 401);
-        assert_eq!(
-            cb.handle(req("POST", "/v1/callbacks/aliyun?token=wrong"))
-                .await
-                .status(),
-            401
-        );
-        assert_eq!(
-            cb.handle(req("POST", "/v1/callbacks/twilio?app=nobody")).await.status(),
-            401
-        );
-        assert_eq!(
-            cb.handle(req("POST", "/v1/callbacks/nope?token=tok")).await.status(),
-            404
-        );
-        let bad = "/v1/callbacks/wechat?signature=x&timestamp=1&nonce=n&echostr=hi";
-        assert_eq!(cb.handle(req("GET", bad)).await.status(), 401);
-        let sig = wechat_signature("tok", "1", "n");
-        let good = format!("/v1/callbacks/wechat?signature={sig}&timestamp=1&nonce=n&echostr=hi");
+        assert_eq!(status(&cb, "POST", "/v1/callbacks/ses").await, 401);
+        assert_eq!(status(&cb, "POST", "/v1/callbacks/aliyun?token=wrong").await, 401);
+        assert_eq!(status(&cb, "POST", "/v1/callbacks/twilio?app=nobody").await, 401);
+        assert_eq!(status(&cb, "POST", "/v1/callbacks/nope?token=tok").await, 404);
+        let ts = NOW_S.to_string();
+        let bad = format!("/v1/callbacks/wechat?signature=x&timestamp={ts}&nonce=n&echostr=hi");
+        assert_eq!(status(&cb, "GET", &bad).await, 401);
+        let sig = wechat_signature("tok-a", &ts, "n");
+        let good = format!("/v1/callbacks/wechat?signature={sig}&timestamp={ts}&nonce=n&echostr=hi");
         let resp = cb.handle(req("GET", &good)).await;
         assert_eq!((resp.status().as_u16(), resp.body()), (200, &Body::Text("hi".into())));
+    }
+
+    /// The shared token used to authenticate Aliyun, Tencent and WeChat for every tenant;
+    /// it now authenticates none of them (only SES, until SNS signatures are checked).
+    #[tokio::test]
+    async fn the_shared_token_no_longer_opens_per_app_vendors() {
+        let cb = callback();
+        for p in ["aliyun", "tencent"] {
+            assert_eq!(status(&cb, "POST", &format!("/v1/callbacks/{p}?token=tok")).await, 401);
+            assert_eq!(
+                status(&cb, "POST", &format!("/v1/callbacks/{p}?app=a&token=tok")).await,
+                401
+            );
+            assert_eq!(
+                status(&cb, "POST", &format!("/v1/callbacks/{p}?app=a&token=tok-b")).await,
+                401
+            );
+            assert_eq!(
+                status(&cb, "POST", &format!("/v1/callbacks/{p}?app=zz&token=tok-a")).await,
+                401
+            );
+        }
+        let ts = NOW_S.to_string();
+        let sig = wechat_signature("tok", &ts, "n");
+        let shared = format!("/v1/callbacks/wechat?signature={sig}&timestamp={ts}&nonce=n&echostr=hi");
+        assert_eq!(status(&cb, "GET", &shared).await, 401);
+        // App b's server token does not pass as app a's.
+        let sig = wechat_signature("tok-b", &ts, "n");
+        let crossed = format!("/v1/callbacks/wechat?app=a&signature={sig}&timestamp={ts}&nonce=n&echostr=hi");
+        assert_eq!(status(&cb, "GET", &crossed).await, 401);
+    }
+
+    /// A days-old signed triple used to pass forever.
+    #[tokio::test]
+    async fn wechat_timestamps_outside_five_minutes_are_refused() {
+        let cb = callback();
+        for at in [NOW_S - 301, NOW_S + 301, NOW_S - 3 * 86_400] {
+            let ts = at.to_string();
+            let sig = wechat_signature("tok-a", &ts, "n");
+            let uri = format!("/v1/callbacks/wechat?signature={sig}&timestamp={ts}&nonce=n&echostr=hi");
+            assert_eq!(status(&cb, "GET", &uri).await, 401, "{at}");
+            assert_eq!(status(&cb, "POST", &uri).await, 401, "{at}");
+        }
+        for at in [NOW_S - 300, NOW_S + 300] {
+            let ts = at.to_string();
+            let sig = wechat_signature("tok-a", &ts, "n");
+            let uri = format!("/v1/callbacks/wechat?signature={sig}&timestamp={ts}&nonce=n&echostr=hi");
+            assert_eq!(status(&cb, "GET", &uri).await, 200, "{at}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::apps::{AppConfig, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::{Channel, Message};
-use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use crate::shaping::Rate;
 
 pub mod aliyun;
@@ -20,6 +20,7 @@ pub mod feishu;
 mod robot;
 pub mod ses;
 pub mod smtp;
+pub mod sns;
 pub mod tencent;
 pub mod twilio;
 pub mod webhook;
@@ -56,9 +57,17 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// What callbacks are checked against: the service secret (apps' tokens and accounts)
+/// and, for SES events, what is trusted of SNS.
+pub struct Trust<'a> {
+    pub secrets: &'a ServiceSecrets,
+    pub sns: &'a sns::SnsTrust,
+}
+
 /// A vendor's delivery receipts, as they reach `/v1/callbacks/{name}`: how the callback
 /// is authenticated, what it carries and what the vendor must read back. One unit struct
 /// per vendor that sends receipts, listed in [`receipt_source`]'s registry.
+#[async_trait::async_trait]
 pub trait ReceiptSource: Send + Sync {
     /// The provider's name, which is also its callback path segment.
     fn name(&self) -> &'static str;
@@ -67,8 +76,21 @@ pub trait ReceiptSource: Send + Sync {
     fn on_get(&self, _call: &Inbound<'_>) -> Option<Reply> {
         None
     }
-    /// Whether the call really comes from the vendor.
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool;
+    /// Whether the call really comes from the vendor, and whose messages it may change:
+    /// the scope is what the call proved (the app whose secret authenticated it), never
+    /// what it claims in its body.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal>;
+    /// The check the callback makes: [`ReceiptSource::authentic`], unless the vendor's
+    /// check needs the network (SES: SNS signing certificates).
+    async fn authenticate(&self, call: &Inbound<'_>, trust: &Trust<'_>) -> Result<Scope, Refusal> {
+        self.authentic(call, trust.secrets)
+    }
+    /// For vendors whose signature covers a nonce but not the body (WeChat): the key
+    /// under which this call's nonce is remembered, so a captured call cannot be replayed
+    /// with another body. `None`: nothing to remember.
+    fn replay_key(&self, _call: &Inbound<'_>) -> Option<String> {
+        None
+    }
     /// The receipts an authentic POST carries.
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError>;
     /// What the vendor must read back once `applied` of the batch's receipts changed a
@@ -86,8 +108,10 @@ static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
     &wechat::WechatReceipts,
 ];
 
-/// A vendor whose callbacks are a JSON array of reports, authenticated by the shared
-/// callback token because the vendor documents no signature (Aliyun, Tencent).
+/// A vendor whose callbacks are a JSON array of reports, authenticated by the app's own
+/// callback token (`?app=&token=`) because the vendor documents no signature (Aliyun,
+/// Tencent). The shared service token no longer passes here: it would let its holder
+/// rewrite every tenant's statuses.
 pub struct TokenReports {
     /// The provider's name and callback path segment.
     pub name: &'static str,
@@ -97,13 +121,14 @@ pub struct TokenReports {
     pub ack: fn() -> serde_json::Value,
 }
 
+#[async_trait::async_trait]
 impl ReceiptSource for TokenReports {
     fn name(&self) -> &'static str {
         self.name
     }
 
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        call.app_token(secrets)
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {

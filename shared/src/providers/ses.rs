@@ -9,14 +9,15 @@ use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message as 
 use aws_sdk_sesv2::Client;
 use std::time::Duration;
 
+use super::sns::SnsError;
 use super::Provider;
-use super::ReceiptSource;
+use super::{ReceiptSource, Trust};
 use crate::apps::AppConfig;
 use crate::apps::ServiceSecrets;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use serde_json::Value;
 
 /// Tag naming the record key (`pk`) on every email.
@@ -251,25 +252,49 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
     }))
 }
 
-/// SES events, authenticated by the shared callback token (SNS message signatures are
-/// the next check to add here).
+/// SES events, delivered by SNS and authenticated by SNS's message signature
+/// ([`super::sns`]): the topic must be configured and the certificate SNS's own. The
+/// shared `?token=` no longer authenticates anything here: whoever held it could mark any
+/// tenant's email `sent` (never sent) or `failed`. Events carry our record key, and only
+/// SES (through our topic) can sign them, so the scope is any app.
 pub struct SesReceipts;
 
+#[async_trait::async_trait]
 impl ReceiptSource for SesReceipts {
     fn name(&self) -> &'static str {
         "ses"
     }
 
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        call.has_callback_token(secrets)
+    /// Unsigned bodies (bare events, EventBridge `detail`) cannot be trusted.
+    fn authentic(&self, _call: &Inbound<'_>, _secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        Err(Refusal::Unsigned)
+    }
+
+    /// Verifies the SNS envelope; a verified `SubscriptionConfirmation` is confirmed here,
+    /// and only then.
+    async fn authenticate(&self, call: &Inbound<'_>, trust: &Trust<'_>) -> Result<Scope, Refusal> {
+        let envelope: Value = serde_json::from_slice(call.body).map_err(|_| Refusal::Unsigned)?;
+        if envelope.get("Type").and_then(Value::as_str).is_none() {
+            return Err(Refusal::Unsigned);
+        }
+        trust.sns.verify(&envelope).await.map_err(|e| match e {
+            SnsError::Fetch(why) => Refusal::Unverifiable(why),
+            other => Refusal::Sns(other.to_string()),
+        })?;
+        if envelope.get("Type").and_then(Value::as_str) == Some("SubscriptionConfirmation") {
+            match trust.sns.confirm(&envelope).await {
+                Ok(()) => tracing::info!(topic = ?envelope.get("TopicArn"), "SNS subscription confirmed"),
+                Err(e) => tracing::error!(error = %e, "SNS subscription confirmation failed"),
+            }
+        }
+        Ok(Scope::AnyApp)
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {
         Ok(match parse(call.body)? {
             SesCallback::Subscription { topic_arn } => {
-                // Confirming means fetching SubscribeURL, which waits for SNS signature
-                // verification; until then operators confirm by hand.
-                tracing::info!(?topic_arn, "SNS subscription message received; not auto-confirmed");
+                // Verified and (if a subscription) confirmed by `authenticate`.
+                tracing::info!(?topic_arn, "SNS subscription message received");
                 Batch::default()
             }
             SesCallback::Event(receipt) => Batch {

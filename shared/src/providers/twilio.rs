@@ -15,7 +15,7 @@ use crate::apps::{AppConfig, ProviderAccounts};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
-use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 
 /// Wait used when Twilio throttles without a `Retry-After` header.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -243,21 +243,25 @@ pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptErro
 /// of the app named by `?app=`.
 pub struct TwilioReceipts;
 
+#[async_trait::async_trait]
 impl ReceiptSource for TwilioReceipts {
     fn name(&self) -> &'static str {
         "twilio"
     }
 
-    /// An app without a Twilio account cannot have sent through Twilio.
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        let account = call
-            .param("app")
-            .and_then(|key| secrets.app(key))
-            .and_then(|app| app.providers.twilio.as_ref());
-        account.is_some_and(|a| {
-            let given = call.header("x-twilio-signature").unwrap_or_default();
-            verify_signature(&a.auth_token, call.url, &call.form(), given)
-        })
+    /// An app without a Twilio account cannot have sent through Twilio. A signature
+    /// under app A's auth token proves the call is about A's messages only: the scope is
+    /// A, so a SID of another app's message changes nothing.
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        let key = call.param("app").ok_or(Refusal::NoApp)?;
+        let app = secrets.app(key).ok_or(Refusal::UnknownApp)?;
+        let account = app.providers.twilio.as_ref().ok_or(Refusal::NoAccount)?;
+        let given = call.header("x-twilio-signature").ok_or(Refusal::BadSignature)?;
+        if verify_signature(&account.auth_token, call.url, &call.form(), given) {
+            Ok(Scope::app(&app.key))
+        } else {
+            Err(Refusal::BadSignature)
+        }
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {

@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message, WechatTemplate};
-use crate::receipts::{constant_time_eq, Batch, Inbound, Receipt, ReceiptError, Reply};
+use crate::receipts::{constant_time_eq, Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use sha1::{Digest, Sha1};
 
 /// Prefix of the token items' keys. Message keys are `{app}_s_{hex}` / `{app}_i_{hex}`:
@@ -766,10 +766,54 @@ fn xml_field(xml: &str, name: &str) -> Option<String> {
     Some(raw.to_string())
 }
 
-/// WeChat server-URL events, authenticated by WeChat's own `signature`, with the callback
-/// token configured as the WeChat server token.
+/// How far a callback's `timestamp` may be from now, either way (seconds). WeChat's
+/// signature covers token, timestamp and nonce but not the body, so a captured triple is
+/// only worth something inside this window, and the nonce can be used once in it.
+pub const CALLBACK_WINDOW_SECS: i64 = 300;
+
+/// Longest nonce accepted (WeChat's are a few digits); it becomes part of an item key.
+const MAX_NONCE_LEN: usize = 64;
+
+/// The apps whose WeChat server token signed this call: the app named by `?app=` when
+/// the server URL names one, else every app with a WeChat account whose token verifies
+/// (several official accounts, one URL). The token is the app's `callback_token`.
+fn signing_apps(
+    call: &Inbound<'_>,
+    secrets: &ServiceSecrets,
+    timestamp: &str,
+    nonce: &str,
+    given: &str,
+) -> Vec<String> {
+    let verifies = |app: &AppConfig| {
+        app.providers.wechat.is_some()
+            && app
+                .callback_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .is_some_and(|token| constant_time_eq(&server_signature(token, timestamp, nonce), given))
+    };
+    match call.param("app") {
+        Some(key) => secrets
+            .app(key)
+            .filter(|a| verifies(a))
+            .map(|a| a.key.clone())
+            .into_iter()
+            .collect(),
+        None => secrets
+            .apps
+            .iter()
+            .filter(|a| verifies(a))
+            .map(|a| a.key.clone())
+            .collect(),
+    }
+}
+
+/// WeChat server-URL events, authenticated by WeChat's own `signature` under the app's
+/// WeChat server token (its `callback_token`), within [`CALLBACK_WINDOW_SECS`] of now and
+/// with a nonce never seen before.
 pub struct WechatReceipts;
 
+#[async_trait::async_trait]
 impl ReceiptSource for WechatReceipts {
     fn name(&self) -> &'static str {
         "wechat"
@@ -780,16 +824,34 @@ impl ReceiptSource for WechatReceipts {
         Some(Reply::Text(call.param("echostr").unwrap_or_default().to_string()))
     }
 
-    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> bool {
-        let (Some(token), Some(timestamp), Some(nonce), Some(given)) = (
-            secrets.callback_token.as_deref(),
-            call.param("timestamp"),
-            call.param("nonce"),
-            call.param("signature"),
-        ) else {
-            return false;
+    fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
+        let (Some(timestamp), Some(nonce), Some(given)) =
+            (call.param("timestamp"), call.param("nonce"), call.param("signature"))
+        else {
+            return Err(Refusal::BadSignature);
         };
-        constant_time_eq(&server_signature(token, timestamp, nonce), given)
+        let at: i64 = timestamp.parse().map_err(|_| Refusal::Stale)?;
+        if (call.now_ms / 1000).abs_diff(at) > CALLBACK_WINDOW_SECS.unsigned_abs() {
+            return Err(Refusal::Stale);
+        }
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+            return Err(Refusal::BadSignature);
+        }
+        let apps = signing_apps(call, secrets, timestamp, nonce, given);
+        if apps.is_empty() {
+            return Err(Refusal::BadSignature);
+        }
+        Ok(Scope::Apps(apps))
+    }
+
+    /// `_nonce.wechat.{timestamp}.{nonce}`: the signature binds the two, so a replay
+    /// repeats both.
+    fn replay_key(&self, call: &Inbound<'_>) -> Option<String> {
+        Some(format!(
+            "wechat.{}.{}",
+            call.param("timestamp").unwrap_or_default(),
+            call.param("nonce").unwrap_or_default()
+        ))
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {

@@ -281,7 +281,31 @@ impl Store {
 
     /// Records the outcome of a send if the caller still holds the lease and the status
     /// moves forward. Returns whether it applied.
+    ///
+    /// For providers whose receipts name the message only by the provider's id
+    /// ([`crate::receipts::HELD_UNTIL_RECORDED`]), it then records the reference where a
+    /// receipt that arrived first waits (one more UpdateItem per such send), and applies
+    /// that receipt: no receipt is lost to the race between the send's answer and its
+    /// receipt.
     pub async fn finish(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {
+        let reference = match (&finish.provider, &finish.provider_message_id) {
+            (Some(p), Some(id)) if crate::receipts::HELD_UNTIL_RECORDED.contains(&p.as_str()) => {
+                Some((p.clone(), id.clone()))
+            }
+            _ => None,
+        };
+        let finished = self.finish_only(pk, owner, finish, now_ms).await?;
+        if let (true, Some((provider, id))) = (finished, reference) {
+            // The send is recorded either way; a held receipt that cannot be applied now
+            // is applied by the vendor's next report or reconciled later.
+            if let Err(e) = self.record_ref(&provider, &id, pk, now_ms).await {
+                tracing::error!(error = %e, provider, "recording the provider reference for held receipts failed");
+            }
+        }
+        Ok(finished)
+    }
+
+    async fn finish_only(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {
         let u = self.finish_update(pk, owner, finish, now_ms, false)?;
         let result = self
             .client

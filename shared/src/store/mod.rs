@@ -11,12 +11,14 @@ use aws_sdk_dynamodb::Client;
 use crate::message::{HistoryEntry, Message};
 
 mod breaker;
+pub mod callbacks;
 mod messages;
 mod ports;
 mod quota;
 pub mod routes;
 mod throttle;
 pub use breaker::Breaker;
+pub use callbacks::{HeldReceipt, ReceiptOutcome};
 
 /// Name of the GSI that maps a message id to its key.
 pub const BY_ID_INDEX: &str = "by_id";

@@ -66,6 +66,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         base64::engine::general_purpose::STANDARD.encode(hex::decode(random_token(24))?)
     );
     let callback_token = random_token(16);
+    // The app's own callback token: its Aliyun/Tencent callback URLs and WeChat server token.
+    let app_callback_token = random_token(16);
     let email_from = "noreply@pushgate.local".to_string();
     // The provider sandbox: fakes of every third-party API, and an SMTP relay.
     let fakes = crate::fakes::Fakes::start_verbose(SocketAddr::from(([127, 0, 0, 1], opts.fakes_port))).await?;
@@ -73,6 +75,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let endpoints = fakes.endpoints();
     let doc = serde_json::json!({
         "apps": [{"key": app_key, "name": "Local development", "secrets": [app_secret], "webhook_secret": webhook_secret,
+                  "callback_token": app_callback_token,
                   "providers": crate::fakes::sandbox_accounts(smtp.addr)}],
         "callback_token": callback_token,
     });
@@ -119,6 +122,12 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_EMAIL_FROM", email_from.clone()),
         ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
         ("PUSHGATE_PUBLIC_URL", api.clone()),
+        // SES events come through SNS; locally the sandbox signs them with a test key.
+        ("PUSHGATE_SNS_TOPIC_ARNS", crate::fakes::sns::TOPIC_ARN.into()),
+        (
+            "PUSHGATE_SNS_CERTS",
+            serde_json::to_string(&crate::fakes::sns::pinned_certs())?,
+        ),
         ("PUSHGATE_ALIYUN_SMS_ENDPOINT", endpoints.aliyun_sms.clone()),
         ("PUSHGATE_TENCENT_SMS_ENDPOINT", endpoints.tencent_sms.clone()),
         ("PUSHGATE_TWILIO_ENDPOINT", endpoints.twilio.clone()),
@@ -135,6 +144,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_APP_KEY", app_key.clone()),
         ("PUSHGATE_APP_SECRET", app_secret.clone()),
         ("PUSHGATE_CALLBACK_TOKEN", callback_token.clone()),
+        ("PUSHGATE_APP_CALLBACK_TOKEN", app_callback_token.clone()),
         ("PUSHGATE_RECEIVER", format!("http://{}", receiver.addr)),
         ("AWS_ENDPOINT_URL", endpoint.clone()),
         ("AWS_REGION", "us-east-1".into()),
@@ -180,7 +190,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         res.messages_table(),
         &callback_token,
         &api,
-    );
+    )
+    .with_app_tokens([(app_key.clone(), app_callback_token.clone())].into());
     let callback_base = api.clone();
     let sandbox_task = tokio::spawn(async move {
         let http = reqwest::Client::new();

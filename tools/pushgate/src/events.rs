@@ -8,9 +8,27 @@ use serde_json::Value;
 
 use crate::BoxError;
 
+/// SES events come through SNS, which signs them: the sample's SNS envelope is signed
+/// with the local test key, on the local topic (what `pushgate dev` trusts).
+fn sign_sns_body(event: &mut Value) -> Result<(), BoxError> {
+    let body = event
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or("SES event has no body")?;
+    let mut envelope: Value = serde_json::from_str(body)?;
+    envelope["TopicArn"] = Value::String(crate::fakes::sns::TOPIC_ARN.into());
+    if envelope.get("Timestamp").is_none() {
+        envelope["Timestamp"] = Value::String("2026-11-25T00:00:00.000Z".into());
+    }
+    crate::fakes::sns::sign(&mut envelope);
+    event["body"] = Value::String(envelope.to_string());
+    Ok(())
+}
+
 /// Re-signs one API Gateway HTTP API v2 event in place with `key`/`secret` at `now`
 /// (Unix seconds). Events without an `x-signature` header are left alone. A callback
-/// event's `token` query parameter is set to `callback_token` when given.
+/// event's `token` query parameter is set to `callback_token` when given, and an SES
+/// callback's SNS envelope is signed with the local SNS test key.
 pub fn resign(
     event: &mut Value,
     key: &str,
@@ -20,8 +38,12 @@ pub fn resign(
 ) -> Result<bool, BoxError> {
     if let (Some(token), Some(raw_path)) = (callback_token, event.get("rawPath").and_then(Value::as_str)) {
         if raw_path.starts_with("/v1/callbacks/") {
+            let ses = raw_path == "/v1/callbacks/ses";
             event["rawQueryString"] = Value::String(format!("token={token}"));
             event["queryStringParameters"] = serde_json::json!({"token": token});
+            if ses {
+                sign_sns_body(event)?;
+            }
             return Ok(true);
         }
     }

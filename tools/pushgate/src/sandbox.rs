@@ -2,11 +2,12 @@
 //! events; the fakes only answer sends), so this stands in for them. For every message
 //! a provider accepted (`sent`), it produces the receipt that provider would post to the
 //! callback route, authenticated the way that provider authenticates: an SNS-wrapped SES
-//! event, an Aliyun SmsReport, a Tencent status report, a Twilio StatusCallback with
-//! `X-Twilio-Signature`, a WeChat `TEMPLATESENDJOBFINISH` with its signature. Mail to the
+//! event (signed with the local SNS test key), an Aliyun SmsReport and a Tencent status report (the app's own
+//! callback token), a Twilio StatusCallback with `X-Twilio-Signature`, a WeChat
+//! `TEMPLATESENDJOBFINISH` signed with the app's callback token as WeChat server token. Mail to the
 //! SES mailbox simulator's bounce address bounces; everything else is delivered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
@@ -30,6 +31,8 @@ pub struct ReceiptSandbox {
     ddb: aws_sdk_dynamodb::Client,
     table: String,
     callback_token: String,
+    /// Each app's own callback token (`ServiceSecrets.apps[].callback_token`).
+    app_tokens: HashMap<String, String>,
     /// Base URL the callback function is reached at (Twilio signs over it).
     public_url: String,
     seen: HashSet<String>,
@@ -50,9 +53,17 @@ impl ReceiptSandbox {
             ddb,
             table: table.to_string(),
             callback_token: callback_token.to_string(),
+            app_tokens: HashMap::new(),
             public_url: public_url.trim_end_matches('/').to_string(),
             seen: HashSet::new(),
         }
+    }
+
+    /// Signs each app's receipts with its own callback token (app key → token); an app
+    /// without one gets no Aliyun, Tencent or WeChat receipts, as in production.
+    pub fn with_app_tokens(mut self, tokens: HashMap<String, String>) -> Self {
+        self.app_tokens = tokens;
+        self
     }
 
     /// Receipts for messages sent since the last call (each message once).
@@ -99,6 +110,17 @@ impl ReceiptSandbox {
 
     fn receipt(&self, m: &Sent) -> Option<SimulatedCallback> {
         let token = &self.callback_token;
+        let app_token = self.app_tokens.get(&m.app);
+        let app: String = url::form_urlencoded::byte_serialize(m.app.as_bytes()).collect();
+        let per_app = |provider: &str, body: serde_json::Value| {
+            let t: String = url::form_urlencoded::byte_serialize(app_token?.as_bytes()).collect();
+            Some(SimulatedCallback {
+                path: format!("/v1/callbacks/{provider}?app={app}&token={t}"),
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: body.to_string().into_bytes(),
+            })
+        };
         let json_cb = |provider: &str, body: serde_json::Value| SimulatedCallback {
             path: format!("/v1/callbacks/{provider}?token={token}"),
             content_type: "application/json",
@@ -115,28 +137,25 @@ impl ReceiptSandbox {
                 if bounced {
                     event["bounce"] = json!({"bounceType": "Permanent", "bounceSubType": "General"});
                 }
-                let envelope = json!({
-                    "Type": "Notification",
-                    "MessageId": ulid::Ulid::new().to_string(),
-                    "TopicArn": "arn:aws:sns:us-east-1:123456789012:pushgate-ses-events",
-                    "Message": event.to_string(),
-                });
+                // Signed as SNS signs it (test key); the URL token is no longer needed.
+                let envelope = crate::fakes::sns::notification(&event);
                 Some(SimulatedCallback {
+                    path: "/v1/callbacks/ses".into(),
                     content_type: "text/plain; charset=UTF-8",
                     headers: vec![("x-amz-sns-message-type", "Notification".into())],
                     ..json_cb("ses", envelope)
                 })
             }
-            "aliyun" => Some(json_cb(
+            "aliyun" => per_app(
                 "aliyun",
                 json!([{"phone_number": m.to.trim_start_matches('+'), "success": true, "err_code": "DELIVERED",
                         "err_msg": "用户接收成功", "biz_id": m.provider_message_id, "out_id": m.id}]),
-            )),
-            "tencent" => Some(json_cb(
+            ),
+            "tencent" => per_app(
                 "tencent",
                 json!([{"mobile": m.to, "report_status": "SUCCESS", "errmsg": "DELIVRD", "description": "用户短信送达成功",
                         "sid": m.provider_message_id.clone()?}]),
-            )),
+            ),
             "twilio" => {
                 let fields = vec![
                     ("MessageSid".to_string(), m.provider_message_id.clone()?),
@@ -162,7 +181,7 @@ impl ReceiptSandbox {
             "wechat" => {
                 let ts = (pushgate_shared::clock::now_ms() / 1000).to_string();
                 let nonce = ulid::Ulid::new().to_string();
-                let signature = pushgate_shared::handlers::callback::wechat_signature(token, &ts, &nonce);
+                let signature = pushgate_shared::handlers::callback::wechat_signature(app_token?, &ts, &nonce);
                 let xml = format!(
                     "<xml><ToUserName><![CDATA[gh_pushgate]]></ToUserName><FromUserName><![CDATA[{}]]></FromUserName>\
                      <CreateTime>{ts}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
@@ -172,7 +191,7 @@ impl ReceiptSandbox {
                     m.provider_message_id.clone()?
                 );
                 Some(SimulatedCallback {
-                    path: format!("/v1/callbacks/wechat?signature={signature}&timestamp={ts}&nonce={nonce}"),
+                    path: format!("/v1/callbacks/wechat?app={app}&signature={signature}&timestamp={ts}&nonce={nonce}"),
                     content_type: "text/xml",
                     headers: Vec::new(),
                     body: xml.into_bytes(),

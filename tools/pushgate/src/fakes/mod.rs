@@ -22,6 +22,7 @@ pub mod feishu;
 mod robot;
 mod sms;
 pub mod smtp;
+pub mod sns;
 pub mod tencent;
 pub mod twilio;
 pub mod wechat;

@@ -1,0 +1,278 @@
+//! What provider callbacks write besides the message itself: receipts applied within the
+//! scope the callback proved (only the authenticating app's messages), the replay guard
+//! for callbacks signed over a nonce (WeChat), and receipts held until the dispatcher has
+//! recorded the provider's reference.
+//!
+//! Item kinds (all in the messages table, all expiring through its `expires_at` TTL, none
+//! with an `id`, so nothing mistakes them for messages):
+//! - `_nonce.{provider}.{timestamp}.{nonce}`: a nonce seen (one conditional PutItem per
+//!   signed callback);
+//! - `_ref.{provider}.{provider message id}`: the meeting point of a receipt that came
+//!   before its send was recorded and the dispatcher's record of that send. Both sides
+//!   update the one item atomically, so whichever comes second sees the other.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+
+use super::{aws_err, history, is_condition_failure, n, s, Store, StoreError};
+use crate::message::{HistoryEntry, Status};
+use crate::receipts::Scope;
+
+/// Prefix of the nonce items' keys.
+pub const NONCE_PK_PREFIX: &str = "_nonce.";
+/// Prefix of the held-receipt meeting items' keys.
+pub const REF_PK_PREFIX: &str = "_ref.";
+/// How long a reference item (and any receipt held on it) is kept: longer than any
+/// vendor keeps pushing reports for a send.
+pub const REF_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// What applying a receipt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// The status moved forward.
+    Applied,
+    /// The message already had this status or a later one (late or duplicate receipt).
+    Unchanged,
+    /// The message belongs to an app outside the callback's scope: nothing written.
+    OutOfScope { app: String },
+    /// No such message (expired, or never ours).
+    Missing,
+}
+
+/// A receipt waiting for its reference, as stored on the `_ref` item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldReceipt {
+    pub status: Status,
+    pub note: String,
+    pub scope: Scope,
+}
+
+fn held_item(h: &HeldReceipt, now_ms: i64) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("st".to_string(), s(h.status.as_str())),
+        ("note".to_string(), s(h.note.clone())),
+        ("at".to_string(), n(now_ms)),
+    ]);
+    if let Scope::Apps(apps) = &h.scope {
+        m.insert(
+            "apps".into(),
+            AttributeValue::L(apps.iter().map(|a| s(a.clone())).collect()),
+        );
+    }
+    AttributeValue::M(m)
+}
+
+fn read_held(v: &AttributeValue) -> Option<HeldReceipt> {
+    let m = v.as_m().ok()?;
+    let status: Status = serde_json::from_value(serde_json::Value::String(m.get("st")?.as_s().ok()?.clone())).ok()?;
+    let note = m.get("note").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+    let scope = match m.get("apps").and_then(|v| v.as_l().ok()) {
+        Some(apps) => Scope::Apps(apps.iter().filter_map(|a| a.as_s().ok().cloned()).collect()),
+        None => Scope::AnyApp,
+    };
+    Some(HeldReceipt { status, note, scope })
+}
+
+fn ref_pk(provider: &str, provider_message_id: &str) -> String {
+    format!("{REF_PK_PREFIX}{provider}.{provider_message_id}")
+}
+
+impl Store {
+    /// Applies a receipt to the message `pk` if it is in `scope` and moves its status
+    /// forward (one conditional UpdateItem; on refusal DynamoDB returns the item, so
+    /// telling why costs no second call).
+    pub async fn apply_receipt_scoped(
+        &self,
+        pk: &str,
+        status: Status,
+        note: Option<String>,
+        now_ms: i64,
+        scope: &Scope,
+    ) -> Result<ReceiptOutcome, StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status,
+            note: note.clone(),
+        };
+        let mut condition = "attribute_exists(pk) AND status_rank < :rank".to_string();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":rank", n(status.rank()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":entry", history(entry)?);
+        if let Scope::Apps(apps) = scope {
+            if apps.is_empty() {
+                return Ok(ReceiptOutcome::OutOfScope { app: String::new() });
+            }
+            let names: Vec<String> = (0..apps.len()).map(|i| format!(":app{i}")).collect();
+            condition.push_str(&format!(" AND app IN ({})", names.join(", ")));
+            for (name, app) in names.into_iter().zip(apps) {
+                req = req.expression_attribute_values(name, s(app.clone()));
+            }
+        }
+        let mut expr =
+            "SET #st = :status, status_rank = :rank, updated_at = :now, history = list_append(history, :entry)"
+                .to_string();
+        if status == Status::Failed {
+            expr.push_str(", reason = :reason");
+            req = req.expression_attribute_values(":reason", s(note.unwrap_or_else(|| "failed".into())));
+        }
+        match req.condition_expression(condition).update_expression(expr).send().await {
+            Ok(_) => Ok(ReceiptOutcome::Applied),
+            Err(e) if is_condition_failure(&e) => {
+                let old = match e.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
+                    _ => None,
+                };
+                let Some(old) = old else {
+                    return Ok(ReceiptOutcome::Missing);
+                };
+                let app = old.get("app").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                Ok(if scope.allows(&app) {
+                    ReceiptOutcome::Unchanged
+                } else {
+                    ReceiptOutcome::OutOfScope { app }
+                })
+            }
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// Records a callback's nonce; `false` if it was seen before (a replay). One
+    /// conditional PutItem; the item expires `ttl_secs` after `now_ms`, past the window
+    /// in which the callback's timestamp is accepted.
+    pub async fn claim_nonce(&self, key: &str, now_ms: i64, ttl_secs: i64) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("{NONCE_PK_PREFIX}{key}")))
+            .item("expires_at", n(now_ms / 1000 + ttl_secs))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// Forgets a nonce claimed by a callback that then failed (storage trouble), so the
+    /// vendor's retry of the same call is not taken for a replay.
+    pub async fn release_nonce(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("{NONCE_PK_PREFIX}{key}")))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(aws_err)
+    }
+
+    /// Holds a receipt whose provider reference is not (visibly) recorded yet. Returns
+    /// the message's key if the dispatcher recorded the reference meanwhile (the caller
+    /// then applies the receipt itself). One UpdateItem.
+    pub async fn hold_receipt(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+        held: &HeldReceipt,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ref_pk(provider, provider_message_id)))
+            .update_expression("SET held = list_append(if_not_exists(held, :none), :r), expires_at = :exp")
+            .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":r", AttributeValue::L(vec![held_item(held, now_ms)]))
+            .expression_attribute_values(":exp", n(now_ms / 1000 + REF_TTL_SECS))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get("target"))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
+
+    /// Records that `provider`'s message `provider_message_id` is our message `pk`, and
+    /// applies any receipt held for it (one UpdateItem, plus one per held receipt).
+    /// Returns how many held receipts applied.
+    pub async fn record_ref(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+        pk: &str,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ref_pk(provider, provider_message_id)))
+            .update_expression("SET target = :pk, expires_at = :exp")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":exp", n(now_ms / 1000 + REF_TTL_SECS))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        let held: Vec<HeldReceipt> = out
+            .attributes()
+            .and_then(|a| a.get("held"))
+            .and_then(|v| v.as_l().ok())
+            .map(|l| l.iter().filter_map(read_held).collect())
+            .unwrap_or_default();
+        let mut applied = 0;
+        for h in held {
+            let outcome = self
+                .apply_receipt_scoped(pk, h.status, Some(h.note.clone()), now_ms, &h.scope)
+                .await?;
+            if let ReceiptOutcome::OutOfScope { app } = &outcome {
+                tracing::warn!(
+                    provider,
+                    app = app.as_str(),
+                    "held receipt for another app's message ignored"
+                );
+            }
+            applied += usize::from(outcome == ReceiptOutcome::Applied);
+        }
+        Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_receipts_round_trip() {
+        for scope in [
+            Scope::app("a"),
+            Scope::AnyApp,
+            Scope::Apps(vec!["a".into(), "b".into()]),
+        ] {
+            let h = HeldReceipt {
+                status: Status::Delivered,
+                note: "twilio: delivered".into(),
+                scope,
+            };
+            assert_eq!(read_held(&held_item(&h, 5)), Some(h));
+        }
+        assert_eq!(read_held(&s("junk")), None);
+    }
+}
