@@ -6,6 +6,7 @@
 //! (provider delivery reports), and `handlers` (the three functions' logic, testable
 //! without AWS). Functions under `functions/` only wire adapters into handlers.
 
+pub mod allowlist;
 pub mod apps;
 pub mod auth;
 pub mod aws;

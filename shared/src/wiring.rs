@@ -20,6 +20,8 @@ pub enum WiringError {
     Http(#[from] reqwest::Error),
     #[error("SNS trust: {0}")]
     Sns(String),
+    #[error(transparent)]
+    AllowList(#[from] crate::allowlist::AllowListError),
 }
 
 struct Shared {
@@ -107,6 +109,7 @@ impl Callback {
             clock: crate::clock::system(),
             public_url: config::public_url(),
             sns: Arc::new(crate::providers::sns::SnsTrust::from_env().map_err(WiringError::Sns)?),
+            allowed_ips: crate::allowlist::AllowLists::from_env()?,
         })
     }
 }

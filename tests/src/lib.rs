@@ -332,6 +332,7 @@ impl Stack {
                 )
                 .with_confirmer(sns_confirmations.clone()),
             ),
+            allowed_ips: Default::default(),
         });
         let harness_store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), res.messages_table());
         Stack {

@@ -455,3 +455,38 @@ async fn sns_subscriptions_are_confirmed_only_once_verified() {
     assert_eq!(post_ses(&stack, "/v1/callbacks/ses", &confirmation).await, 200);
     assert_eq!(*stack.sns_confirmations.0.lock().unwrap(), vec![subscribe.to_string()]);
 }
+
+/// Optional second check for vendors that sign nothing: the caller's address (from API
+/// Gateway's request context) must be in the provider's configured ranges.
+#[tokio::test]
+async fn an_aliyun_allow_list_refuses_other_addresses() {
+    let stack = stack("aliyun").await;
+    let (id, biz) = sent_sms(&stack, "+8613800138000").await;
+    let callback = pushgate_shared::handlers::callback::Callback {
+        store: stack.callback.store.clone(),
+        apps: stack.callback.apps.clone(),
+        clock: pushgate_shared::clock::system(),
+        public_url: Some(PUBLIC_URL.into()),
+        sns: stack.callback.sns.clone(),
+        allowed_ips: pushgate_shared::allowlist::AllowLists::parse(r#"{"aliyun": ["203.0.113.0/24"]}"#).unwrap(),
+    };
+    let receipt =
+        json!([{"phone_number":"8613800138000","success":true,"err_code":"DELIVERED","biz_id": biz,"out_id": id}])
+            .to_string();
+    let from = |ip: &str| {
+        let event = json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": "/v1/callbacks/aliyun",
+            "rawQueryString": format!("app={APP}&token={APP_CALLBACK_TOKEN}"),
+            "headers": {"content-type": "application/json", "host": "pushgate.test"},
+            "requestContext": {"accountId": "1", "apiId": "a", "domainName": "pushgate.test", "domainPrefix": "p",
+                "http": {"method": "POST", "path": "/v1/callbacks/aliyun", "protocol": "HTTP/1.1", "sourceIp": ip, "userAgent": "x"},
+                "requestId": "r", "routeKey": "$default", "stage": "$default", "time": "t", "timeEpoch": 0},
+            "body": receipt, "isBase64Encoded": false,
+        });
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    };
+    assert_eq!(parts(callback.handle(from("198.51.100.7")).await).0, 401);
+    assert_eq!(stack.record(&id).await.status, Status::Sent, "nothing written");
+    assert_eq!(parts(callback.handle(from("203.0.113.7")).await).0, 200);
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
+}

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use lambda_http::{Body, Request, Response};
 
 use super::{body_bytes, header, json};
+use crate::allowlist::AllowLists;
 use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::problem::Problem;
@@ -47,6 +48,8 @@ pub struct Callback {
     pub public_url: Option<String>,
     /// What SES events (through SNS) are verified against.
     pub sns: Arc<SnsTrust>,
+    /// `PUSHGATE_CALLBACK_ALLOWED_IPS`: optional per-provider ranges callers must come from.
+    pub allowed_ips: AllowLists,
 }
 
 fn query(req: &Request) -> Vec<(String, String)> {
@@ -88,6 +91,9 @@ impl Callback {
                 _ => method_not_allowed(),
             });
         };
+        if !self.allowed_ips.allows(source.name(), source_ip(req)) {
+            return Err(refused(source.name(), &Refusal::Address));
+        }
         // The URL the provider called, as it signs it (Twilio).
         let base = match &self.public_url {
             Some(url) => url.clone(),
@@ -222,6 +228,16 @@ impl Callback {
     }
 }
 
+/// The caller's address as API Gateway saw it (none for a request without that context).
+fn source_ip(req: &Request) -> Option<std::net::IpAddr> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.as_deref()?.parse().ok(),
+        _ => None,
+    }
+}
+
 fn respond(reply: Reply) -> Response<Body> {
     match reply {
         Reply::Text(body) => text(200, &body),
@@ -279,6 +295,7 @@ mod offline_tests {
             clock: crate::clock::fixed(NOW_S * 1000),
             public_url: None,
             sns: Arc::new(SnsTrust::new(Vec::new(), Default::default(), reqwest::Client::new())),
+            allowed_ips: AllowLists::default(),
         }
     }
 
@@ -311,7 +328,7 @@ mod offline_tests {
     }
 
     /// The shared token used to authenticate Aliyun, Tencent and WeChat for every tenant;
-    /// it now authenticates none of them (only SES, until SNS signatures are checked).
+    /// it now authenticates none of them (nor SES, whose events SNS signs).
     #[tokio::test]
     async fn the_shared_token_no_longer_opens_per_app_vendors() {
         let cb = callback();
@@ -338,6 +355,19 @@ mod offline_tests {
         let sig = wechat_signature("tok-b", &ts, "n");
         let crossed = format!("/v1/callbacks/wechat?app=a&signature={sig}&timestamp={ts}&nonce=n&echostr=hi");
         assert_eq!(status(&cb, "GET", &crossed).await, 401);
+    }
+
+    #[tokio::test]
+    async fn an_allow_list_refuses_other_addresses_before_anything_else() {
+        let mut cb = callback();
+        cb.allowed_ips = AllowLists::parse(r#"{"aliyun": ["203.0.113.0/24"]}"#).unwrap();
+        // No address known (no API Gateway context): refused, even with the right token.
+        assert_eq!(status(&cb, "POST", "/v1/callbacks/aliyun?app=a&token=tok-a").await, 401);
+        // Other providers are not restricted (this one then fails on its empty body).
+        assert_eq!(
+            status(&cb, "POST", "/v1/callbacks/tencent?app=a&token=wrong").await,
+            401
+        );
     }
 
     /// A days-old signed triple used to pass forever.
