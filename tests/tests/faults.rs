@@ -268,7 +268,7 @@ async fn under_injected_faults_nothing_is_lost_and_nothing_is_sent_twice() {
                         "biz_id": a.provider_id, "out_id": a.reference, "sms_size": "1"})
             })
             .collect();
-        let path = format!("/v1/callbacks/aliyun?token={CALLBACK_TOKEN}");
+        let path = format!("/v1/callbacks/aliyun?app={APP}&token={APP_CALLBACK_TOKEN}");
         let pushes = receipts.chunks(100).map(|chunk| {
             let body = serde_json::to_vec(chunk).unwrap();
             let (stack, path) = (stack.clone(), path.clone());
