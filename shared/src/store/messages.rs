@@ -21,6 +21,20 @@ impl Store {
             serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let item: std::collections::HashMap<String, AttributeValue> = item.into();
         super::check_item(&item)?;
+        match self.put_unless_live(item, now_ms).await? {
+            None => Ok(Created::Created),
+            Some(old) if !old.contains_key("id") => Ok(Created::Guarded),
+            Some(old) => Ok(Created::Exists(Box::new(decode(old)?))),
+        }
+    }
+
+    /// Writes `item` unless a live item (not past its TTL) holds its key: one conditional
+    /// PutItem. `None` when written, else the item that holds the key, as stored.
+    async fn put_unless_live(
+        &self,
+        item: std::collections::HashMap<String, AttributeValue>,
+        now_ms: i64,
+    ) -> Result<Option<std::collections::HashMap<String, AttributeValue>>, StoreError> {
         let result = self
             .client
             .put_item()
@@ -32,18 +46,13 @@ impl Store {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Created::Created),
+            Ok(_) => Ok(None),
             Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                    let old = c
-                        .item()
-                        .cloned()
-                        .ok_or_else(|| StoreError::Corrupt("condition failed without item".into()))?;
-                    if !old.contains_key("id") {
-                        return Ok(Created::Guarded);
-                    }
-                    Ok(Created::Exists(Box::new(decode(old)?)))
-                }
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => c
+                    .item()
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| StoreError::Corrupt("condition failed without item".into())),
                 _ => Err(aws_err(e)),
             },
         }
@@ -62,32 +71,21 @@ impl Store {
         expires_at: i64,
         now_ms: i64,
     ) -> Result<SignatureGuard, StoreError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(pk))
-            .item("guard_key", s(key_hash))
-            .item("expires_at", n(expires_at))
-            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
-            .expression_attribute_values(":now", n(now_ms / 1000))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(SignatureGuard::Fresh),
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                    let same_key = c
-                        .item()
-                        .and_then(|i| i.get("guard_key"))
-                        .and_then(|v| v.as_s().ok())
-                        .is_some_and(|k| k == key_hash);
-                    Ok(SignatureGuard::Seen { same_key })
-                }
-                _ => Err(aws_err(e)),
+        let item = [
+            ("pk".to_string(), s(pk)),
+            ("guard_key".to_string(), s(key_hash)),
+            ("expires_at".to_string(), n(expires_at)),
+        ]
+        .into();
+        Ok(match self.put_unless_live(item, now_ms).await? {
+            None => SignatureGuard::Fresh,
+            Some(old) => SignatureGuard::Seen {
+                same_key: old
+                    .get("guard_key")
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|k| k == key_hash),
             },
-        }
+        })
     }
 
     /// Replaces record `pk` (if it is still message `id`) by a bare replay guard that
