@@ -1,62 +1,14 @@
-//! A value loaded from a slow source (a DynamoDB table of config) and re-read at most
-//! once per time-to-live per Lambda instance; a failed refresh keeps serving the last
-//! good value, so a config-table blip does not stop sending.
+//! Values loaded from slow sources that can fail (the service secret, the template and
+//! route tables), re-read at most once per time-to-live per Lambda instance, with bounded
+//! staleness and backed-off, single-flight reloads ([`Bounded`]).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::RwLock;
-
-/// The cached value and when it was loaded.
-pub struct Refreshing<T> {
-    ttl: Duration,
-    slot: RwLock<Option<(Instant, Arc<T>)>>,
-}
-
-impl<T> Refreshing<T> {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            slot: RwLock::new(None),
-        }
-    }
-
-    /// The current value, loading it with `load` when absent or older than the ttl (one
-    /// loader at a time; the others wait for its result).
-    pub async fn get<E, F, Fut>(&self, what: &str, load: F) -> Result<Arc<T>, E>
-    where
-        E: std::fmt::Display,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        if let Some((at, v)) = self.slot.read().await.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(v.clone());
-            }
-        }
-        let mut slot = self.slot.write().await;
-        if let Some((at, v)) = slot.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(v.clone());
-            }
-        }
-        match load().await {
-            Ok(v) => {
-                let v = Arc::new(v);
-                *slot = Some((Instant::now(), v.clone()));
-                Ok(v)
-            }
-            Err(e) => match slot.as_ref() {
-                Some((_, v)) => {
-                    tracing::warn!(error = %e, "{what} refresh failed; serving the cached copy");
-                    Ok(v.clone())
-                }
-                None => Err(e),
-            },
-        }
-    }
-}
+/// How long a template or route set whose reloads keep failing is still served: a
+/// config-table blip does not stop sending, a long outage does not freeze config forever.
+pub const CONFIG_MAX_STALE: Duration = Duration::from_secs(3600);
 
 /// How long a [`Bounded`] value is served and how its failed loads are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +57,18 @@ pub enum BoundedError<E> {
     BackingOff { last: String, retry_in: Duration },
 }
 
+impl<E> BoundedError<E> {
+    /// The load's own error, or `unavailable` with the last failure during a back-off.
+    pub fn into_inner(self, unavailable: impl FnOnce(String) -> E) -> E {
+        match self {
+            BoundedError::Load(e) => e,
+            BoundedError::BackingOff { last, retry_in } => {
+                unavailable(format!("{last} (next attempt in {retry_in:?})"))
+            }
+        }
+    }
+}
+
 /// Times are tokio's (the same clock outside tests; paused and advanced in them).
 type TokioInstant = tokio::time::Instant;
 
@@ -143,6 +107,12 @@ pub struct Bounded<T> {
 }
 
 impl<T> Bounded<T> {
+    /// A config set (templates, routes) fresh for `ttl`, served stale up to
+    /// [`CONFIG_MAX_STALE`] while reloads fail.
+    pub fn config(ttl: Duration) -> Self {
+        Self::new(StalePolicy::new(ttl, CONFIG_MAX_STALE))
+    }
+
     pub fn new(policy: StalePolicy) -> Self {
         Self {
             policy,

@@ -87,6 +87,10 @@ pub struct Finish {
     pub provider_message_id: Option<String>,
     pub reason: Option<String>,
     pub note: Option<String>,
+    /// The provider's receipts may arrive before this outcome is written (it answers
+    /// fast and names the message only by its own id): the finish also records the
+    /// reference under which such receipts wait ([`crate::ports::Ledger::finish`]).
+    pub early_receipts: bool,
 }
 
 impl Finish {
@@ -98,6 +102,7 @@ impl Finish {
             provider_message_id: None,
             reason: Some(reason.to_string()),
             note: Some(reason.to_string()),
+            early_receipts: false,
         }
     }
 
@@ -113,6 +118,7 @@ impl Finish {
             provider_message_id: sent.provider_message_id,
             reason: None,
             note: Some(note),
+            early_receipts: false,
         }
     }
 }

@@ -223,6 +223,11 @@ pub struct Message {
     /// never pays twice and a failure knows to refund.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charged: Option<bool>,
+    /// Set by a claim whose attempt must charge the message before any send (a metered
+    /// app, not yet paid). A takeover that finds it still unpaid knows the interrupted
+    /// attempt never reached a provider: the charge is written atomically with `charged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_first: Option<bool>,
     /// Business key its routing rule was chosen by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -262,6 +267,21 @@ pub struct Alternate {
 pub struct Job {
     pub pk: String,
     pub id: String,
+    /// The message's app, so the dispatcher loads its configuration before it takes the
+    /// lease (jobs queued before this field existed lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+impl Job {
+    /// The job that dispatches `message`.
+    pub fn of(message: &Message) -> Self {
+        Self {
+            pk: message.pk.clone(),
+            id: message.id.clone(),
+            app: Some(message.app.clone()),
+        }
+    }
 }
 
 #[cfg(test)]

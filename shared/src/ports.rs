@@ -81,6 +81,9 @@ pub struct Release {
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync {
     /// Takes the lease on a message (one conditional write returning the record).
+    /// `charge_first`: this attempt must charge the message before any send (its app is
+    /// metered), recorded so that a takeover can tell an unpaid interrupted attempt never
+    /// sent ([`crate::message::Message::charge_first`]).
     async fn claim(
         &self,
         pk: &str,
@@ -88,6 +91,7 @@ pub trait Ledger: Send + Sync {
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
+        charge_first: bool,
     ) -> Result<Claim, PortError>;
     /// Takes one unit of the app's balance and marks the message paid, atomically.
     async fn charge(&self, pk: &str, app: &str, owner: &str) -> Result<Charge, PortError>;

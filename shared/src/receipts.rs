@@ -156,11 +156,6 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// Providers whose receipts name the message only by the provider's own id, and may
-/// arrive before the dispatcher has recorded that id: their receipts are held until the
-/// reference is recorded (`Store::hold_receipt`, `Store::record_ref`).
-pub const HELD_UNTIL_RECORDED: &[&str] = &["twilio", "tencent", "wechat"];
-
 /// The receipts one callback carried.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::Refreshing;
+use crate::cache::Bounded;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Deserialize;
@@ -259,7 +259,7 @@ fn render_error(e: minijinja::Error, part: &str) -> TemplateError {
 /// configured.
 pub struct TemplateStore {
     source: Source,
-    cached: Refreshing<Templates>,
+    cached: Bounded<Templates>,
 }
 
 enum Source {
@@ -275,7 +275,7 @@ impl TemplateStore {
     pub fn bundled() -> Self {
         Self {
             source: Source::Bundled,
-            cached: Refreshing::new(Duration::MAX),
+            cached: Bounded::config(Duration::MAX),
         }
     }
 
@@ -286,11 +286,12 @@ impl TemplateStore {
                 client,
                 table: table.into(),
             },
-            cached: Refreshing::new(ttl),
+            cached: Bounded::config(ttl),
         }
     }
 
-    /// The current template set. A failed refresh keeps serving the last good set.
+    /// The current template set. A failed refresh keeps serving the last good set, for a
+    /// while ([`crate::cache::CONFIG_MAX_STALE`]).
     pub async fn current(&self) -> Result<Arc<Templates>, TemplateError> {
         self.cached
             .get("template", || async {
@@ -300,6 +301,7 @@ impl TemplateStore {
                 }
             })
             .await
+            .map_err(|e| e.into_inner(TemplateError::Unavailable))
     }
 }
 

@@ -208,7 +208,7 @@ impl Stack {
                 {"key": MASKING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "sensitive_words": {"terms": ["casino"], "action": "mask"}},
                 {"key": METERED_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
-                 "limits": {"balance": true}},
+                 "providers": accounts, "limits": {"balance": true}},
                 {"key": WAITING_APP, "secrets": [OTHER_SECRET], "webhook_secret": WEBHOOK_SECRET,
                  "limits": {"balance": true, "when_exhausted": "wait"}},
             ],
@@ -627,6 +627,7 @@ pub fn message(
         provider_message_id: None,
         reason: None,
         charged: None,
+        charge_first: None,
         key: None,
         alternates: Vec::new(),
         tried: Vec::new(),
@@ -648,4 +649,28 @@ pub fn post(path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)
         b = b.header(*k, *v);
     }
     b.body(lambda_http::Body::Binary(body.to_vec())).unwrap()
+}
+
+/// An API Gateway HTTP API event for `raw_path?raw_query`, as the function receives it.
+pub fn api_event(
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+) -> aws_lambda_events::event::apigw::ApiGatewayV2httpRequest {
+    serde_json::from_value(serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": raw_query,
+        "headers": {"host": "pushgate.test", "content-type": "application/json", "x-app-key": APP,
+                    "x-timestamp": now().to_string(), "x-signature": format!("v2={}", "0".repeat(64))},
+        "requestContext": {"accountId": "1", "apiId": "a", "domainName": "pushgate.test", "domainPrefix": "p",
+                           "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1",
+                                    "sourceIp": "127.0.0.1", "userAgent": "t"},
+                           "requestId": "r", "routeKey": "$default", "stage": "$default",
+                           "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0},
+        "body": "{}",
+        "isBase64Encoded": false
+    }))
+    .expect("an HTTP API event")
 }

@@ -187,3 +187,35 @@ async fn a_metered_app_pays_one_transaction_per_delivered_message() {
     assert_eq!(stack.calls.service("DynamoDB"), 3 * N, "{dispatch:?}");
     assert_eq!(stack.store.balance(METERED_APP).await.unwrap(), Some(10 - N as i64));
 }
+
+/// Twilio and Tencent receipts may beat the send's record: the finish also records the
+/// provider's reference where such receipts wait, in the same round trip (one
+/// transaction), so dispatch stays at 2 DynamoDB round trips for them too.
+#[tokio::test]
+async fn early_receipt_providers_finish_in_one_round_trip() {
+    for provider in ["twilio", "tencent"] {
+        let stack = Stack::new().await;
+        stack.set_app_providers(json!({"sms_order": [provider]})).await;
+        stack.ingest.apps.current().await.unwrap();
+        let id = stack
+            .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1}}))
+            .await;
+        stack.calls.reset();
+        stack.drain(Duration::from_secs(10)).await;
+        let dispatch = stack.calls.snapshot();
+        let m = stack.record(&id).await;
+        assert_eq!(m.status, pushgate_shared::message::Status::Sent, "{provider}");
+        // The circuit's first read of a cold instance is the one extra call allowed.
+        let circuit = dispatch.get("DynamoDB.GetItem").copied().unwrap_or(0);
+        assert_eq!(
+            stack.calls.service("DynamoDB") - circuit,
+            2,
+            "{provider}: claim + finish: {dispatch:?}"
+        );
+        assert_eq!(
+            dispatch.get("DynamoDB.TransactWriteItems"),
+            Some(&1),
+            "{provider}: {dispatch:?}"
+        );
+    }
+}

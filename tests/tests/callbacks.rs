@@ -279,7 +279,11 @@ async fn a_receipt_that_beats_the_finish_write_is_held_and_applied() {
             .await;
         let pk = stack.record(&id).await.pk;
         let t = pushgate_shared::clock::now_ms();
-        stack.store.claim(&pk, &id, "owner", t, t + 60_000).await.unwrap();
+        stack
+            .store
+            .claim(&pk, &id, "owner", t, t + 60_000, false)
+            .await
+            .unwrap();
         let pid = format!("{provider}-race-{n}");
 
         stack.calls.reset();
@@ -318,6 +322,7 @@ async fn a_receipt_that_beats_the_finish_write_is_held_and_applied() {
             provider_message_id: Some(pid.clone()),
             reason: None,
             note: Some("sent".into()),
+            early_receipts: true,
         };
         assert!(stack
             .store
@@ -341,7 +346,11 @@ async fn a_held_receipt_keeps_its_scope() {
         .await;
     let pk = stack.record(&id).await.pk;
     let t = pushgate_shared::clock::now_ms();
-    stack.store.claim(&pk, &id, "owner", t, t + 60_000).await.unwrap();
+    stack
+        .store
+        .claim(&pk, &id, "owner", t, t + 60_000, false)
+        .await
+        .unwrap();
     assert_eq!(
         twilio_receipt(&stack, OTHER_APP, OTHER_TWILIO_TOKEN, "SMheld", "failed").await,
         200
@@ -352,6 +361,7 @@ async fn a_held_receipt_keeps_its_scope() {
         provider_message_id: Some("SMheld".into()),
         reason: None,
         note: Some("sent".into()),
+        early_receipts: true,
     };
     assert!(stack.store.finish(&pk, "owner", finish, t).await.unwrap());
     assert_eq!(stack.record(&id).await.status, Status::Sent);
@@ -489,4 +499,69 @@ async fn an_aliyun_allow_list_refuses_other_addresses() {
     assert_eq!(stack.record(&id).await.status, Status::Sent, "nothing written");
     assert_eq!(parts(callback.handle(from("203.0.113.7")).await).0, 200);
     assert_eq!(stack.record(&id).await.status, Status::Delivered);
+}
+
+/// Callbacks face the internet too: an odd raw query or path is a clean 400 before any
+/// authentication, never a panic in the HTTP layer, and nothing is written.
+#[tokio::test]
+async fn odd_callback_targets_are_a_clean_400_and_change_nothing() {
+    let stack = stack("twilio").await;
+    stack.calls.reset();
+    for (path, query) in [
+        ("/v1/callbacks/twilio", "app=\""),
+        ("/v1/callbacks/tencent", "app=<x>&token=y"),
+        ("/v1/callbacks/aliyun", "app=%00"),
+        ("/v1/callbacks/wechat", "signature=%FF"),
+        ("/v1/callbacks/ses", "token=%"),
+        ("/v1/callbacks/\"", ""),
+        ("/v1/callbacks/%FF", ""),
+    ] {
+        let resp = stack.callback.handle_event(api_event("POST", path, query)).await;
+        assert_eq!(resp.status_code, 400, "{path}?{query}: {:?}", resp.body);
+        assert_eq!(resp.headers["content-type"], "application/problem+json");
+    }
+    let mut ev = api_event("POST", "/v1/callbacks/twilio", "app=x");
+    ev.body = Some("***".into());
+    ev.is_base64_encoded = true;
+    assert_eq!(stack.callback.handle_event(ev).await.status_code, 400);
+    assert_eq!(stack.calls.service("DynamoDB"), 0, "nothing read or written");
+    // A plain event reaches the provider's authentication (and is refused there).
+    let resp = stack
+        .callback
+        .handle_event(api_event("POST", "/v1/callbacks/tencent", "app=app&token=wrong"))
+        .await;
+    assert_eq!(resp.status_code, 401, "{:?}", resp.body);
+}
+
+/// A caller with a valid signature cannot grow a held-receipt item without bound by
+/// flooding receipts for an id the dispatcher never recorded: each is acknowledged, at
+/// most `MAX_HELD` wait.
+#[tokio::test]
+async fn held_receipts_per_provider_id_are_capped() {
+    use pushgate_shared::store::callbacks::{MAX_HELD, REF_PK_PREFIX};
+    let stack = stack("twilio").await;
+    for _ in 0..MAX_HELD + 4 {
+        let status = twilio_receipt(
+            &stack,
+            APP,
+            pushgate_tool::fakes::twilio::AUTH_TOKEN,
+            "SMflood",
+            "delivered",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let item = aws_sdk_dynamodb::Client::new(&stack.sdk)
+        .get_item()
+        .table_name(stack.res.messages_table())
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("{REF_PK_PREFIX}twilio.SMflood")),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the held item");
+    assert_eq!(item["held"].as_l().unwrap().len(), MAX_HELD as usize);
 }

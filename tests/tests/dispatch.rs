@@ -93,7 +93,7 @@ async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
     assert!(matches!(
         stack
             .store
-            .claim(&m.pk, &id, "dead-worker", now, now + 50)
+            .claim(&m.pk, &id, "dead-worker", now, now + 50, false)
             .await
             .unwrap(),
         Claim::Claimed { takeover: false, .. }
@@ -107,6 +107,43 @@ async fn crash_between_claim_and_send_marks_email_unknown_without_sending() {
     assert_eq!(stack.emails_to(to).await, 0);
 }
 
+/// A metered app's attempt charges before it sends; a dispatcher that claimed such a
+/// message (as the real one does, `charge_first`) and died before paying never reached
+/// SES, so the takeover sends it (once), where an interrupted paid send becomes `unknown`.
+#[tokio::test]
+async fn crash_before_a_metered_message_was_paid_sends_it_once_instead_of_unknown() {
+    let stack = Stack::new().await;
+    stack.store.set_balance(METERED_APP, 5).await.unwrap();
+    for (to, paid) in [("metered-m1@example.com", false), ("metered-m2@example.com", true)] {
+        let (status, _, body) = stack.submit_as(METERED_APP, OTHER_SECRET, email(to)).await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        let m = stack.record(&id).await;
+        let now = pushgate_shared::clock::now_ms();
+        let claim = stack.store.claim(&m.pk, &id, "dead-worker", now, now + 50, true).await;
+        assert!(matches!(claim.unwrap(), Claim::Claimed { takeover: false, .. }));
+        if paid {
+            let charged = stack.store.charge(&m.pk, METERED_APP, "dead-worker").await.unwrap();
+            assert_eq!(charged, pushgate_shared::ports::Charge::Charged);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stack.drain(Duration::from_secs(10)).await;
+        let m = stack.record(&id).await;
+        match paid {
+            false => {
+                assert_eq!(stack.emails_to(to).await, 1, "sent exactly once");
+                assert!(matches!(m.status, Status::Sent | Status::Delivered), "{:?}", m.status);
+            }
+            true => {
+                assert_eq!(stack.emails_to(to).await, 0, "never risk a second email");
+                assert_eq!(m.status, Status::Unknown);
+            }
+        }
+    }
+    // One unit for each message: the takeover of the unpaid one charged it once.
+    assert_eq!(stack.store.balance(METERED_APP).await.unwrap(), Some(3));
+}
+
 #[tokio::test]
 async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
     let stack = Stack::new().await;
@@ -118,7 +155,7 @@ async fn crash_after_webhook_send_resends_with_the_same_webhook_id() {
     let now = pushgate_shared::clock::now_ms();
     let Claim::Claimed { message, .. } = stack
         .store
-        .claim(&m.pk, &id, "dead-worker", now, now + 50)
+        .claim(&m.pk, &id, "dead-worker", now, now + 50, false)
         .await
         .unwrap()
     else {

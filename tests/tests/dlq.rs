@@ -32,13 +32,7 @@ async fn redrive_resends_dead_letters_and_never_resends_what_was_sent() {
     // A stray job for the delivered message also sits in the DLQ (as after an SQS redrive).
     let d = stack.record(&done).await;
     let dead_letter_queue = pushgate_shared::queue::Queue::new(stack.sqs.clone(), stack.res.dead_letter_queue());
-    dead_letter_queue
-        .send(&Job {
-            pk: d.pk.clone(),
-            id: d.id.clone(),
-        })
-        .await
-        .unwrap();
+    dead_letter_queue.send(&Job::of(&d)).await.unwrap();
 
     let dlq = pushgate_tool::dlq::Dlq {
         sqs: stack.sqs.clone(),

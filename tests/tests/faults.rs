@@ -73,7 +73,7 @@ impl Faulty {
         let claim = self
             .stack
             .store
-            .claim(&job.pk, &job.id, "crashed", now, lease_until)
+            .claim(&job.pk, &job.id, "crashed", now, lease_until, false)
             .await;
         let Ok(pushgate_shared::ports::Claim::Claimed { message, takeover }) = claim else {
             return;

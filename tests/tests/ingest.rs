@@ -649,26 +649,6 @@ async fn values_dynamodb_cannot_store_are_4xx_naming_the_field_never_503() {
     assert_eq!(problem["errors"][0]["pointer"], "path:id");
 }
 
-/// An API Gateway HTTP API event for `raw_path?raw_query`, as the function receives it.
-fn event(method: &str, raw_path: &str, raw_query: &str) -> aws_lambda_events::event::apigw::ApiGatewayV2httpRequest {
-    serde_json::from_value(json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": raw_path,
-        "rawQueryString": raw_query,
-        "headers": {"host": "pushgate.test", "content-type": "application/json", "x-app-key": APP,
-                    "x-timestamp": now().to_string(), "x-signature": format!("v2={}", "0".repeat(64))},
-        "requestContext": {"accountId": "1", "apiId": "a", "domainName": "pushgate.test", "domainPrefix": "p",
-                           "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1",
-                                    "sourceIp": "127.0.0.1", "userAgent": "t"},
-                           "requestId": "r", "routeKey": "$default", "stage": "$default",
-                           "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0},
-        "body": "{}",
-        "isBase64Encoded": false
-    }))
-    .expect("an HTTP API event")
-}
-
 #[tokio::test]
 async fn odd_paths_and_queries_are_a_clean_400_before_authentication() {
     let stack = Stack::new().await;
@@ -683,17 +663,17 @@ async fn odd_paths_and_queries_are_a_clean_400_before_authentication() {
         ("/v1/messages/%00", ""),
         ("/v1/messages/%FF", ""),
     ] {
-        let resp = stack.ingest.handle_event(event("POST", path, query)).await;
+        let resp = stack.ingest.handle_event(api_event("POST", path, query)).await;
         assert_eq!(resp.status_code, 400, "{path}?{query}: {:?}", resp.body);
         assert_eq!(resp.headers["content-type"], "application/problem+json");
     }
     // A bad base64 body is a 400 too (the library conversion would panic on it).
-    let mut ev = event("POST", "/v1/messages", "");
+    let mut ev = api_event("POST", "/v1/messages", "");
     ev.body = Some("***".into());
     ev.is_base64_encoded = true;
     assert_eq!(stack.ingest.handle_event(ev).await.status_code, 400);
     // A plain event goes through to authentication (the signature is a dummy).
-    let resp = stack.ingest.handle_event(event("POST", "/v1/messages", "")).await;
+    let resp = stack.ingest.handle_event(api_event("POST", "/v1/messages", "")).await;
     assert_eq!(resp.status_code, 401, "{:?}", resp.body);
     // Requests that http can represent are checked by `handle` as well.
     for uri in [

@@ -905,8 +905,11 @@ async fn a_takeover_asks_aliyun_before_sending_again() {
     for (id, called) in [(&sent_id, true), (&unsent_id, false)] {
         let m = stack.record(id).await;
         let now = pushgate_shared::clock::now_ms();
-        let Claim::Claimed { message, takeover } =
-            stack.store.claim(&m.pk, id, "crashed", now, now + 300).await.unwrap()
+        let Claim::Claimed { message, takeover } = stack
+            .store
+            .claim(&m.pk, id, "crashed", now, now + 300, false)
+            .await
+            .unwrap()
         else {
             panic!("claim {id}")
         };

@@ -3,8 +3,8 @@
 //! the time, and it answers with the next thing to do ([`Next`]) until an [`End`].
 //!
 //! ```text
-//! start ─ takeover? ─ Reconcile ─┐
-//!   │                            ▼
+//! start ─ takeover? ─ Reconcile ─┐   (not when the cut-short attempt had to
+//!   │                            ▼      charge first and never did: it never sent)
 //!   └──────────────▶ attempts spent? ─ DeadLetter
 //!                    metered, unpaid? ─ Charge
 //!   ┌─────────────── for each step of the plan ───────────────────────────┐
@@ -210,7 +210,10 @@ impl<'a, P> Attempt<'a, P> {
         let Some(first) = self.first.clone() else {
             return self.plan_empty();
         };
-        if takeover {
+        // An interrupted attempt that had to charge first and left the message unpaid
+        // never reached a provider: the charge is written atomically with `charged`.
+        let never_sent = self.message.charge_first == Some(true) && self.message.charged != Some(true);
+        if takeover && !never_sent {
             // The send cut short went to `via`, else to the plan's first choice (a send
             // elsewhere records `via` first).
             let inflight = self.message.via.clone().unwrap_or(first);

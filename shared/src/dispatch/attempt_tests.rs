@@ -514,6 +514,39 @@ fn a_takeover_settles_the_interrupted_send_by_the_in_flight_providers_policy() {
 }
 
 #[test]
+fn a_takeover_of_an_attempt_that_never_got_paid_sends_even_where_it_would_not_resend() {
+    // (charge_first of the cut-short attempt, charged, end, trace): Tencent marks an
+    // interrupted send unknown, unless that attempt had to charge first and never did.
+    let metered = Policy {
+        metered: true,
+        ..policy()
+    };
+    type Row<'a> = (Option<bool>, Option<bool>, &'a str, &'a [&'a str]);
+    let rows: &[Row] = &[
+        (Some(true), None, "sent tencent", &["charge", "send tencent"]),
+        (Some(true), Some(true), "unknown tencent", &[]),
+        (None, None, "unknown tencent", &[]),
+        (None, Some(true), "unknown tencent", &[]),
+    ];
+    for (charge_first, charged, want, trace) in rows {
+        let mut m = message();
+        m.charge_first = *charge_first;
+        m.charged = *charged;
+        let r = route("");
+        let mut a = Attempt::new(
+            m,
+            vec![step(Channel::Sms, "tencent", Ambiguity::MarkUnknown)],
+            &r,
+            metered,
+        );
+        let mut w = World::default();
+        let end = drive(&mut a, true, &mut w);
+        assert_eq!(summary(&end), *want, "{charge_first:?} {charged:?}");
+        assert_eq!(w.trace, *trace, "{charge_first:?} {charged:?}");
+    }
+}
+
+#[test]
 fn a_metered_message_is_charged_once_and_refunded_if_it_fails() {
     let metered = Policy {
         metered: true,

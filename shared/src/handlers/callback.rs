@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::problem::Problem;
 use crate::providers::sns::SnsTrust;
 use crate::providers::{receipt_source, ReceiptSource, Trust};
-use crate::receipts::{Inbound, Receipt, ReceiptError, Refusal, Reply, Scope, HELD_UNTIL_RECORDED};
+use crate::receipts::{Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use crate::store::{HeldReceipt, ReceiptOutcome, Store};
 
 /// How long a callback nonce is remembered: past the whole window in which its
@@ -68,6 +68,15 @@ fn text(status: u16, body: &str) -> Response<Body> {
 }
 
 impl Callback {
+    /// Answers one API Gateway event; odd targets get a 400 before anything else
+    /// ([`super::edge`]).
+    pub async fn handle_event(
+        &self,
+        event: aws_lambda_events::event::apigw::ApiGatewayV2httpRequest,
+    ) -> aws_lambda_events::event::apigw::ApiGatewayV2httpResponse {
+        super::edge::serve(event, |req| self.handle(req)).await
+    }
+
     pub async fn handle(&self, req: Request) -> Response<Body> {
         self.route(&req).await.unwrap_or_else(Problem::into_response)
     }
@@ -187,7 +196,7 @@ impl Callback {
         };
         let pk = match (pk, &receipt.provider_message_id) {
             (Some(pk), _) => pk,
-            (None, Some(pid)) if HELD_UNTIL_RECORDED.contains(&provider) => {
+            (None, Some(pid)) if receipt_source(provider).is_some_and(|s| s.early()) => {
                 let held = HeldReceipt {
                     status: receipt.status,
                     note: receipt.note.clone(),

@@ -116,11 +116,17 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
             tracing::error!(sqs_id = ?record.message_id, "malformed job dropped");
             return Outcome::Ack("malformed");
         };
+        let charge_first = match self.prepare(job.app.as_deref()).await {
+            Ok(metered) => metered,
+            Err(what) => return Outcome::Retry(what, Some(attempt::OUTAGE_RETRY)),
+        };
         let owner = ulid::Ulid::new().to_string();
         let now = (self.clock)();
         let lease_until = now + self.cfg.lease_secs * 1000;
         match logged(
-            self.store.claim(&job.pk, &job.id, &owner, now, lease_until).await,
+            self.store
+                .claim(&job.pk, &job.id, &owner, now, lease_until, charge_first)
+                .await,
             "claim",
             &job.id,
         ) {
@@ -137,6 +143,25 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
                 Some(Duration::from_secs(self.cfg.lease_secs.clamp(1, 5) as u64)),
             ),
             Ok(Claim::Claimed { message, takeover }) => self.send(*message, &owner, takeover).await,
+        }
+    }
+
+    /// Loads the app's configuration and the routes before the lease is taken, so that a
+    /// stall or a crash while loading them leaves no lease behind that would look like an
+    /// interrupted send (the attempt then reads them from the warm caches). Returns
+    /// whether the app is metered: its attempt charges before it sends.
+    async fn prepare(&self, app: Option<&str>) -> Result<bool, &'static str> {
+        if let Err(e) = self.routes.current().await {
+            tracing::error!(error = %e, "routes unavailable");
+            return Err("routes");
+        }
+        let Some(app) = app else { return Ok(false) };
+        match self.apps.app(app).await {
+            Ok(found) => Ok(found.is_some_and(|a| a.limits.balance)),
+            Err(e) => {
+                tracing::error!(error = %e, "service secret unavailable");
+                Err("config")
+            }
         }
     }
 
@@ -261,10 +286,7 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
         match end {
             End::Finish { finish, refund } => self.finish(message, owner, finish, refund).await,
             End::DeadLetter { finish, refund } => {
-                let job = Job {
-                    pk: message.pk.clone(),
-                    id: message.id.clone(),
-                };
+                let job = Job::of(message);
                 if logged(self.queues.dead_letter(&job).await, "dead-letter", &message.id).is_err() {
                     // Leave it on the queue: SQS's own redrive is the backstop.
                     let release = Release {
@@ -283,8 +305,13 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
         }
     }
 
-    async fn finish(&self, message: &Message, owner: &str, finish: Finish, refund: bool) -> Outcome {
+    async fn finish(&self, message: &Message, owner: &str, mut finish: Finish, refund: bool) -> Outcome {
         let status = finish.status;
+        finish.early_receipts = finish
+            .provider
+            .as_deref()
+            .and_then(crate::providers::receipt_source)
+            .is_some_and(|source| source.early());
         let refund_app = refund.then_some(message.app.as_str());
         match self
             .store

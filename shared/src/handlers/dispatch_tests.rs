@@ -36,7 +36,7 @@ struct FakeLedger {
 
 #[async_trait::async_trait]
 impl Ledger for FakeLedger {
-    async fn claim(&self, pk: &str, _: &str, _: &str, _: i64, lease_until: i64) -> Result<Claim, PortError> {
+    async fn claim(&self, pk: &str, _: &str, _: &str, _: i64, lease_until: i64, _: bool) -> Result<Claim, PortError> {
         self.calls.push(format!("claim {pk}"));
         let mut message: Message = serde_json::from_value(serde_json::json!({
             "pk": pk, "id": "01ID", "app": "app", "channel": "webhook", "to": "https://example.com/h",

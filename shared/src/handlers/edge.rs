@@ -1,5 +1,5 @@
-//! The HTTP edge of ingest: API Gateway's event turned into a request without any path
-//! that can panic. `lambda_http`'s own conversion `unwrap`s URI parsing and base64
+//! The HTTP edge of the API functions (ingest, callback): API Gateway's event turned
+//! into a request without any path that can panic. `lambda_http`'s own conversion `unwrap`s URI parsing and base64
 //! decoding, so a raw query with `"` or `<`, or a bad base64 body, would abort the
 //! function; here such requests get a clean 400 problem+json before anything else.
 
@@ -115,6 +115,22 @@ pub fn into_request(mut event: ApiGatewayV2httpRequest) -> Result<Request, Targe
     let mut req: Request = LambdaRequest::ApiGatewayV2(event).into();
     *req.body_mut() = body;
     Ok(req)
+}
+
+/// Serves one API Gateway event with `handle`, or answers it with the 400 that refuses
+/// it at the edge.
+pub async fn serve<F, Fut>(event: ApiGatewayV2httpRequest, handle: F) -> ApiGatewayV2httpResponse
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response<Body>>,
+{
+    match into_request(event) {
+        Ok(req) => into_event_response(handle(req).await),
+        Err(e) => {
+            tracing::info!(reason = %e, "request refused at the edge");
+            problem_response(e.into())
+        }
+    }
 }
 
 /// The API Gateway (HTTP API, payload 2.0) shape of a response.

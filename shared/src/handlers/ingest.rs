@@ -59,13 +59,7 @@ impl Ingest {
         &self,
         event: aws_lambda_events::event::apigw::ApiGatewayV2httpRequest,
     ) -> aws_lambda_events::event::apigw::ApiGatewayV2httpResponse {
-        match super::edge::into_request(event) {
-            Ok(req) => super::edge::into_event_response(self.handle(req).await),
-            Err(e) => {
-                tracing::info!(reason = %e, "request refused at the edge");
-                super::edge::problem_response(e.into())
-            }
-        }
+        super::edge::serve(event, |req| self.handle(req)).await
     }
 
     /// Routes and answers one HTTP API request. Every error is problem+json.
@@ -271,6 +265,7 @@ impl Ingest {
             provider_message_id: None,
             reason: None,
             charged: None,
+            charge_first: None,
             key,
             alternates,
             tried: Vec::new(),
@@ -309,10 +304,7 @@ impl Ingest {
                         return Err(problem);
                     }
                 }
-                let job = Job {
-                    pk: pk.clone(),
-                    id: message.id.clone(),
-                };
+                let job = Job::of(&message);
                 if let Err(e) = self.queue.send(&job).await {
                     tracing::error!(error = %e, app = %app.key, id = %message.id, "enqueue failed; rolling back");
                     if let Err(e) = self.store.delete(&pk, &message.id).await {
@@ -352,16 +344,10 @@ impl Ingest {
                     }
                     // The first ingest died between its write and its SQS send: queue it
                     // now. A duplicate job is harmless, the dispatcher's claim sends once.
-                    self.queue
-                        .send(&Job {
-                            pk: old.pk.clone(),
-                            id: old.id.clone(),
-                        })
-                        .await
-                        .map_err(|e| {
-                            tracing::error!(error = %e, id = %old.id, "re-enqueue failed");
-                            Problem::unavailable("could not queue the message; retry")
-                        })?;
+                    self.queue.send(&Job::of(&old)).await.map_err(|e| {
+                        tracing::error!(error = %e, id = %old.id, "re-enqueue failed");
+                        Problem::unavailable("could not queue the message; retry")
+                    })?;
                     let _ = self.store.mark_enqueued(&old.pk).await;
                 }
                 tracing::info!(app = %app.key, id = %old.id, "idempotent replay");

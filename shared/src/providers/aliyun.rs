@@ -431,6 +431,8 @@ pub static RECEIPTS: TokenReports = TokenReports {
     name: "aliyun",
     report,
     ack: || serde_json::json!({"code": 0, "msg": "success"}),
+    // Aliyun's reports carry our OutId: they never wait for the send's record.
+    early: false,
 };
 
 #[cfg(test)]

@@ -91,6 +91,12 @@ pub trait ReceiptSource: Send + Sync {
     fn replay_key(&self, _call: &Inbound<'_>) -> Option<String> {
         None
     }
+    /// Whether the vendor's receipts may arrive before the dispatcher has recorded the
+    /// send: it answers fast and names the message only by its own id. Such receipts
+    /// are held (`Store::hold_receipt`) until the send's finish records the reference.
+    fn early(&self) -> bool {
+        false
+    }
     /// The receipts an authentic POST carries.
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError>;
     /// What the vendor must read back once `applied` of the batch's receipts changed a
@@ -119,6 +125,8 @@ pub struct TokenReports {
     pub report: fn(&serde_json::Value) -> Result<Receipt, ReceiptError>,
     /// The acknowledgement the vendor must read, or it pushes again.
     pub ack: fn() -> serde_json::Value,
+    /// See [`ReceiptSource::early`].
+    pub early: bool,
 }
 
 #[async_trait::async_trait]
@@ -129,6 +137,10 @@ impl ReceiptSource for TokenReports {
 
     fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {
         call.app_token(secrets)
+    }
+
+    fn early(&self) -> bool {
+        self.early
     }
 
     fn parse(&self, call: &Inbound<'_>) -> Result<Batch, ReceiptError> {

@@ -278,6 +278,8 @@ pub static RECEIPTS: TokenReports = TokenReports {
     name: "tencent",
     report,
     ack: || serde_json::json!({"result": 0, "errmsg": "OK"}),
+    // Reports name the message by Tencent's SerialNo only, often within a second.
+    early: true,
 };
 
 #[cfg(test)]

@@ -249,6 +249,11 @@ impl ReceiptSource for TwilioReceipts {
         "twilio"
     }
 
+    /// Status callbacks name the message by its SID only and may beat the send's record.
+    fn early(&self) -> bool {
+        true
+    }
+
     /// An app without a Twilio account cannot have sent through Twilio. A signature
     /// under app A's auth token proves the call is about A's messages only: the scope is
     /// A, so a SID of another app's message changes nothing.

@@ -819,6 +819,11 @@ impl ReceiptSource for WechatReceipts {
         "wechat"
     }
 
+    /// `TEMPLATESENDJOBFINISH` names the message by its msgid only, within a second.
+    fn early(&self) -> bool {
+        true
+    }
+
     /// WeChat checks the server URL by GET: echo `echostr` (once authenticated).
     fn on_get(&self, call: &Inbound<'_>) -> Option<Reply> {
         Some(Reply::Text(call.param("echostr").unwrap_or_default().to_string()))

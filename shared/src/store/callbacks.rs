@@ -28,6 +28,9 @@ pub const REF_PK_PREFIX: &str = "_ref.";
 /// vendor keeps pushing reports for a send.
 pub const REF_TTL_SECS: i64 = 7 * 24 * 3600;
 
+/// Most receipts held for one provider id ([`Store::hold_receipt`]).
+pub const MAX_HELD: i64 = 16;
+
 /// What applying a receipt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiptOutcome {
@@ -75,7 +78,7 @@ fn read_held(v: &AttributeValue) -> Option<HeldReceipt> {
     Some(HeldReceipt { status, note, scope })
 }
 
-fn ref_pk(provider: &str, provider_message_id: &str) -> String {
+pub(super) fn ref_pk(provider: &str, provider_message_id: &str) -> String {
     format!("{REF_PK_PREFIX}{provider}.{provider_message_id}")
 }
 
@@ -181,7 +184,10 @@ impl Store {
 
     /// Holds a receipt whose provider reference is not (visibly) recorded yet. Returns
     /// the message's key if the dispatcher recorded the reference meanwhile (the caller
-    /// then applies the receipt itself). One UpdateItem.
+    /// then applies the receipt itself). One UpdateItem. At most [`MAX_HELD`] receipts
+    /// wait per reference (a vendor reports a message a few times): a flood of receipts
+    /// for one id, from a caller holding a valid token, cannot grow the item without
+    /// bound; the ones past the cap are dropped and logged.
     pub async fn hold_receipt(
         &self,
         provider: &str,
@@ -195,13 +201,22 @@ impl Store {
             .table_name(&self.table)
             .key("pk", s(ref_pk(provider, provider_message_id)))
             .update_expression("SET held = list_append(if_not_exists(held, :none), :r), expires_at = :exp")
+            .condition_expression("attribute_not_exists(held) OR size(held) < :cap")
+            .expression_attribute_values(":cap", n(MAX_HELD))
             .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
             .expression_attribute_values(":r", AttributeValue::L(vec![held_item(held, now_ms)]))
             .expression_attribute_values(":exp", n(now_ms / 1000 + REF_TTL_SECS))
             .return_values(ReturnValue::AllNew)
             .send()
-            .await
-            .map_err(aws_err)?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if is_condition_failure(&e) => {
+                tracing::warn!(provider, "too many receipts held for one provider id; dropped");
+                return Ok(None);
+            }
+            Err(e) => return Err(aws_err(e)),
+        };
         Ok(out
             .attributes()
             .and_then(|a| a.get("target"))

@@ -2,7 +2,9 @@
 //! that the record is the replay guard, the idempotency record, the dispatch lease and a
 //! forward-only status at once. Every status transition of a message is written here.
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 
 use super::{
     applied, aws_err, decode, history, is_condition_failure, n, s, Store, StoreError, BY_ID_INDEX,
@@ -208,22 +210,31 @@ impl Store {
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
+        charge_first: bool,
     ) -> Result<Claim, StoreError> {
         let entry = HistoryEntry {
             at: now_ms,
             status: Status::Sending,
             note: None,
         };
-        let result = self
+        let (set_charge_first, remove_charge_first) = match charge_first {
+            true => (", charge_first = :one_b", ""),
+            false => ("", ", charge_first"),
+        };
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression(
+            .update_expression(format!(
                 "SET #st = :sending, status_rank = :one, lease_until = :lease, lease_owner = :owner, \
                  attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, \
-                 history = list_append(history, :entry) REMOVE ingest_pending",
-            )
+                 history = list_append(history, :entry){set_charge_first} REMOVE ingest_pending{remove_charge_first}",
+            ));
+        if charge_first {
+            req = req.expression_attribute_values(":one_b", AttributeValue::Bool(true));
+        }
+        let result = req
             .condition_expression(
                 "id = :id AND (status_rank = :zero OR (status_rank = :one AND \
                  (attribute_not_exists(lease_until) OR lease_until < :now)))",
@@ -277,30 +288,56 @@ impl Store {
         }
     }
 
-    /// Records the outcome of a send if the caller still holds the lease and the status
-    /// moves forward. Returns whether it applied.
-    ///
-    /// For providers whose receipts name the message only by the provider's id
-    /// ([`crate::receipts::HELD_UNTIL_RECORDED`]), it then records the reference where a
-    /// receipt that arrived first waits (one more UpdateItem per such send), and applies
-    /// that receipt: no receipt is lost to the race between the send's answer and its
-    /// receipt.
+    /// Records the outcome of an attempt: one conditional UpdateItem, or, for a provider
+    /// whose receipts may come first ([`Finish::early_receipts`]), one transaction that
+    /// also records the provider's reference where such receipts wait
+    /// (`Store::hold_receipt`). Only when receipts already wait there does it take more
+    /// calls: the outcome, then the reference, which applies them (`Store::record_ref`).
+    /// Returns whether the outcome applied (this holder still held the lease).
     pub async fn finish(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {
         let reference = match (&finish.provider, &finish.provider_message_id) {
-            (Some(p), Some(id)) if crate::receipts::HELD_UNTIL_RECORDED.contains(&p.as_str()) => {
-                Some((p.clone(), id.clone()))
-            }
+            (Some(p), Some(id)) if finish.early_receipts => Some((p.clone(), id.clone())),
             _ => None,
         };
-        let finished = self.finish_only(pk, owner, finish, now_ms).await?;
-        if let (true, Some((provider, id))) = (finished, reference) {
-            // The send is recorded either way; a held receipt that cannot be applied now
-            // is applied by the vendor's next report or reconciled later.
-            if let Err(e) = self.record_ref(&provider, &id, pk, now_ms).await {
-                tracing::error!(error = %e, provider, "recording the provider reference for held receipts failed");
-            }
+        let Some((provider, id)) = reference else {
+            return self.finish_only(pk, owner, finish, now_ms).await;
+        };
+        let record = self.finish_update(pk, owner, finish.clone(), now_ms, false)?;
+        let reference = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(super::callbacks::ref_pk(&provider, &id)))
+            .update_expression("SET target = :pk, expires_at = :exp")
+            .condition_expression("attribute_not_exists(held)")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":exp", n(now_ms / 1000 + super::callbacks::REF_TTL_SECS))
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(record).build())
+            .transact_items(TransactWriteItem::builder().update(reference).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match super::quota::cancelled(&e) {
+                // Another holder (or a receipt) moved the message on: nothing written.
+                Some([true, _]) => Ok(false),
+                Some([false, true]) => {
+                    let finished = self.finish_only(pk, owner, finish, now_ms).await?;
+                    if finished {
+                        // The send is recorded either way; receipts that cannot be
+                        // applied now are applied by the vendor's next report.
+                        if let Err(e) = self.record_ref(&provider, &id, pk, now_ms).await {
+                            tracing::error!(error = %e, provider, "applying held receipts failed");
+                        }
+                    }
+                    Ok(finished)
+                }
+                _ => Err(aws_err(e)),
+            },
         }
-        Ok(finished)
     }
 
     async fn finish_only(&self, pk: &str, owner: &str, finish: Finish, now_ms: i64) -> Result<bool, StoreError> {

@@ -21,8 +21,9 @@ impl Ledger for Store {
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
+        charge_first: bool,
     ) -> Result<Claim, PortError> {
-        Ok(Store::claim(self, pk, id, owner, now_ms, lease_until_ms).await?)
+        Ok(Store::claim(self, pk, id, owner, now_ms, lease_until_ms, charge_first).await?)
     }
 
     async fn charge(&self, pk: &str, app: &str, owner: &str) -> Result<Charge, PortError> {

@@ -148,7 +148,7 @@ impl Store {
 }
 
 /// Which items of a two-item transaction failed their condition, when it was cancelled.
-fn cancelled<R>(
+pub(super) fn cancelled<R>(
     e: &aws_sdk_dynamodb::error::SdkError<
         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
         R,

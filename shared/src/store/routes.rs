@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::Refreshing;
+use crate::cache::Bounded;
 use crate::routing::{Routes, RoutingError};
 
 /// Where the dispatcher gets routes: the routes table, re-read every `ttl`; or none.
 pub struct RouteStore {
     table: Option<(aws_sdk_dynamodb::Client, String)>,
-    cached: Refreshing<Routes>,
+    cached: Bounded<Routes>,
 }
 
 impl RouteStore {
@@ -18,7 +18,7 @@ impl RouteStore {
     pub fn none() -> Self {
         Self {
             table: None,
-            cached: Refreshing::new(Duration::MAX),
+            cached: Bounded::config(Duration::MAX),
         }
     }
 
@@ -26,11 +26,12 @@ impl RouteStore {
     pub fn table(client: aws_sdk_dynamodb::Client, table: impl Into<String>, ttl: Duration) -> Self {
         Self {
             table: Some((client, table.into())),
-            cached: Refreshing::new(ttl),
+            cached: Bounded::config(ttl),
         }
     }
 
-    /// The current routes; a failed refresh keeps the last good set.
+    /// The current routes; a failed refresh keeps the last good set, for a while
+    /// ([`crate::cache::CONFIG_MAX_STALE`]).
     pub async fn current(&self) -> Result<Arc<Routes>, RoutingError> {
         self.cached
             .get("routes", || async {
@@ -40,6 +41,7 @@ impl RouteStore {
                 }
             })
             .await
+            .map_err(|e| e.into_inner(RoutingError::Unavailable))
     }
 }
 
