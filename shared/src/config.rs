@@ -88,6 +88,20 @@ pub struct Ingest {
     pub templates_table: Option<String>,
     /// `PUSHGATE_TEMPLATES_TTL_SECONDS` (60): how long templates are cached.
     pub templates_ttl: Duration,
+    /// `PUSHGATE_SCHEDULE_GROUP`, `PUSHGATE_SEND_QUEUE_ARN`, `PUSHGATE_SCHEDULER_ROLE_ARN`
+    /// (optional, all three or none): EventBridge Scheduler for `send_at` more than 15
+    /// minutes ahead. Without them such a `send_at` is a 422.
+    pub scheduling: Option<Scheduling>,
+    /// `PUSHGATE_SCHEDULE_HORIZON_DAYS` (365): how far ahead `send_at` may be.
+    pub schedule_horizon_days: i64,
+}
+
+/// Where one-time schedules go ([`Ingest::scheduling`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduling {
+    pub group: String,
+    pub queue_arn: String,
+    pub role_arn: String,
 }
 
 impl Ingest {
@@ -100,6 +114,22 @@ impl Ingest {
             webhook_allow_private: common.webhook_allow_private,
             templates_table: var("PUSHGATE_TEMPLATES_TABLE"),
             templates_ttl: Duration::from_secs(number("PUSHGATE_TEMPLATES_TTL_SECONDS", 60u64)?),
+            scheduling: match (
+                var("PUSHGATE_SCHEDULE_GROUP"),
+                var("PUSHGATE_SEND_QUEUE_ARN"),
+                var("PUSHGATE_SCHEDULER_ROLE_ARN"),
+            ) {
+                (Some(group), Some(queue_arn), Some(role_arn)) => Some(Scheduling {
+                    group,
+                    queue_arn,
+                    role_arn,
+                }),
+                (None, None, None) => None,
+                _ => return Err(ConfigError::Missing(
+                    "PUSHGATE_SCHEDULE_GROUP, PUSHGATE_SEND_QUEUE_ARN and PUSHGATE_SCHEDULER_ROLE_ARN (all or none)",
+                )),
+            },
+            schedule_horizon_days: number("PUSHGATE_SCHEDULE_HORIZON_DAYS", 365i64)?.max(1),
         })
     }
 }

@@ -27,6 +27,8 @@ pub mod queue;
 pub mod receipts;
 pub mod request;
 pub mod routing;
+pub mod schedule;
+pub mod scheduler;
 pub mod shaping;
 pub mod store;
 pub mod telemetry;

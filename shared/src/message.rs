@@ -52,6 +52,9 @@ impl Channel {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Accepted,
+    /// Accepted for a later `send_at`: waiting on a delayed job or a Scheduler schedule.
+    /// Claimable (and cancellable) as `accepted` is.
+    Scheduled,
     Sending,
     Sent,
     /// The outcome of a send cut short (lease expired mid-call) cannot be known and the
@@ -65,7 +68,7 @@ pub enum Status {
 impl Status {
     pub fn rank(self) -> u8 {
         match self {
-            Status::Accepted => 0,
+            Status::Accepted | Status::Scheduled => 0,
             Status::Sending => 1,
             Status::Sent | Status::Unknown => 2,
             Status::Delivered | Status::Failed | Status::Cancelled => 3,
@@ -79,6 +82,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Accepted => "accepted",
+            Status::Scheduled => "scheduled",
             Status::Sending => "sending",
             Status::Sent => "sent",
             Status::Unknown => "unknown",
@@ -250,6 +254,13 @@ pub struct Message {
     /// so a takeover after a crash knows which provider may already hold the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// When the client asked for it to be sent (unix ms), if not at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<i64>,
+    /// The EventBridge Scheduler schedule (in the configured group) that queues it, for a
+    /// `send_at` beyond SQS's 15-minute delay; deleted on cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
 }

@@ -55,12 +55,18 @@ impl Queue {
 
     /// Sends one job (one SendMessage call).
     pub async fn send(&self, job: &Job) -> Result<(), QueueError> {
+        self.send_delayed(job, 0).await
+    }
+
+    /// Sends `job` hidden for `delay_secs` (at most 900, SQS's limit): a `send_at` within
+    /// 15 minutes costs no more than sending now.
+    pub async fn send_delayed(&self, job: &Job, delay_secs: u32) -> Result<(), QueueError> {
         let body = serde_json::to_string(job).map_err(|e| QueueError::Aws(e.to_string()))?;
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .send()
+        let mut req = self.client.send_message().queue_url(&self.url).message_body(body);
+        if delay_secs > 0 {
+            req = req.delay_seconds(delay_secs.min(900) as i32);
+        }
+        req.send()
             .await
             .map(|_| ())
             .map_err(|e| QueueError::Aws(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))

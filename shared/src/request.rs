@@ -15,6 +15,9 @@ pub struct SendRequest {
     pub key: Option<String>,
     /// Other channels' recipients, for a route's channel fallback, in the client's order.
     pub fallback: Vec<(Channel, String)>,
+    /// When to send (unix ms), if not at once; its range is checked against the clock by
+    /// [`crate::schedule::when`].
+    pub send_at: Option<i64>,
 }
 
 /// Either a template with data or inline content.
@@ -32,7 +35,9 @@ pub const MAX_JSON_DEPTH: usize = 24;
 /// At most this many storage errors are listed (a huge body could have thousands).
 const MAX_STORAGE_ERRORS: usize = 20;
 
-const TOP_LEVEL_FIELDS: [&str; 7] = ["channel", "to", "template", "data", "content", "key", "fallback"];
+const TOP_LEVEL_FIELDS: [&str; 8] = [
+    "channel", "to", "template", "data", "content", "key", "fallback", "send_at",
+];
 /// At most this many fallback recipients (one per other channel is plenty).
 const MAX_FALLBACKS: usize = 3;
 
@@ -154,6 +159,23 @@ pub fn validate(value: &Value, allow_private_webhooks: bool) -> Result<SendReque
         }
     };
     let fallback = validate_fallback(obj.get("fallback"), channel, allow_private_webhooks, &mut errors);
+    let send_at = match obj.get("send_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match crate::schedule::parse_send_at(s) {
+            Some(at) => Some(at),
+            None => {
+                errors.push(FieldError::new(
+                    "/send_at",
+                    "must be an RFC 3339 date-time with an offset, e.g. 2026-01-01T09:00:00+08:00",
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new("/send_at", "must be a string (RFC 3339 date-time)"));
+            None
+        }
+    };
 
     match (channel, to, body) {
         (Some(channel), Some(to), Some(body)) if errors.is_empty() => Ok(SendRequest {
@@ -162,6 +184,7 @@ pub fn validate(value: &Value, allow_private_webhooks: bool) -> Result<SendReque
             body,
             key,
             fallback,
+            send_at,
         }),
         _ => Err(errors),
     }

@@ -62,6 +62,14 @@ impl Ingest {
                 Some(table) => TemplateStore::table(s.ddb.clone(), table.clone(), cfg.templates_ttl),
                 None => TemplateStore::bundled(),
             },
+            scheduler: cfg.scheduling.as_ref().map(|c| {
+                crate::scheduler::Scheduler::new(
+                    aws_sdk_scheduler::Client::new(&s.sdk),
+                    c.group.clone(),
+                    c.queue_arn.clone(),
+                    c.role_arn.clone(),
+                )
+            }),
             cfg,
             clock: crate::clock::system(),
             filters: Default::default(),

@@ -274,9 +274,17 @@ impl Stack {
                 webhook_allow_private: true,
                 templates_table: Some(res.tables["TemplatesTable"].clone()),
                 templates_ttl: Duration::from_secs(60),
+                scheduling: None,
+                schedule_horizon_days: 365,
             },
             clock: pushgate_shared::clock::system(),
             filters: Default::default(),
+            scheduler: Some(pushgate_shared::scheduler::Scheduler::new(
+                aws_sdk_scheduler::Client::new(&sdk),
+                res.schedule_group().to_string(),
+                res.send_queue_arn().to_string(),
+                resources::LOCAL_SCHEDULER_ROLE_ARN.to_string(),
+            )),
         });
         let dispatch_cfg = config::Dispatch {
             queue_url: res.send_queue().to_string(),
@@ -634,6 +642,8 @@ pub fn message(
         spent: Vec::new(),
         rate_slot: None,
         via: None,
+        send_at: None,
+        schedule: None,
         history: Vec::new(),
     }
 }

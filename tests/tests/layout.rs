@@ -98,9 +98,9 @@ fn the_shared_modules_import_each_other_without_a_cycle() {
     }
     // The domain imports no adapter.
     for domain in [
-        "message", "request", "delivery", "shaping", "routing", "ports", "dispatch",
+        "message", "request", "delivery", "shaping", "routing", "ports", "dispatch", "schedule",
     ] {
-        for adapter in ["store", "providers", "queue", "apps", "handlers", "wiring"] {
+        for adapter in ["store", "providers", "queue", "scheduler", "apps", "handlers", "wiring"] {
             assert!(
                 !graph[domain].contains(adapter),
                 "{domain} (domain) imports {adapter} (adapter)"

@@ -26,6 +26,8 @@ use crate::ports::{Created, SignatureGuard};
 use crate::problem::{FieldError, Problem};
 use crate::queue::Queue;
 use crate::request::{self, check_content, RequestBody};
+use crate::schedule::{SchedulePolicy, When};
+use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError, Unstorable};
 use crate::templates::{TemplateError, TemplateStore};
 
@@ -50,6 +52,8 @@ pub struct Ingest {
     pub clock: Clock,
     /// Compiled sensitive-word filters, per app.
     pub filters: FilterCache,
+    /// One-time schedules for `send_at` beyond SQS's 15-minute delay (none: refused).
+    pub scheduler: Option<Scheduler>,
 }
 
 impl Ingest {
@@ -80,6 +84,7 @@ impl Ingest {
         let result = match (method.as_str(), route, id) {
             ("POST", "/v1/messages", _) => self.send(&req).await,
             ("GET", _, Some(id)) => self.status(&req, id).await,
+            ("DELETE", _, Some(id)) => self.cancel(&req, id).await,
             (_, "/v1/messages", _) => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
             _ => Err(Problem::not_found("no such route")),
         };
@@ -211,6 +216,7 @@ impl Ingest {
         let alternates: Vec<Alternate> = legs.collect();
 
         let now = (self.clock)();
+        let when = self.when(request.send_at, now)?;
         if app.limits.balance {
             let available = self.store.balance(&app.key).await.map_err(unavailable)?;
             if available.unwrap_or(0) <= 0 {
@@ -242,16 +248,23 @@ impl Ingest {
             Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
             None => format!("{}_s_{signature}", app.key),
         };
+        let id = ulid::Ulid::new().to_string();
+        let initial = match when {
+            When::Now => Status::Accepted,
+            _ => Status::Scheduled,
+        };
         let message = Message {
             pk: pk.clone(),
-            id: ulid::Ulid::new().to_string(),
+            schedule: matches!(when, When::At(_)).then(|| Scheduler::name_of(&id)),
+            send_at: request.send_at,
+            id,
             app: app.key.clone(),
             channel: request.channel,
             to: request.to,
             template,
             content,
-            status: Status::Accepted,
-            status_rank: Status::Accepted.rank(),
+            status: initial,
+            status_rank: initial.rank(),
             attempts: 0,
             created_at: now,
             updated_at: now,
@@ -274,7 +287,7 @@ impl Ingest {
             via: None,
             history: vec![HistoryEntry {
                 at: now,
-                status: Status::Accepted,
+                status: initial,
                 note: None,
             }],
         };
@@ -304,8 +317,7 @@ impl Ingest {
                         return Err(problem);
                     }
                 }
-                let job = Job::of(&message);
-                if let Err(e) = self.queue.send(&job).await {
+                if let Err(e) = self.enqueue(&message, now).await {
                     tracing::error!(error = %e, app = %app.key, id = %message.id, "enqueue failed; rolling back");
                     if let Err(e) = self.store.delete(&pk, &message.id).await {
                         tracing::error!(error = %e, id = %message.id, "rollback failed");
@@ -318,8 +330,8 @@ impl Ingest {
                         tracing::warn!(error = %e, id = %message.id, "could not clear ingest_pending");
                     }
                 }
-                tracing::info!(app = %app.key, id = %message.id, channel = message.channel.as_str(), "accepted");
-                Ok(accepted(&message.id, false))
+                tracing::info!(app = %app.key, id = %message.id, channel = message.channel.as_str(), status = message.status.as_str(), "accepted");
+                Ok(accepted(&message, false))
             }
             Created::Exists(old) => {
                 if idem_key.is_none() {
@@ -344,14 +356,14 @@ impl Ingest {
                     }
                     // The first ingest died between its write and its SQS send: queue it
                     // now. A duplicate job is harmless, the dispatcher's claim sends once.
-                    self.queue.send(&Job::of(&old)).await.map_err(|e| {
+                    self.enqueue(&old, now).await.map_err(|e| {
                         tracing::error!(error = %e, id = %old.id, "re-enqueue failed");
                         Problem::unavailable("could not queue the message; retry")
                     })?;
                     let _ = self.store.mark_enqueued(&old.pk).await;
                 }
                 tracing::info!(app = %app.key, id = %old.id, "idempotent replay");
-                Ok(accepted(&old.id, true))
+                Ok(accepted(&old, true))
             }
         }
     }
@@ -374,6 +386,83 @@ impl Ingest {
     }
 
     async fn status(&self, req: &Request, id: &str) -> Result<Response<Body>, Problem> {
+        let message = self.own_message(req, id).await?;
+        Ok(json(200, &status_view(&message)))
+    }
+
+    /// `DELETE /v1/messages/{id}`: cancels a message not yet claimed for sending
+    /// (`accepted` or `scheduled`): it becomes `cancelled`, its schedule is deleted, and
+    /// a job that still arrives (a schedule firing in the race) finds nothing to send.
+    /// Cancelling again answers the same; a message already sending or done is a 409
+    /// naming its status. Idempotent, so a replayed signature can do no harm.
+    async fn cancel(&self, req: &Request, id: &str) -> Result<Response<Body>, Problem> {
+        let message = self.own_message(req, id).await?;
+        let now = (self.clock)();
+        let m = match self
+            .store
+            .cancel(&message.pk, &message.id, now)
+            .await
+            .map_err(unavailable)?
+        {
+            Ok(m) => m,
+            Err(old) if old.status == Status::Cancelled => old,
+            Err(old) => {
+                let status = old.status.as_str();
+                return Err(Problem::new(409, "not-cancellable", "Conflict")
+                    .detail(format!("the message is already {status}"))
+                    .errors(vec![FieldError::new("path:id", format!("status: {status}"))]));
+            }
+        };
+        if let (Some(scheduler), Some(name)) = (&self.scheduler, &m.schedule) {
+            // If this fails the schedule fires later and the dispatcher finds the message
+            // cancelled: nothing is sent either way.
+            if let Err(e) = scheduler.delete(name).await {
+                tracing::warn!(error = %e, id = %m.id, "could not delete a cancelled message's schedule");
+            }
+        }
+        tracing::info!(id = %m.id, "cancelled");
+        Ok(json(200, &status_view(&m)))
+    }
+
+    /// How a message for `send_at` is queued; a 422 naming `/send_at` when it cannot be.
+    fn when(&self, send_at: Option<i64>, now: i64) -> Result<When, Problem> {
+        let policy = SchedulePolicy {
+            skew_secs: self.cfg.clock_skew_secs,
+            horizon_days: self.cfg.schedule_horizon_days,
+        };
+        let refuse = |why: String| Problem::unprocessable(vec![FieldError::new("/send_at", why)]);
+        match crate::schedule::when(send_at, now, policy) {
+            Ok(When::At(_)) if self.scheduler.is_none() => Err(refuse(format!(
+                "this deployment schedules at most {} minutes ahead",
+                crate::schedule::MAX_DELAY_SECS / 60
+            ))),
+            Ok(when) => Ok(when),
+            Err(e) => Err(refuse(e.to_string())),
+        }
+    }
+
+    /// Puts `message`'s job on the queue: now, delayed, or through its one-time
+    /// schedule, by its `send_at` as of `now` (a re-queue after a crash whose `send_at`
+    /// has passed goes now).
+    async fn enqueue(&self, message: &Message, now: i64) -> Result<(), String> {
+        let job = Job::of(message);
+        let policy = SchedulePolicy {
+            skew_secs: 0,
+            horizon_days: i64::MAX / 86_400_000,
+        };
+        match crate::schedule::when(message.send_at, now, policy).unwrap_or(When::Now) {
+            When::Now => self.queue.send(&job).await.map_err(|e| e.to_string()),
+            When::Delay(secs) => self.queue.send_delayed(&job, secs).await.map_err(|e| e.to_string()),
+            When::At(at) => match (&self.scheduler, &message.schedule) {
+                (Some(scheduler), Some(name)) => scheduler.create_at(name, at, &job).await.map_err(|e| e.to_string()),
+                _ => self.queue.send(&job).await.map_err(|e| e.to_string()),
+            },
+        }
+    }
+
+    /// The message `id` of the request's app, after authenticating the request; another
+    /// app's message is indistinguishable from a missing one.
+    async fn own_message(&self, req: &Request, id: &str) -> Result<Message, Problem> {
         let (_, app) = self
             .authenticate(req, body_bytes(req), header(req, IDEMPOTENCY_KEY))
             .await?;
@@ -390,10 +479,9 @@ impl Ingest {
             .get_by_id(id, (self.clock)())
             .await
             .map_err(unavailable)?
-            // Another app's message is indistinguishable from a missing one.
             .filter(|m| m.app == app.key)
             .ok_or_else(|| Problem::not_found("no such message"))?;
-        Ok(json(200, &status_view(&message)))
+        Ok(message)
     }
 }
 
@@ -417,22 +505,28 @@ pub fn status_view(m: &Message) -> Value {
         "provider_message_id": m.provider_message_id,
         "reason": m.reason,
         "attempts": m.attempts,
+        "send_at": m.send_at.map(rfc3339),
         "created_at": rfc3339(m.created_at),
         "updated_at": rfc3339(m.updated_at),
         "history": history,
     })
 }
 
-fn accepted(id: &str, replayed: bool) -> Response<Body> {
+fn accepted(m: &Message, replayed: bool) -> Response<Body> {
     let mut builder = Response::builder()
         .status(202)
         .header("content-type", "application/json")
-        .header("location", format!("/v1/messages/{id}"));
+        .header("location", format!("/v1/messages/{}", m.id));
     if replayed {
         builder = builder.header(IDEMPOTENT_REPLAYED, "true");
     }
+    // A replay answers as the first response did: `accepted`, or `scheduled` with when.
+    let first = match (m.history.first().map(|h| h.status), m.send_at) {
+        (Some(Status::Scheduled), Some(at)) => json!({"id": m.id, "status": "scheduled", "send_at": rfc3339(at)}),
+        _ => json!({"id": m.id, "status": "accepted"}),
+    };
     builder
-        .body(Body::Text(json!({"id": id, "status": "accepted"}).to_string()))
+        .body(Body::Text(first.to_string()))
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
@@ -530,9 +624,12 @@ mod tests {
                 webhook_allow_private: false,
                 templates_table: None,
                 templates_ttl: std::time::Duration::from_secs(60),
+                scheduling: None,
+                schedule_horizon_days: 365,
             },
             clock: crate::clock::fixed(1_700_000_000_000),
             filters: Default::default(),
+            scheduler: None,
         }
     }
 

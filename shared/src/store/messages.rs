@@ -201,6 +201,52 @@ impl Store {
             .cloned())
     }
 
+    /// Cancels message `pk` (if it is still message `id`) unless it was claimed for
+    /// sending: `accepted` or `scheduled` becomes `cancelled` (one conditional
+    /// UpdateItem). `Ok(Ok(new))` when cancelled, `Ok(Err(old))` with the record as it
+    /// stands when not (already cancelled, sending, done).
+    pub async fn cancel(&self, pk: &str, id: &str, now_ms: i64) -> Result<Result<Message, Message>, StoreError> {
+        let entry = HistoryEntry {
+            at: now_ms,
+            status: Status::Cancelled,
+            note: Some("cancelled by the app".into()),
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(
+                "SET #st = :cancelled, status_rank = :rank, reason = :reason, updated_at = :now, \
+                 history = list_append(history, :entry) REMOVE ingest_pending",
+            )
+            .condition_expression("id = :id AND status_rank = :zero")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":cancelled", s(Status::Cancelled.as_str()))
+            .expression_attribute_values(":rank", n(Status::Cancelled.rank()))
+            .expression_attribute_values(":reason", s("cancelled"))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":id", s(id))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":entry", history(entry)?)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Ok(decode(out.attributes.unwrap_or_default())?)),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    match c.item().cloned() {
+                        Some(old) => Ok(Err(decode(old)?)),
+                        None => Err(StoreError::Corrupt("cancelled message vanished".into())),
+                    }
+                }
+                _ => Err(aws_err(e)),
+            },
+        }
+    }
+
     /// Claims a record for sending with a lease (one conditional UpdateItem). Succeeds
     /// for a fresh record, or one in `sending` whose lease was released or has expired.
     pub async fn claim(

@@ -141,4 +141,9 @@ impl ApiClient {
     pub async fn status(&self, id: &str) -> Result<ApiResponse, BoxError> {
         self.request("GET", &format!("/v1/messages/{id}"), None, &[]).await
     }
+
+    /// `DELETE /v1/messages/{id}`: cancels a message not yet being sent.
+    pub async fn cancel(&self, id: &str) -> Result<ApiResponse, BoxError> {
+        self.request("DELETE", &format!("/v1/messages/{id}"), None, &[]).await
+    }
 }

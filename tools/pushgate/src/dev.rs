@@ -116,6 +116,12 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
         ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
         ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
+        ("PUSHGATE_SCHEDULE_GROUP", res.schedule_group().to_string()),
+        ("PUSHGATE_SEND_QUEUE_ARN", res.send_queue_arn().to_string()),
+        (
+            "PUSHGATE_SCHEDULER_ROLE_ARN",
+            crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),
+        ),
         // Seeded routes and circuit state take effect at once locally.
         ("PUSHGATE_ROUTES_TTL_SECONDS", "5".into()),
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
@@ -185,6 +191,17 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             .await
     });
 
+    // moto keeps schedules but never fires them: deliver the due ones as Scheduler would.
+    let local_scheduler = crate::schedules::LocalScheduler::new(&sdk, res.schedule_group());
+    let scheduler_task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = local_scheduler.fire_due(pushgate_shared::clock::now_ms()).await {
+                tracing::warn!(error = %e, "local scheduler could not fire due schedules");
+            }
+        }
+    });
+
     let mut sandbox = crate::sandbox::ReceiptSandbox::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         res.messages_table(),
@@ -237,6 +254,12 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     ] {
         println!("  cargo run -q -p pushgate -- send {example} --wait");
     }
+    println!("\nSchedule a send (`--at` takes RFC 3339; within 15 minutes SQS delays it, later an EventBridge");
+    println!("Scheduler schedule queues it, fired locally by the dev stack), and cancel one before it goes:\n");
+    println!(
+        "  cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/later\" --text 'in 30 s' --at \"$(date -u -d '+30 seconds' +%Y-%m-%dT%H:%M:%SZ)\" --wait"
+    );
+    println!("  cargo run -q -p pushgate -- cancel <id>");
     println!("\nCtrl-C stops everything.\n");
 
     tokio::select! {
@@ -249,6 +272,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let _ = stop_tx.send(());
     let _ = poll_task.await;
     sandbox_task.abort();
+    scheduler_task.abort();
     stop_group(&mut watch).await;
     drop(moto);
     Ok(())

@@ -27,6 +27,8 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Cancel a scheduled or not yet sent message (DELETE /v1/messages/{id}).
+    Cancel { id: String },
     /// Print the authentication headers for a request.
     Sign {
         #[arg(long, default_value = "POST")]
@@ -121,6 +123,10 @@ struct SendArgs {
     body: Option<String>,
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Send at this time (RFC 3339 with an offset, e.g. 2026-01-01T09:00:00+08:00)
+    /// instead of now.
+    #[arg(long)]
+    at: Option<String>,
     /// Poll the status until it settles.
     #[arg(long)]
     wait: bool,
@@ -216,8 +222,9 @@ fn parse_json(what: &str, text: &str) -> Result<Value, BoxError> {
     serde_json::from_str(text).map_err(|e| format!("--{what} is not valid JSON: {e}").into())
 }
 
-async fn show_status(client: &ApiClient, id: &str, wait: bool) -> Result<bool, BoxError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// `later`: how long before the message is due (a scheduled send), added to the wait.
+async fn show_status(client: &ApiClient, id: &str, wait: bool, later: Duration) -> Result<bool, BoxError> {
+    let deadline = tokio::time::Instant::now() + later + Duration::from_secs(60);
     let mut last = String::new();
     loop {
         let resp = client.status(id).await?;
@@ -243,7 +250,13 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
     match cli.command {
         Command::Dev(args) => dev(args).await,
         Command::Send(args) => send(args).await,
-        Command::Status { id, wait } => show_status(&ApiClient::from_env()?, &id, wait).await,
+        Command::Status { id, wait } => show_status(&ApiClient::from_env()?, &id, wait, Duration::ZERO).await,
+        Command::Cancel { id } => {
+            let resp = ApiClient::from_env()?.cancel(&id).await?;
+            println!("HTTP {}", resp.status);
+            println!("{}", serde_json::to_string_pretty(&resp.body)?);
+            Ok(resp.status == 200)
+        }
         Command::Sign {
             method,
             path,
@@ -305,6 +318,9 @@ fn message(args: &SendArgs) -> Result<Value, BoxError> {
         }
         message["content"] = content;
     }
+    if let Some(at) = &args.at {
+        message["send_at"] = Value::String(at.clone());
+    }
     Ok(message)
 }
 
@@ -319,8 +335,15 @@ async fn send(args: SendArgs) -> Result<bool, BoxError> {
     if resp.status != 202 {
         return Ok(false);
     }
+    let later = args
+        .at
+        .as_deref()
+        .and_then(pushgate_shared::schedule::parse_send_at)
+        .map_or(Duration::ZERO, |at| {
+            Duration::from_millis((at - pushgate_shared::clock::now_ms()).max(0) as u64)
+        });
     match resp.body["id"].as_str() {
-        Some(id) if args.wait => show_status(&client, id, true).await,
+        Some(id) if args.wait => show_status(&client, id, true, later).await,
         _ => Ok(true),
     }
 }

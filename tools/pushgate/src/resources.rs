@@ -21,6 +21,8 @@ pub struct Resources {
     pub queues: HashMap<String, String>,
     /// Logical id → queue ARN.
     pub queue_arns: HashMap<String, String>,
+    /// Logical id → EventBridge Scheduler schedule group name.
+    pub schedule_groups: HashMap<String, String>,
 }
 
 impl Resources {
@@ -36,7 +38,14 @@ impl Resources {
     pub fn dead_letter_queue(&self) -> &str {
         &self.queues["SendDeadLetterQueue"]
     }
+    pub fn schedule_group(&self) -> &str {
+        &self.schedule_groups["ScheduleGroup"]
+    }
 }
+
+/// The role Scheduler assumes to send to the queue, locally: moto does not check it, so a
+/// fixed ARN stands in for the template's `SchedulerRole`.
+pub const LOCAL_SCHEDULER_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/pushgate-scheduler";
 
 /// Local overrides of template values.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +61,9 @@ pub fn load_template() -> Result<Value, BoxError> {
     Ok(serde_yaml::from_str(&text)?)
 }
 
+/// What a resource declared without `Properties` has.
+static NO_PROPERTIES: Value = Value::Null;
+
 fn resources_of<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)> {
     template
         .get("Resources")
@@ -59,7 +71,7 @@ fn resources_of<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)
         .map(|m| {
             m.iter()
                 .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(kind))
-                .filter_map(|(k, r)| Some((k.as_str()?, r.get("Properties")?)))
+                .filter_map(|(k, r)| Some((k.as_str()?, r.get("Properties").unwrap_or(&NO_PROPERTIES))))
                 .collect()
         })
         .unwrap_or_default()
@@ -85,7 +97,8 @@ fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BoxError> {
         .collect()
 }
 
-/// Creates every DynamoDB table and SQS queue of the template, named `{prefix}{LogicalId}`.
+/// Creates every DynamoDB table, SQS queue and Scheduler schedule group of the template,
+/// named `{prefix}{LogicalId}`.
 pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overrides) -> Result<Resources, BoxError> {
     let template = load_template()?;
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
@@ -94,7 +107,19 @@ pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overr
         tables: HashMap::new(),
         queues: HashMap::new(),
         queue_arns: HashMap::new(),
+        schedule_groups: HashMap::new(),
     };
+    let scheduler = aws_sdk_scheduler::Client::new(sdk);
+    for (logical, _) in resources_of(&template, "AWS::Scheduler::ScheduleGroup") {
+        let name = format!("{prefix}{logical}");
+        let created = scheduler.create_schedule_group().name(&name).send().await;
+        if let Err(e) = created {
+            if !e.as_service_error().is_some_and(|s| s.is_conflict_exception()) {
+                return Err(aws_sdk_scheduler::error::DisplayErrorContext(e).to_string().into());
+            }
+        }
+        out.schedule_groups.insert(logical.to_string(), name);
+    }
 
     for (logical, props) in resources_of(&template, "AWS::DynamoDB::Table") {
         let name = format!("{prefix}{logical}");
