@@ -3,8 +3,12 @@
 //!
 //! Terms and text are compared folded ([`fold`]): Unicode compatibility forms (full-width
 //! `ｃａｓｉｎｏ`, ligatures, circled letters) as their plain letters, any case as lower
-//! case, and zero-width characters (U+200B–U+200D, U+2060, U+FEFF) ignored, so such
-//! spellings cannot slip a term past the filter. Every text a message carries is
+//! case, accents and other combining marks dropped (`cásino`), and invisible characters
+//! ignored (zero-width and bidi controls, soft hyphen, variation selectors, tag
+//! characters, fillers: Unicode's default-ignorable code points), so such spellings
+//! cannot slip a term past the filter. Not folded: look-alike letters of other scripts
+//! (Cyrillic `а`), spaces inside a term, traditional/simplified Chinese variants, and
+//! markup inside a word in `html`; list such spellings as terms of their own. Every text a message carries is
 //! checked: subject, text, html, markdown, SMS template parameters, WeChat template
 //! data, and every JSON string value of a webhook `body`.
 
@@ -42,21 +46,28 @@ pub struct Filter {
     action: FilterAction,
 }
 
-/// Zero-width characters, ignored when matching: inserted between a term's letters they
-/// change nothing a reader sees.
-fn is_zero_width(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+/// Invisible characters (Unicode's default-ignorable code points), ignored when matching:
+/// inserted between a term's letters they change nothing a reader sees.
+fn is_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}' | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// One character folded for matching: its compatibility decomposition (NFKD; the
 /// decomposition is per character, so every folded character maps back to the one it came
-/// from, which masking needs), lower-cased; nothing for a zero-width character.
+/// from, which masking needs) without its combining marks, lower-cased; nothing for an
+/// invisible character.
 fn fold_char(c: char, out: &mut String) {
-    if is_zero_width(c) {
+    if is_ignorable(c) {
         return;
     }
     for d in std::iter::once(c).nfkd() {
-        out.extend(d.to_lowercase());
+        if !unicode_normalization::char::is_combining_mark(d) {
+            out.extend(d.to_lowercase());
+        }
     }
 }
 
@@ -280,6 +291,16 @@ mod tests {
             "CaSiNo",
             "ⓒⓐⓢⓘⓝⓞ",
             "Ｃa\u{200b}ＳＩno",
+            "cas\u{00ad}ino",
+            "c\u{034f}asino",
+            "ca\u{2062}sino",
+            "casi\u{fe0f}no",
+            "cas\u{e0069}ino",
+            "ca\u{200e}si\u{202e}no",
+            "c\u{3164}asino",
+            "c\u{0301}asino",
+            "cásino",
+            "CAŠÍNÒ",
         ] {
             let errors = f.apply(&mut content(text), "/content").unwrap_err();
             assert_eq!(errors[0].pointer, "/content/text", "{text:?}");

@@ -315,6 +315,17 @@ pub fn check_content(channel: Channel, content: &Content, at: &str) -> Vec<Field
             if content.subject.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 errors.push(FieldError::new(format!("{at}/subject"), "email needs a subject"));
             }
+            // A subject is a mail header: a line break in it could start another header.
+            if content
+                .subject
+                .as_deref()
+                .is_some_and(|s| s.chars().any(char::is_control))
+            {
+                errors.push(FieldError::new(
+                    format!("{at}/subject"),
+                    "must be one line without control characters",
+                ));
+            }
             if content.text.is_none() && content.html.is_none() {
                 errors.push(FieldError::new(format!("{at}/text"), "email needs text or html"));
             }
@@ -482,7 +493,12 @@ fn check_storable(value: &Value, pointer: &mut String, depth: usize, errors: &mu
                 let len = pointer.len();
                 pointer.push('/');
                 pointer.push_str(&escape(k));
-                check_storable(item, pointer, depth + 1, errors);
+                if k.is_empty() {
+                    // DynamoDB keeps no map entry under an empty name.
+                    errors.push(FieldError::new(pointer.clone(), "object keys must not be empty"));
+                } else {
+                    check_storable(item, pointer, depth + 1, errors);
+                }
                 pointer.truncate(len);
             }
         }
@@ -590,6 +606,18 @@ mod tests {
         assert_eq!(
             pointers(json!({"channel":"email","to":"a@b.co","template":"t","data":{"x~/y": -1e130}})),
             vec!["/data/x~0~1y"]
+        );
+        // A line break in a subject could start another mail header.
+        assert_eq!(
+            pointers(
+                json!({"channel":"email","to":"a@b.co","content":{"subject":"hi\r\nBcc: x@evil.test","text":"t"}})
+            ),
+            vec!["/content/subject"]
+        );
+        // An empty key: DynamoDB keeps no map entry under an empty name.
+        assert_eq!(
+            pointers(json!({"channel":"webhook","to":"https://example.com/h","content":{"body":{"":1,"ok":{"":2}}}})),
+            vec!["/content/body/", "/content/body/ok/"]
         );
         let mut deep = json!(1);
         for _ in 0..30 {

@@ -184,6 +184,26 @@ impl Callback {
     /// dispatcher may not have recorded yet: those are held until it does.
     async fn apply(&self, receipt: &Receipt, scope: &Scope, now: i64) -> Result<bool, Problem> {
         let provider = receipt.provider;
+        // The ids in a body are the vendor's word: one no message of ours could have is an
+        // unknown message, never a key DynamoDB would refuse (a 5xx the vendor retries).
+        let impossible = receipt
+            .id
+            .as_deref()
+            .is_some_and(|id| ulid::Ulid::from_string(id).is_err())
+            || receipt
+                .pk
+                .as_deref()
+                .is_some_and(|pk| pk.is_empty() || pk.len() > MAX_ID_LEN)
+            || receipt
+                .provider_message_id
+                .as_deref()
+                .is_some_and(|p| p.is_empty() || p.len() > MAX_ID_LEN);
+        if impossible {
+            tracing::warn!(provider, "receipt naming no possible message ignored");
+            return Ok(false);
+        }
+        // A vendor's note (an error message) is kept in the history: bounded.
+        let note: String = receipt.note.chars().take(MAX_NOTE_CHARS).collect();
         let pk = match (&receipt.pk, &receipt.id, &receipt.provider_message_id) {
             (Some(pk), _, _) => Some(pk.clone()),
             (None, Some(id), _) => self.store.get_by_id(id, now).await.map_err(unavailable)?.map(|m| m.pk),
@@ -199,7 +219,7 @@ impl Callback {
             (None, Some(pid)) if receipt_source(provider).is_some_and(|s| s.early()) => {
                 let held = HeldReceipt {
                     status: receipt.status,
-                    note: receipt.note.clone(),
+                    note: note.clone(),
                     scope: scope.clone(),
                 };
                 match self
@@ -222,7 +242,7 @@ impl Callback {
         };
         let outcome = self
             .store
-            .apply_receipt_scoped(&pk, receipt.status, Some(receipt.note.clone()), now, scope)
+            .apply_receipt_scoped(&pk, receipt.status, Some(note), now, scope)
             .await
             .map_err(unavailable)?;
         match &outcome {
@@ -257,6 +277,12 @@ fn respond(reply: Reply) -> Response<Body> {
 fn method_not_allowed() -> Problem {
     Problem::new(405, "method-not-allowed", "Method Not Allowed")
 }
+
+/// The longest id (ours or a vendor's) a receipt may name: far above any real one, far
+/// below DynamoDB's key limits.
+const MAX_ID_LEN: usize = 256;
+/// How much of a vendor's note a receipt keeps.
+const MAX_NOTE_CHARS: usize = 256;
 
 /// A refused callback: 401, nothing written, the reason logged (never the payload).
 fn refused(provider: &str, reason: &Refusal) -> Problem {

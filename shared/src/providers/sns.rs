@@ -70,6 +70,27 @@ pub fn is_sns_url(url: &str) -> bool {
         })
 }
 
+/// Whether `url` names an SNS signing certificate as SNS does:
+/// `https://sns.{region}.amazonaws.com[.cn]/SimpleNotificationService-{name}.pem`, no
+/// query or fragment. Anything else is refused before any fetch, so a forged envelope
+/// cannot make the function fetch arbitrary paths or fill the certificate cache.
+pub fn is_cert_url(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    let name = u
+        .path()
+        .strip_prefix("/SimpleNotificationService-")
+        .and_then(|p| p.strip_suffix(".pem"));
+    is_sns_url(url)
+        && u.query().is_none()
+        && u.fragment().is_none()
+        && name.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// Most certificates kept per instance (SNS uses one per region at a time).
+const MAX_CACHED_CERTS: usize = 16;
+
 /// The string SNS signs: `Key\nValue\n` for each present key of the type's list, in order.
 pub fn canonical_string(envelope: &Value) -> Result<String, SnsError> {
     let kind = envelope
@@ -225,7 +246,7 @@ impl SnsTrust {
             .get("SigningCertURL")
             .and_then(Value::as_str)
             .ok_or(SnsError::CertUrl)?;
-        if !is_sns_url(url) || !url.ends_with(".pem") {
+        if !is_cert_url(url) {
             return Err(SnsError::CertUrl);
         }
         if let Some(kind @ ("SubscriptionConfirmation" | "UnsubscribeConfirmation")) =
@@ -263,6 +284,9 @@ impl SnsTrust {
         };
         let key = Arc::new(public_key(&pem)?);
         if let Ok(mut c) = self.cache.write() {
+            if c.len() >= MAX_CACHED_CERTS {
+                c.clear();
+            }
             c.insert(url.to_string(), key.clone());
         }
         Ok(key)
@@ -305,6 +329,21 @@ mod tests {
             "not a url",
         ] {
             assert!(!is_sns_url(bad), "{bad}");
+        }
+        // Certificates: SNS's own file names only, no query or fragment.
+        assert!(is_cert_url(
+            "https://sns.us-east-2.amazonaws.com/SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem"
+        ));
+        for bad in [
+            "https://sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?x=.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem#a",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-a/b.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem/",
+            "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        ] {
+            assert!(!is_cert_url(bad), "{bad}");
         }
     }
 

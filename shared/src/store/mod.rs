@@ -42,7 +42,7 @@ pub enum StoreError {
 /// never be stored is refused (4xx) instead of failing as if DynamoDB were down.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unstorable {
-    #[error("the item would take {0} bytes; DynamoDB items are at most {MAX_ITEM_BYTES}")]
+    #[error("the item would take {0} bytes; messages are stored in at most {MAX_ITEM_BYTES}")]
     TooLarge(usize),
     #[error("nested deeper than DynamoDB's {MAX_DEPTH} levels")]
     TooDeep,
@@ -50,8 +50,14 @@ pub enum Unstorable {
     NumberOutOfRange(String),
 }
 
-/// DynamoDB's item size limit (400 KB).
-pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// The largest new message record: DynamoDB's item limit (400 KB, counted here as
+/// 400,000 bytes, as moto counts it, the stricter reading) less room for what the
+/// record gains over its life: the lease, history entries and notes of every attempt,
+/// provider ids and reasons. A record accepted at this size can always be claimed and
+/// finished; one any larger would be accepted and then never sent.
+pub const MAX_ITEM_BYTES: usize = 400_000 - LIFETIME_HEADROOM;
+/// What a record may grow by after it is written (see [`MAX_ITEM_BYTES`]).
+const LIFETIME_HEADROOM: usize = 32 * 1024;
 /// DynamoDB's nesting limit for maps and lists.
 pub const MAX_DEPTH: usize = 32;
 
@@ -108,8 +114,28 @@ fn value_size(value: &AttributeValue, depth: usize) -> Result<usize, Unstorable>
     })
 }
 
-pub(crate) fn aws_err<E: std::error::Error + 'static>(e: E) -> StoreError {
-    StoreError::Aws(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+/// A DynamoDB failure as logged and reported: the error's code and message only. The
+/// full error context can carry the raw response (an unparseable item with recipients
+/// and content), which must never reach a log.
+pub(crate) fn aws_err<E, R>(e: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+    let what = match &e {
+        SdkError::ServiceError(_) => {
+            let code = e.code().unwrap_or("unknown");
+            let message: String = e.message().unwrap_or_default().chars().take(200).collect();
+            format!("service error {code}: {message}")
+        }
+        SdkError::ConstructionFailure(_) => "request could not be built".into(),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(_) => "could not reach DynamoDB".into(),
+        SdkError::ResponseError(_) => "unreadable response".into(),
+        _ => "failed".into(),
+    };
+    StoreError::Aws(what)
 }
 
 /// DynamoDB adapter.

@@ -257,7 +257,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     println!("\nSchedule a send (`--at` takes RFC 3339; within 15 minutes SQS delays it, later an EventBridge");
     println!("Scheduler schedule queues it, fired locally by the dev stack), and cancel one before it goes:\n");
     println!(
-        "  cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/later\" --text 'in 30 s' --at \"$(date -u -d '+30 seconds' +%Y-%m-%dT%H:%M:%SZ)\" --wait"
+        "  cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/later\" --text 'in 10 s' --at \"$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)\" --wait"
     );
     println!("  cargo run -q -p pushgate -- cancel <id>");
     println!("\nCtrl-C stops everything.\n");
