@@ -565,3 +565,23 @@ async fn held_receipts_per_provider_id_are_capped() {
         .expect("the held item");
     assert_eq!(item["held"].as_l().unwrap().len(), MAX_HELD as usize);
 }
+
+/// Ids in a receipt body are the vendor's word: one no message could have (a 3,000
+/// character serial number, an `out_id` that is no ULID) is acknowledged and ignored,
+/// never a DynamoDB refusal answered 503 for the vendor to retry forever.
+#[tokio::test]
+async fn receipts_naming_impossible_ids_are_acknowledged_and_change_nothing() {
+    let stack = stack("tencent").await;
+    stack.calls.reset();
+    let long = "9".repeat(3000);
+    let body = json!([{"mobile":"1","report_status":"SUCCESS","errmsg":"DELIVRD","sid": long}]).to_string();
+    let path = format!("/v1/callbacks/tencent?app={APP}&token={APP_CALLBACK_TOKEN}");
+    let (status, _, _) = parts(stack.callback.handle(post(&path, JSON, body.as_bytes(), &[])).await);
+    assert_eq!(status, 200);
+    let body = json!([{"phone_number":"1","success":true,"err_code":"DELIVERED","out_id":"not-a-ulid","biz_id":"b"}])
+        .to_string();
+    let path = format!("/v1/callbacks/aliyun?app={APP}&token={APP_CALLBACK_TOKEN}");
+    let (status, _, _) = parts(stack.callback.handle(post(&path, JSON, body.as_bytes(), &[])).await);
+    assert_eq!(status, 200);
+    assert_eq!(stack.calls.service("DynamoDB"), 0, "{:?}", stack.calls.snapshot());
+}
