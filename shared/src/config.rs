@@ -94,6 +94,10 @@ pub struct Ingest {
     pub scheduling: Option<Scheduling>,
     /// `PUSHGATE_SCHEDULE_HORIZON_DAYS` (365): how far ahead `send_at` may be.
     pub schedule_horizon_days: i64,
+    /// `PUSHGATE_MAX_BATCH_BODY_BYTES` (5 MiB): the largest `POST /v1/messages/batch`
+    /// body (10,000 recipients with a little data each; API Gateway takes up to 10 MB,
+    /// a synchronous Lambda invocation 6 MB).
+    pub max_batch_body_bytes: usize,
 }
 
 /// Where one-time schedules go ([`Ingest::scheduling`]).
@@ -130,6 +134,7 @@ impl Ingest {
                 )),
             },
             schedule_horizon_days: number("PUSHGATE_SCHEDULE_HORIZON_DAYS", 365i64)?.max(1),
+            max_batch_body_bytes: number("PUSHGATE_MAX_BATCH_BODY_BYTES", 5 * 1024 * 1024)?,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod allowlist;
 pub mod apps;
 pub mod auth;
 pub mod aws;
+pub mod batch;
 pub mod cache;
 pub mod clock;
 pub mod config;

@@ -79,6 +79,21 @@ impl Status {
         self.rank() == 3
     }
 
+    pub const ALL: [Status; 8] = [
+        Status::Accepted,
+        Status::Scheduled,
+        Status::Sending,
+        Status::Sent,
+        Status::Unknown,
+        Status::Delivered,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Accepted => "accepted",
@@ -261,6 +276,11 @@ pub struct Message {
     /// `send_at` beyond SQS's 15-minute delay; deleted on cancel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The batch it was sent in (`POST /v1/messages/batch`) and its recipient's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<u32>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
 }

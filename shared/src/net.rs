@@ -84,6 +84,10 @@ pub fn check_webhook_url(raw: &str, allow_private: bool) -> Result<Url, String> 
         return Err("must be at most 2048 characters".into());
     }
     let host = url.host().ok_or_else(|| "must have a host".to_string())?;
+    if url.port() == Some(0) {
+        // Nothing listens on port 0: refused now, not retried until dead-lettered.
+        return Err("must not use port 0".into());
+    }
     if !allow_private {
         let blocked = match host {
             Host::Ipv4(ip) => !is_public(IpAddr::V4(ip)),
@@ -236,6 +240,7 @@ mod tests {
         assert!(check_webhook_url("http://user:pw@example.com/", false).is_err());
         assert!(check_webhook_url("http://127.0.0.1:9/", true).is_ok());
         assert!(check_webhook_url("file:///etc/passwd", true).is_err());
+        assert!(check_webhook_url("http://example.com:0/", true).is_err());
     }
 
     #[tokio::test]

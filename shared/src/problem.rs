@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// One invalid field: `pointer` is a JSON Pointer (RFC 6901) into the request body, or
 /// the name of a header as `header:<Name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FieldError {
     pub pointer: String,
     pub detail: String,

@@ -73,6 +73,48 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// Sends `jobs` hidden for `delay_secs` (≤ 900): 10 per `SendMessageBatch`, 8 calls
+    /// at a time; entries SQS reports failed are sent again (three rounds), then an error.
+    pub async fn send_all(&self, jobs: &[Job], delay_secs: u32) -> Result<(), QueueError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let chunks: Vec<&[Job]> = jobs.chunks(10).collect();
+        stream::iter(chunks)
+            .map(|chunk| self.send_chunk(chunk, delay_secs))
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
+    }
+
+    async fn send_chunk(&self, chunk: &[Job], delay_secs: u32) -> Result<(), QueueError> {
+        let mut left: Vec<(usize, &Job)> = chunk.iter().enumerate().collect();
+        for _ in 0..3 {
+            let mut req = self.client.send_message_batch().queue_url(&self.url);
+            for (i, job) in &left {
+                let body = serde_json::to_string(job).map_err(|e| QueueError::Aws(e.to_string()))?;
+                let mut entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body);
+                if delay_secs > 0 {
+                    entry = entry.delay_seconds(delay_secs.min(900) as i32);
+                }
+                req = req.entries(entry.build().map_err(|e| QueueError::Aws(e.to_string()))?);
+            }
+            let out = req
+                .send()
+                .await
+                .map_err(|e| QueueError::Aws(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
+            left.retain(|(i, _)| failed.contains(&i.to_string().as_str()));
+            if left.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(QueueError::Aws(format!("{} jobs not accepted by SQS", left.len())))
+    }
+}
+
 /// The queues the dispatcher writes to besides acknowledging: the send queue (visibility
 /// changes of the jobs it leaves for later) and the dead-letter queue.
 #[derive(Clone, Debug)]

@@ -432,7 +432,7 @@ fn validate_recipient(channel: Channel, to: &str, allow_private: bool) -> Result
                         && !domain.ends_with('.')
                         && !to
                             .chars()
-                            .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == ',')
+                            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',')
                         && domain.matches('@').count() == 0
                 });
             if valid {
@@ -606,6 +606,11 @@ mod tests {
         assert_eq!(
             pointers(json!({"channel":"email","to":"a@b.co","template":"t","data":{"x~/y": -1e130}})),
             vec!["/data/x~0~1y"]
+        );
+        // Control characters are no part of an address.
+        assert_eq!(
+            pointers(json!({"channel":"email","to":"a\u{0}@example.com","content":{"subject":"s","text":"t"}})),
+            vec!["/to"]
         );
         // A line break in a subject could start another mail header.
         assert_eq!(

@@ -276,6 +276,7 @@ impl Stack {
                 templates_ttl: Duration::from_secs(60),
                 scheduling: None,
                 schedule_horizon_days: 365,
+                max_batch_body_bytes: 5 * 1024 * 1024,
             },
             clock: pushgate_shared::clock::system(),
             filters: Default::default(),
@@ -644,6 +645,8 @@ pub fn message(
         via: None,
         send_at: None,
         schedule: None,
+        batch_id: None,
+        batch_index: None,
         history: Vec::new(),
     }
 }

@@ -81,11 +81,16 @@ impl Ingest {
         }
         let route = path.trim_end_matches('/');
         let id = route.strip_prefix("/v1/messages/").filter(|id| !id.is_empty());
-        let result = match (method.as_str(), route, id) {
-            ("POST", "/v1/messages", _) => self.send(&req).await,
-            ("GET", _, Some(id)) => self.status(&req, id).await,
-            ("DELETE", _, Some(id)) => self.cancel(&req, id).await,
-            (_, "/v1/messages", _) => Err(Problem::new(405, "method-not-allowed", "Method Not Allowed")),
+        let batch = route.strip_prefix("/v1/batches/").filter(|id| !id.is_empty());
+        let result = match (method.as_str(), route, id, batch) {
+            ("POST", "/v1/messages", ..) => self.send(&req).await,
+            ("POST", "/v1/messages/batch", ..) => self.batch(&req).await,
+            ("GET", _, _, Some(batch)) => self.batch_status(&req, batch).await,
+            ("GET", _, Some(id), _) => self.status(&req, id).await,
+            ("DELETE", _, Some(id), _) => self.cancel(&req, id).await,
+            (_, "/v1/messages" | "/v1/messages/batch", ..) => {
+                Err(Problem::new(405, "method-not-allowed", "Method Not Allowed"))
+            }
             _ => Err(Problem::not_found("no such route")),
         };
         result.unwrap_or_else(Problem::into_response)
@@ -95,7 +100,7 @@ impl Ingest {
     /// signature covers `idempotency_key`). An unknown app key is checked against a
     /// stand-in secret, so its answer (and the work behind it) is the same as a bad
     /// signature's: a 401 never tells which app keys exist.
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         req: &Request,
         body: &[u8],
@@ -147,67 +152,12 @@ impl Ingest {
             Problem::new(400, "malformed-json", "Bad Request").detail(format!("body is not valid JSON: {e}"))
         })?;
         let request = request::validate(&value, self.cfg.webhook_allow_private).map_err(Problem::unprocessable)?;
-        // The primary channel, then each fallback channel, rendered now: a message that
-        // cannot be rendered for a channel it may fall back to is refused, not half-sent.
-        let mut legs = vec![(request.channel, request.to.clone(), "/template".to_string())];
-        legs.extend(
-            request
-                .fallback
-                .iter()
-                .enumerate()
-                .map(|(i, (c, to))| (*c, to.clone(), format!("/fallback/{i}/channel"))),
-        );
-        let mut rendered = Vec::with_capacity(legs.len());
-        let mut errors = Vec::new();
-        for (channel, to, at) in legs {
-            let content = match &request.body {
-                RequestBody::Inline(c) => {
-                    let content = (**c).clone();
-                    if channel != request.channel {
-                        errors.extend(check_content(channel, &content, &at));
-                    }
-                    content
-                }
-                RequestBody::Template { id, data } => {
-                    let templates = self.templates.current().await.map_err(template_problem)?;
-                    let content = templates.render(id, channel, data).map_err(|e| match e {
-                        // A fallback the template cannot serve is that fallback's fault.
-                        TemplateError::NoVariant(id, channel) if channel != request.channel.as_str() => {
-                            Problem::unprocessable(vec![FieldError::new(
-                                at.as_str(),
-                                format!("template '{id}' has no {channel} variant"),
-                            )])
-                        }
-                        e => template_problem(e),
-                    })?;
-                    errors.extend(check_content(channel, &content, &at));
-                    content
-                }
-            };
-            rendered.push(Alternate { channel, to, content });
-        }
-        if !errors.is_empty() {
-            return Err(Problem::unprocessable(errors));
-        }
-        if let Some(words) = &app.sensitive_words {
-            let filter = self.filters.get(&app.key, words).map_err(|e| {
-                tracing::error!(app = %app.key, error = %e, "sensitive-word filter invalid");
-                Problem::new(500, "filter-invalid", "Internal Server Error")
-            })?;
-            for leg in &mut rendered {
-                filter
-                    .apply(&mut leg.content, "/content")
-                    .map_err(Problem::unprocessable)?;
-            }
-        }
-        let template = match &request.body {
-            RequestBody::Template { id, .. } => Some(id.clone()),
-            RequestBody::Inline(_) => None,
-        };
-        let key = request.key.clone().or_else(|| template.clone());
-        let mut legs = rendered.into_iter();
-        let content = legs.next().map(|l| l.content).unwrap_or_default();
-        let alternates: Vec<Alternate> = legs.collect();
+        let Rendered {
+            template,
+            key,
+            content,
+            alternates,
+        } = self.render(&request, &app).await?;
 
         let now = (self.clock)();
         let when = self.when(request.send_at, now)?;
@@ -242,49 +192,27 @@ impl Ingest {
             Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
             None => format!("{}_s_{signature}", app.key),
         };
-        let id = ulid::Ulid::new().to_string();
-        let initial = match when {
-            When::Now => Status::Accepted,
-            _ => Status::Scheduled,
-        };
-        let message = Message {
-            pk: pk.clone(),
-            schedule: matches!(when, When::At(_)).then(|| Scheduler::name_of(&id)),
-            send_at: request.send_at,
-            id,
-            app: app.key.clone(),
-            channel: request.channel,
-            to: request.to,
-            template,
-            content,
-            status: initial,
-            status_rank: initial.rank(),
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-            expires_at: now / 1000 + self.cfg.retention_days * 86_400,
-            body_hash: hex::encode(Sha256::digest(body)),
-            signature: signature.clone(),
-            ingest_pending: idem_key.as_ref().map(|_| true),
-            lease_until: None,
-            lease_owner: None,
-            provider: None,
-            provider_message_id: None,
-            reason: None,
-            charged: None,
-            charge_first: None,
-            key,
-            alternates,
-            tried: Vec::new(),
-            spent: Vec::new(),
-            rate_slot: None,
-            via: None,
-            history: vec![HistoryEntry {
-                at: now,
-                status: initial,
-                note: None,
-            }],
-        };
+        let message = new_message(
+            NewMessage {
+                pk: pk.clone(),
+                app: &app.key,
+                channel: request.channel,
+                to: request.to,
+                send_at: request.send_at,
+                when,
+                rendered: Rendered {
+                    template,
+                    key,
+                    content,
+                    alternates,
+                },
+                body_hash: hex::encode(Sha256::digest(body)),
+                signature: signature.clone(),
+                pending: idem_key.is_some(),
+            },
+            now,
+            self.cfg.retention_days,
+        );
 
         let created = self.store.create(&message, now).await.map_err(|e| match e {
             StoreError::Unstorable(why) => unstorable(why, pointer),
@@ -362,6 +290,77 @@ impl Ingest {
         }
     }
 
+    /// Renders a validated request for its channel and each fallback (a message that
+    /// cannot be rendered for a channel it may fall back to is refused, not half-sent),
+    /// and applies the app's sensitive-word filter. A 422 names every bad field.
+    pub(super) async fn render(&self, request: &request::SendRequest, app: &AppConfig) -> Result<Rendered, Problem> {
+        let mut legs = vec![(request.channel, request.to.clone(), "/template".to_string())];
+        legs.extend(
+            request
+                .fallback
+                .iter()
+                .enumerate()
+                .map(|(i, (c, to))| (*c, to.clone(), format!("/fallback/{i}/channel"))),
+        );
+        let mut rendered = Vec::with_capacity(legs.len());
+        let mut errors = Vec::new();
+        for (channel, to, at) in legs {
+            let content = match &request.body {
+                RequestBody::Inline(c) => {
+                    let content = (**c).clone();
+                    if channel != request.channel {
+                        errors.extend(check_content(channel, &content, &at));
+                    }
+                    content
+                }
+                RequestBody::Template { id, data } => {
+                    let templates = self.templates.current().await.map_err(template_problem)?;
+                    let content = templates.render(id, channel, data).map_err(|e| match e {
+                        // A fallback the template cannot serve is that fallback's fault.
+                        TemplateError::NoVariant(id, channel) if channel != request.channel.as_str() => {
+                            Problem::unprocessable(vec![FieldError::new(
+                                at.as_str(),
+                                format!("template '{id}' has no {channel} variant"),
+                            )])
+                        }
+                        e => template_problem(e),
+                    })?;
+                    errors.extend(check_content(channel, &content, &at));
+                    content
+                }
+            };
+            rendered.push(Alternate { channel, to, content });
+        }
+        if !errors.is_empty() {
+            return Err(Problem::unprocessable(errors));
+        }
+        if let Some(words) = &app.sensitive_words {
+            let filter = self.filters.get(&app.key, words).map_err(|e| {
+                tracing::error!(app = %app.key, error = %e, "sensitive-word filter invalid");
+                Problem::new(500, "filter-invalid", "Internal Server Error")
+            })?;
+            for leg in &mut rendered {
+                filter
+                    .apply(&mut leg.content, "/content")
+                    .map_err(Problem::unprocessable)?;
+            }
+        }
+        let template = match &request.body {
+            RequestBody::Template { id, .. } => Some(id.clone()),
+            RequestBody::Inline(_) => None,
+        };
+        let key = request.key.clone().or_else(|| template.clone());
+        let mut legs = rendered.into_iter();
+        let content = legs.next().map(|l| l.content).unwrap_or_default();
+        let alternates: Vec<Alternate> = legs.collect();
+        Ok(Rendered {
+            template,
+            key,
+            content,
+            alternates,
+        })
+    }
+
     /// Takes back a record written for a request refused after its write (rate limit):
     /// a keyed record is deleted, so the client may retry under the same key; a record
     /// keyed by its signature becomes a bare guard, so the signature stays spent.
@@ -419,7 +418,7 @@ impl Ingest {
     }
 
     /// How a message for `send_at` is queued; a 422 naming `/send_at` when it cannot be.
-    fn when(&self, send_at: Option<i64>, now: i64) -> Result<When, Problem> {
+    pub(super) fn when(&self, send_at: Option<i64>, now: i64) -> Result<When, Problem> {
         let policy = SchedulePolicy {
             skew_secs: self.cfg.clock_skew_secs,
             horizon_days: self.cfg.schedule_horizon_days,
@@ -479,6 +478,78 @@ impl Ingest {
     }
 }
 
+/// A request rendered for its channel and fallbacks.
+pub(super) struct Rendered {
+    pub template: Option<String>,
+    pub key: Option<String>,
+    pub content: crate::message::Content,
+    pub alternates: Vec<Alternate>,
+}
+
+/// What a new message record is made of.
+pub(super) struct NewMessage<'a> {
+    pub pk: String,
+    pub app: &'a str,
+    pub channel: crate::message::Channel,
+    pub to: String,
+    pub send_at: Option<i64>,
+    pub when: When,
+    pub rendered: Rendered,
+    pub body_hash: String,
+    pub signature: String,
+    /// Written before its job is queued, to be marked queued after (`ingest_pending`).
+    pub pending: bool,
+}
+
+/// A new message record: `accepted`, or `scheduled` for a later `send_at`.
+pub(super) fn new_message(m: NewMessage<'_>, now: i64, retention_days: i64) -> Message {
+    let id = ulid::Ulid::new().to_string();
+    let initial = match m.when {
+        When::Now => Status::Accepted,
+        _ => Status::Scheduled,
+    };
+    Message {
+        pk: m.pk,
+        schedule: matches!(m.when, When::At(_)).then(|| Scheduler::name_of(&id)),
+        send_at: m.send_at,
+        id,
+        app: m.app.to_string(),
+        channel: m.channel,
+        to: m.to,
+        template: m.rendered.template,
+        content: m.rendered.content,
+        status: initial,
+        status_rank: initial.rank(),
+        attempts: 0,
+        created_at: now,
+        updated_at: now,
+        expires_at: now / 1000 + retention_days * 86_400,
+        body_hash: m.body_hash,
+        signature: m.signature,
+        ingest_pending: m.pending.then_some(true),
+        lease_until: None,
+        lease_owner: None,
+        provider: None,
+        provider_message_id: None,
+        reason: None,
+        charged: None,
+        charge_first: None,
+        key: m.rendered.key,
+        alternates: m.rendered.alternates,
+        tried: Vec::new(),
+        spent: Vec::new(),
+        rate_slot: None,
+        via: None,
+        batch_id: None,
+        batch_index: None,
+        history: vec![HistoryEntry {
+            at: now,
+            status: initial,
+            note: None,
+        }],
+    }
+}
+
 /// The public view of a message (no content, no recipient).
 pub fn status_view(m: &Message) -> Value {
     const HISTORY: usize = 20;
@@ -530,7 +601,7 @@ const UNKNOWN_APP_SECRET: &str = "pushgate-unknown-app";
 
 /// The 401 for `e`. The log keeps the exact reason and the app key (never a secret);
 /// the caller gets [`AuthError::public_detail`].
-fn unauthorized(e: AuthError, app: Option<&str>) -> Problem {
+pub(super) fn unauthorized(e: AuthError, app: Option<&str>) -> Problem {
     tracing::info!(reason = %e, app = app.unwrap_or("-"), "unauthenticated request refused");
     Problem::unauthorized(e.public_detail())
 }
@@ -538,7 +609,7 @@ fn unauthorized(e: AuthError, app: Option<&str>) -> Problem {
 /// The request's `Idempotency-Key`: absent, or exactly one value of 1-255 printable
 /// ASCII characters. Anything else (non-ASCII bytes, several headers) is a 400, never
 /// silently "no key": that would change what the request means.
-fn idempotency_key(req: &Request) -> Result<Option<String>, Problem> {
+pub(super) fn idempotency_key(req: &Request) -> Result<Option<String>, Problem> {
     let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
     let Some(first) = values.next() else { return Ok(None) };
     let bad = |why: &str| {
@@ -556,7 +627,7 @@ fn idempotency_key(req: &Request) -> Result<Option<String>, Problem> {
 }
 
 /// A message DynamoDB cannot hold: the client's to fix (4xx), not an outage to retry.
-fn unstorable(why: Unstorable, pointer: &str) -> Problem {
+pub(super) fn unstorable(why: Unstorable, pointer: &str) -> Problem {
     let status = match why {
         Unstorable::TooLarge(_) => 413,
         _ => 422,
@@ -573,7 +644,7 @@ fn unstorable(why: Unstorable, pointer: &str) -> Problem {
         .errors(vec![FieldError::new(pointer, detail)])
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Problem {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "storage unavailable");
     Problem::unavailable("storage temporarily unavailable; retry")
 }
@@ -620,6 +691,7 @@ mod tests {
                 templates_ttl: std::time::Duration::from_secs(60),
                 scheduling: None,
                 schedule_horizon_days: 365,
+                max_batch_body_bytes: 1024,
             },
             clock: crate::clock::fixed(1_700_000_000_000),
             filters: Default::default(),

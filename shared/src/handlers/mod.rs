@@ -1,6 +1,7 @@
 //! The three functions' logic. Each handler takes its adapters explicitly, so the
 //! function binaries only build clients and call in.
 
+mod batch;
 pub mod callback;
 pub mod dispatch;
 pub mod edge;

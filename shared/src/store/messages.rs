@@ -32,7 +32,7 @@ impl Store {
 
     /// Writes `item` unless a live item (not past its TTL) holds its key: one conditional
     /// PutItem. `None` when written, else the item that holds the key, as stored.
-    async fn put_unless_live(
+    pub(super) async fn put_unless_live(
         &self,
         item: std::collections::HashMap<String, AttributeValue>,
         now_ms: i64,

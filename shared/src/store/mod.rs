@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::Client;
 
 use crate::message::{HistoryEntry, Message};
 
+mod batches;
 mod breaker;
 pub mod callbacks;
 mod messages;
@@ -25,6 +26,8 @@ pub const BY_ID_INDEX: &str = "by_id";
 /// Name of the sparse GSI that maps `{provider}#{provider message id}` to the key, for
 /// receipts that carry only the provider's id.
 pub const BY_PROVIDER_REF_INDEX: &str = "by_provider_ref";
+/// Sparse index of batch messages (and their batch's record, at index -1) by batch id.
+pub const BY_BATCH_INDEX: &str = "by_batch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -159,6 +159,12 @@ pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overr
                     .projection(
                         Projection::builder()
                             .projection_type(ProjectionType::from(projection))
+                            .set_non_key_attributes(
+                                g.get("Projection")
+                                    .and_then(|p| p.get("NonKeyAttributes"))
+                                    .and_then(Value::as_sequence)
+                                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()),
+                            )
                             .build(),
                     )
                     .build()?,

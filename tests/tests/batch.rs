@@ -1,0 +1,199 @@
+//! Batch sends against moto: 10,000 recipients in one request with per-recipient
+//! rejections, every recipient its own message; a retry under the same key after a crash
+//! half way completes the rest and sends nobody twice (counted at the receiver).
+
+use std::time::Duration;
+
+use pushgate_shared::message::Status;
+use pushgate_tests::*;
+use serde_json::{json, Value};
+
+async fn post_batch(stack: &Stack, body: &Value, key: Option<&str>) -> (u16, http::HeaderMap, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let req = signed_v2("POST", "/v1/messages/batch", &bytes, APP, APP_SECRETS[0], now(), key);
+    parts(stack.ingest.handle(req).await)
+}
+
+async fn get_batch(stack: &Stack, id: &str, query: &str) -> (u16, Value) {
+    let path = format!("/v1/batches/{id}{query}");
+    let req = signed("GET", &path, b"", APP, APP_SECRETS[0], now(), &[]);
+    let (status, _, body) = parts(stack.ingest.handle(req).await);
+    (status, body)
+}
+
+#[tokio::test]
+async fn ten_thousand_recipients_in_one_request_with_three_invalid_ones_reported() {
+    let stack = Stack::new().await;
+    let mut recipients: Vec<Value> = (0..10_000)
+        .map(|i| json!({"to": format!("+86138{:08}", i), "data": {"code": format!("{i}")}}))
+        .collect();
+    recipients[17] = json!({"to": "not a phone"});
+    recipients[4242] = json!({"to": "+8613800000001", "data": {"code": "1", "extra": {"": 1}}});
+    recipients[9999] = json!({"user": "u1"});
+    let body = json!({"channel": "sms", "template": "verification_code", "data": {"minutes": 5},
+                      "recipients": recipients});
+    stack.calls.reset();
+    let (status, headers, answer) = post_batch(&stack, &body, Some("batch-10k")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 9_997);
+    let rejected: Vec<(u64, String)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["errors"][0]["pointer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (17, "/recipients/17/to".to_string()),
+            (4242, "/recipients/4242/data/extra/".to_string()),
+            (9999, "/recipients/9999/user".to_string()),
+        ]
+    );
+    let id = answer["id"].as_str().unwrap().to_string();
+    assert_eq!(headers["location"], format!("/v1/batches/{id}"));
+    let calls = stack.calls.snapshot();
+    println!("AWS calls for 10,000 recipients: {calls:?}");
+    assert_eq!(calls.get("DynamoDB.BatchWriteItem"), Some(&400), "{calls:?}");
+    assert_eq!(calls.get("DynamoDB.PutItem"), Some(&1), "the batch's record: {calls:?}");
+    assert_eq!(calls.get("SQS.SendMessageBatch"), Some(&1000), "{calls:?}");
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 9_997);
+
+    let (status, b) = get_batch(&stack, &id, "").await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["total"], 10_000);
+    assert_eq!(b["counts"], json!({"accepted": 9_997}));
+    assert_eq!(b["messages"].as_array().unwrap().len(), 1000);
+    assert_eq!(b["messages"][17]["index"], 18, "the rejected recipient has no message");
+    let next = b["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = get_batch(&stack, &id, &format!("?cursor={next}")).await;
+    assert_eq!(page["messages"][0]["index"].to_string(), next);
+    // Another app cannot see it; a bad cursor is a 400.
+    let req = signed(
+        "GET",
+        &format!("/v1/batches/{id}"),
+        b"",
+        OTHER_APP,
+        OTHER_SECRET,
+        now(),
+        &[],
+    );
+    assert_eq!(parts(stack.ingest.handle(req).await).0, 404);
+    assert_eq!(get_batch(&stack, &id, "?cursor=x").await.0, 400);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_crash_half_way_completes_the_batch_and_sends_nobody_twice() {
+    let stack = Stack::new().await;
+    let recipients: Vec<Value> = (0..60)
+        .map(|i| json!({"to": stack.receiver.url(&format!("b{i}"))}))
+        .collect();
+    let body = json!({"channel": "webhook", "content": {"text": "hello"}, "recipients": recipients});
+    let (status, _, first) = post_batch(&stack, &body, Some("batch-crash")).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    // The first ingest "crashed" half way: records 40-59 never written, no job queued,
+    // the batch never marked queued; the jobs of 0-19 had reached the queue and are sent.
+    let ddb = aws_sdk_dynamodb::Client::new(&stack.sdk);
+    let records = stack.all_records().await;
+    let batch_pk = records
+        .values()
+        .find(|m| m.batch_id.as_deref() == Some(&id))
+        .unwrap()
+        .pk
+        .rsplit_once('_')
+        .unwrap()
+        .0
+        .to_string();
+    let key = |pk: String| aws_sdk_dynamodb::types::AttributeValue::S(pk);
+    for i in 40..60 {
+        ddb.delete_item()
+            .table_name(stack.res.messages_table())
+            .key("pk", key(format!("{batch_pk}_{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    stack
+        .sqs
+        .purge_queue()
+        .queue_url(stack.res.send_queue())
+        .send()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let m = records.values().find(|m| m.pk == format!("{batch_pk}_{i}")).unwrap();
+        pushgate_shared::queue::Queue::new(stack.sqs.clone(), stack.res.send_queue())
+            .send(&pushgate_shared::message::Job::of(m))
+            .await
+            .unwrap();
+    }
+    stack.drain(Duration::from_secs(10)).await;
+    ddb.update_item()
+        .table_name(stack.res.messages_table())
+        .key("pk", key(batch_pk.clone()))
+        .update_expression("REMOVE queued")
+        .send()
+        .await
+        .unwrap();
+    // Within the first request's time a retry is told to wait.
+    assert_eq!(post_batch(&stack, &body, Some("batch-crash")).await.0, 409);
+    ddb.update_item()
+        .table_name(stack.res.messages_table())
+        .key("pk", key(batch_pk.clone()))
+        .update_expression("SET created_at = :long_ago")
+        .expression_attribute_values(":long_ago", aws_sdk_dynamodb::types::AttributeValue::N("0".into()))
+        .send()
+        .await
+        .unwrap();
+
+    // The client retries the same request: the first answer, and the rest is completed.
+    let (status, headers, again) = post_batch(&stack, &body, Some("batch-crash")).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again["id"], first["id"]);
+    stack.drain(Duration::from_secs(20)).await;
+    for i in 0..60 {
+        let hook = format!("b{i}");
+        let n = stack
+            .receiver
+            .received()
+            .iter()
+            .filter(|r| r.hook == hook && (200..300).contains(&r.status))
+            .count();
+        assert_eq!(n, 1, "recipient {i} received {n}");
+    }
+    let (_, b) = get_batch(&stack, &id, "").await;
+    assert_eq!(b["counts"], json!({"delivered": 60}), "{b}");
+    assert_eq!(b["status"], "completed");
+    let delivered = stack
+        .all_records()
+        .await
+        .values()
+        .filter(|m| m.status == Status::Delivered)
+        .count();
+    assert_eq!(delivered, 60);
+}
+
+#[tokio::test]
+async fn an_atomic_batch_with_an_invalid_recipient_sends_nothing() {
+    let stack = Stack::new().await;
+    let body = json!({"channel": "webhook", "content": {"text": "x"}, "atomic": true,
+                      "recipients": [{"to": stack.receiver.url("a")}, {"to": "ftp://nope"}]});
+    let (status, _, problem) = post_batch(&stack, &body, None).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/recipients/1/to");
+    // A fault of the batch's own fields refuses it whole, named once.
+    let body = json!({"channel": "pigeon", "content": {"text": "x"}, "recipients": [{"to": "a"}, {"to": "b"}]});
+    let (status, _, problem) = post_batch(&stack, &body, None).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 1);
+    assert_eq!(problem["errors"][0]["pointer"], "/channel");
+    assert!(stack.all_records().await.is_empty());
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
+}
