@@ -104,6 +104,38 @@ impl Ingest {
     }
 }
 
+/// Settings of the event functions (`events`, `deliver`) and of the endpoints API.
+#[derive(Debug, Clone)]
+pub struct Events {
+    /// `PUSHGATE_ENDPOINTS_TABLE`: apps' event endpoints and their delivery attempts.
+    pub endpoints_table: String,
+    /// `PUSHGATE_DELIVERY_QUEUE_URL`: one job per event and endpoint.
+    pub delivery_queue_url: String,
+    /// `PUSHGATE_WEBHOOK_TIMEOUT_MS` (5000): one delivery POST, connection included.
+    pub timeout: Duration,
+    /// `PUSHGATE_WEBHOOK_ALLOW_PRIVATE` (false): endpoints pass the webhook SSRF rules.
+    pub allow_private: bool,
+    /// `PUSHGATE_DELIVERY_CONCURRENCY` (10): deliveries of a batch in flight at once.
+    pub concurrency: usize,
+}
+
+impl Events {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            endpoints_table: required("PUSHGATE_ENDPOINTS_TABLE")?,
+            delivery_queue_url: required("PUSHGATE_DELIVERY_QUEUE_URL")?,
+            timeout: Duration::from_millis(number("PUSHGATE_WEBHOOK_TIMEOUT_MS", 5000u64)?),
+            allow_private: flag("PUSHGATE_WEBHOOK_ALLOW_PRIVATE")?,
+            concurrency: number("PUSHGATE_DELIVERY_CONCURRENCY", 10usize)?.max(1),
+        })
+    }
+}
+
+/// `PUSHGATE_ENDPOINTS_TABLE` (optional for ingest): without it the endpoints API is off.
+pub fn endpoints_table() -> Option<String> {
+    var("PUSHGATE_ENDPOINTS_TABLE")
+}
+
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct Dispatch {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod delivery;
 pub mod dispatch;
+pub mod events;
 pub mod filter;
 pub mod handlers;
 pub mod message;

@@ -62,6 +62,11 @@ impl Ingest {
                 Some(table) => TemplateStore::table(s.ddb.clone(), table.clone(), cfg.templates_ttl),
                 None => TemplateStore::bundled(),
             },
+            endpoints: config::endpoints_table().map(|table| crate::handlers::endpoints::EndpointsApi {
+                store: crate::store::endpoints::EndpointStore::new(s.ddb.clone(), table),
+                clock: crate::clock::system(),
+                allow_private: cfg.webhook_allow_private,
+            }),
             cfg,
             clock: crate::clock::system(),
             filters: Default::default(),
@@ -110,6 +115,37 @@ impl Callback {
             public_url: config::public_url(),
             sns: Arc::new(crate::providers::sns::SnsTrust::from_env().map_err(WiringError::Sns)?),
             allowed_ips: crate::allowlist::AllowLists::from_env()?,
+        })
+    }
+}
+
+impl crate::handlers::events::EventSource {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let cfg = config::Events::from_env()?;
+        let sdk = crate::aws::load().await;
+        Ok(Self {
+            endpoints: crate::store::endpoints::EndpointStore::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                cfg.endpoints_table,
+            ),
+            delivery: Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.delivery_queue_url),
+        })
+    }
+}
+
+impl crate::handlers::events::Deliver {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let cfg = config::Events::from_env()?;
+        let sdk = crate::aws::load().await;
+        Ok(Self {
+            endpoints: crate::store::endpoints::EndpointStore::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                cfg.endpoints_table,
+            ),
+            delivery: Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.delivery_queue_url),
+            client: Self::client(cfg.timeout, cfg.allow_private)?,
+            clock: crate::clock::system(),
+            concurrency: cfg.concurrency,
         })
     }
 }

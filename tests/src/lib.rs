@@ -252,6 +252,7 @@ impl Stack {
                 .build(),
         );
         let ddb_for_providers = ddb.clone();
+        let store_client_for_endpoints = ddb.clone();
         let store = Store::new(ddb, res.messages_table());
         let apps = Arc::new(Apps::new(
             Arc::new(SecretsManagerSource::new(sm, secret_id.clone())),
@@ -277,6 +278,14 @@ impl Stack {
             },
             clock: pushgate_shared::clock::system(),
             filters: Default::default(),
+            endpoints: Some(pushgate_shared::handlers::endpoints::EndpointsApi {
+                store: pushgate_shared::store::endpoints::EndpointStore::new(
+                    store_client_for_endpoints.clone(),
+                    res.endpoints_table(),
+                ),
+                clock: pushgate_shared::clock::system(),
+                allow_private: true,
+            }),
         });
         let dispatch_cfg = config::Dispatch {
             queue_url: res.send_queue().to_string(),

@@ -217,6 +217,7 @@ async fn a_failed_enqueue_answers_503_and_keeps_no_record() {
         cfg: stack.ingest.cfg.clone(),
         clock: pushgate_shared::clock::system(),
         filters: Default::default(),
+        endpoints: None,
     };
     let body = webhook_body(&stack, "lost?");
     let (status, headers, problem) = parts(

@@ -50,6 +50,9 @@ pub struct Ingest {
     pub clock: Clock,
     /// Compiled sensitive-word filters, per app.
     pub filters: FilterCache,
+    /// The endpoints API (`/v1/endpoints…`), served behind the same signing; `None`
+    /// where no endpoints table is configured (those routes are then 404s).
+    pub endpoints: Option<super::endpoints::EndpointsApi>,
 }
 
 impl Ingest {
@@ -82,6 +85,11 @@ impl Ingest {
             return Problem::from(e).into_response();
         }
         let route = path.trim_end_matches('/');
+        if let Some(rest) = route.strip_prefix("/v1/endpoints") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return self.endpoints(&req, rest).await.unwrap_or_else(Problem::into_response);
+            }
+        }
         let id = route.strip_prefix("/v1/messages/").filter(|id| !id.is_empty());
         let result = match (method.as_str(), route, id) {
             ("POST", "/v1/messages", _) => self.send(&req).await,
@@ -370,6 +378,28 @@ impl Ingest {
         }
     }
 
+    /// `/v1/endpoints…`: authenticated like every route, then the endpoints API for the
+    /// app the signature proved.
+    async fn endpoints(&self, req: &Request, rest: &str) -> Result<Response<Body>, Problem> {
+        let Some(api) = &self.endpoints else {
+            return Err(Problem::not_found("no such route"));
+        };
+        let body = body_bytes(req);
+        if body.len() > self.cfg.max_body_bytes {
+            return Err(Problem::new(413, "too-large", "Content Too Large")
+                .detail(format!("the body may be at most {} bytes", self.cfg.max_body_bytes)));
+        }
+        let (_, app) = self.authenticate(req, body, header(req, IDEMPOTENCY_KEY)).await?;
+        api.handle(super::endpoints::Call {
+            app: &app.key,
+            method: req.method().as_str(),
+            rest,
+            body,
+            content_type: header(req, "content-type"),
+        })
+        .await
+    }
+
     /// Takes back a record written for a request refused after its write (rate limit):
     /// a keyed record is deleted, so the client may retry under the same key; a record
     /// keyed by its signature becomes a bare guard, so the signature stays spent.
@@ -547,6 +577,7 @@ mod tests {
             },
             clock: crate::clock::fixed(1_700_000_000_000),
             filters: Default::default(),
+            endpoints: None,
         }
     }
 

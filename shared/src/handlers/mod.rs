@@ -4,6 +4,8 @@
 pub mod callback;
 pub mod dispatch;
 pub mod edge;
+pub mod endpoints;
+pub mod events;
 pub mod ingest;
 
 use lambda_http::{Body, Request, Response};

@@ -12,6 +12,7 @@ use crate::message::{HistoryEntry, Message};
 
 mod breaker;
 pub mod callbacks;
+pub mod endpoints;
 mod messages;
 mod ports;
 mod quota;

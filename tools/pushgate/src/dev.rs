@@ -116,6 +116,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
         ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
         ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
+        ("PUSHGATE_ENDPOINTS_TABLE", res.endpoints_table().to_string()),
+        ("PUSHGATE_DELIVERY_QUEUE_URL", res.delivery_queue().to_string()),
         // Seeded routes and circuit state take effect at once locally.
         ("PUSHGATE_ROUTES_TTL_SECONDS", "5".into()),
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
@@ -184,6 +186,20 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             })
             .await
     });
+    // Status events: the messages table's stream → `events`, the delivery queue → `deliver`.
+    let stream_reader = crate::streams::StreamReader::new(
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        res.messages_stream().ok_or("the messages table has no stream")?,
+        Arc::new(crate::streams::HttpStreamInvoker::new(&api, "events")),
+    );
+    let stream_task = tokio::spawn(async move { stream_reader.run(std::future::pending()).await });
+    let delivery_poller = Poller::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        res.delivery_queue(),
+        res.delivery_queue_arn(),
+        Arc::new(HttpInvoker::new(&api, "deliver")),
+    );
+    let delivery_task = tokio::spawn(async move { delivery_poller.run(std::future::pending()).await });
 
     let mut sandbox = crate::sandbox::ReceiptSandbox::new(
         aws_sdk_dynamodb::Client::new(&sdk),
@@ -248,6 +264,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     println!("pushgate dev: stopping");
     let _ = stop_tx.send(());
     let _ = poll_task.await;
+    stream_task.abort();
+    delivery_task.abort();
     sandbox_task.abort();
     stop_group(&mut watch).await;
     drop(moto);
@@ -311,9 +329,11 @@ async fn warm_up(api: &str) {
         .unwrap_or_default();
     let _ = http.get(format!("{api}/v1/messages/warm-up")).send().await;
     let _ = http.post(format!("{api}/v1/callbacks/warm-up")).send().await;
-    let _ = http
-        .post(format!("{api}/2015-03-31/functions/dispatcher/invocations"))
-        .json(&serde_json::json!({"Records": []}))
-        .send()
-        .await;
+    for function in ["dispatcher", "events", "deliver"] {
+        let _ = http
+            .post(format!("{api}/2015-03-31/functions/{function}/invocations"))
+            .json(&serde_json::json!({"Records": []}))
+            .send()
+            .await;
+    }
 }

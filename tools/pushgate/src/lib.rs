@@ -13,6 +13,7 @@ pub mod poller;
 pub mod receiver;
 pub mod resources;
 pub mod sandbox;
+pub mod streams;
 
 /// Root of the workspace (where `template.yaml` lives).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -1,0 +1,357 @@
+//! The two event functions.
+//!
+//! - [`EventSource`] (function `events`) consumes the messages table's DynamoDB stream
+//!   (Lambda's event source mapping on AWS, the dev stack's stream reader locally): each
+//!   status change of a message becomes one event ([`crate::events::from_change`]), and
+//!   one delivery job per subscribed endpoint of the app goes to the delivery queue.
+//! - [`Deliver`] (function `deliver`) consumes the delivery queue: it POSTs the event
+//!   signed per Standard Webhooks with every active secret of the endpoint, logs the
+//!   attempt, and on failure leaves the job invisible until the next slot of the retry
+//!   schedule (the job's receive count is its attempt number).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::{Event as DynamoDbEvent, EventRecord};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, Verdict};
+use crate::net::{guarded_resolver, BlockedAddress};
+use crate::queue::{FifoBody, Queue};
+use crate::store::endpoints::EndpointStore;
+
+/// Stream records → delivery jobs.
+pub struct EventSource {
+    pub endpoints: EndpointStore,
+    pub delivery: Queue,
+}
+
+/// The status image in a stream record's item, if the item is a message record (guards,
+/// balances, circuits and the like decode to `None`).
+fn image(item: &serde_dynamo::Item) -> Option<StatusImage> {
+    if item.is_empty() {
+        return None;
+    }
+    serde_dynamo::from_item(item.clone()).ok()
+}
+
+/// The event a stream record carries, if any. A removed record (expiry, rollback) is none.
+pub fn event_of(record: &EventRecord) -> Option<Event> {
+    if record.event_name == "REMOVE" {
+        return None;
+    }
+    let new = image(&record.change.new_image)?;
+    let old = image(&record.change.old_image);
+    events::from_change(old.as_ref(), &new)
+}
+
+impl EventSource {
+    /// Turns a batch of stream records into delivery jobs. On a failure it reports the
+    /// first record not fully queued (`batchItemFailures`), so the event source retries
+    /// from there; records before it are done, records after it come again. A repeated
+    /// record makes the same event id, which receivers de-duplicate on.
+    pub async fn handle(&self, event: DynamoDbEvent) -> DynamoDbEventResponse {
+        let mut endpoints: HashMap<String, Vec<Endpoint>> = HashMap::new();
+        let mut response = DynamoDbEventResponse::default();
+        for record in &event.records {
+            let Some(ev) = event_of(record) else { continue };
+            if let Err(e) = self.fan_out(&ev, &mut endpoints).await {
+                tracing::error!(error = %e, event = %ev.id, "could not queue an event; the stream retries");
+                let mut failure = DynamoDbBatchItemFailure::default();
+                failure.item_identifier = record.change.sequence_number.clone();
+                response.batch_item_failures.push(failure);
+                break;
+            }
+        }
+        response
+    }
+
+    /// Queues `ev` for each endpoint of its app that wants it; the app's endpoints are
+    /// read once per batch.
+    async fn fan_out(&self, ev: &Event, cache: &mut HashMap<String, Vec<Endpoint>>) -> Result<(), String> {
+        if !cache.contains_key(&ev.app) {
+            let list = self.endpoints.list(&ev.app).await.map_err(|e| e.to_string())?;
+            cache.insert(ev.app.clone(), list);
+        }
+        let body = ev.payload().to_string();
+        let message_id = ev.data["id"].as_str().unwrap_or_default();
+        let jobs: Vec<FifoBody> = cache[&ev.app]
+            .iter()
+            .filter(|ep| ep.wants(&ev.kind))
+            .map(|ep| FifoBody {
+                body: serde_json::to_string(&DeliveryJob {
+                    app: ev.app.clone(),
+                    endpoint: ep.id.clone(),
+                    event_id: ev.id.clone(),
+                    kind: ev.kind.clone(),
+                    body: body.clone(),
+                })
+                .unwrap_or_default(),
+                // One message's events to one endpoint go out in order; a failing
+                // delivery holds back only that message's later events there.
+                group: format!("{}.{message_id}", ep.id),
+                dedup: hex::encode(Sha256::digest(format!("{}.{}", ev.id, ep.id))),
+            })
+            .collect();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.delivery.send_fifo(&jobs).await.map_err(|e| e.to_string())?;
+        tracing::info!(event = %ev.id, kind = %ev.kind, endpoints = jobs.len(), "event queued");
+        Ok(())
+    }
+}
+
+/// Delivery jobs → signed POSTs.
+pub struct Deliver {
+    pub endpoints: EndpointStore,
+    /// The delivery queue itself: a failed attempt's job is made visible again later.
+    pub delivery: Queue,
+    pub client: reqwest::Client,
+    pub clock: Clock,
+    /// Jobs of a batch in flight at once.
+    pub concurrency: usize,
+}
+
+/// How one job ended.
+enum Done {
+    Ack,
+    /// Leave it for later: its receipt handle and when.
+    Later(String, Duration),
+}
+
+impl Deliver {
+    /// The HTTP client for endpoints: no redirects, a total timeout, the webhook
+    /// channel's address guard, no proxy from the environment (the guard must see the
+    /// endpoint's own addresses).
+    pub fn client(timeout: Duration, allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .dns_resolver(guarded_resolver(allow_private))
+            .no_proxy()
+            .user_agent("Pushgate-Events/1")
+            .build()
+    }
+
+    /// Delivers a batch; jobs to try again later are reported in `batchItemFailures`
+    /// after their visibility was set to the schedule's next delay.
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        // FIFO: a batch holds each group's jobs in order. Groups run concurrently, a
+        // group's jobs one after the other, and once one must wait, the rest of its
+        // group waits too (handed back at once, behind it).
+        let mut groups: Vec<(String, Vec<SqsMessage>)> = Vec::new();
+        for record in event.records {
+            let group = record.attributes.get("MessageGroupId").cloned().unwrap_or_default();
+            match groups.iter_mut().find(|(g, _)| *g == group && !g.is_empty()) {
+                Some((_, jobs)) => jobs.push(record),
+                None => groups.push((group, vec![record])),
+            }
+        }
+        let outcomes: Vec<(Option<String>, Done)> = futures::stream::iter(groups)
+            .map(|(_, records)| self.deliver_group(records))
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut later = Vec::new();
+        let mut response = SqsBatchResponse::default();
+        for (id, done) in outcomes {
+            if let Done::Later(handle, after) = done {
+                later.push((handle, after));
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id.unwrap_or_default();
+                response.batch_item_failures.push(failure);
+            }
+        }
+        if !later.is_empty() {
+            if let Err(e) = self.delivery.change_visibility(&later).await {
+                // The jobs still come back, after the queue's own visibility timeout.
+                tracing::warn!(error = %e, "could not set retry delays");
+            }
+        }
+        response
+    }
+
+    async fn deliver_group(&self, records: Vec<SqsMessage>) -> Vec<(Option<String>, Done)> {
+        let mut out = Vec::with_capacity(records.len());
+        let mut blocked = false;
+        for record in records {
+            let id = record.message_id.clone();
+            let done = if blocked {
+                Done::Later(record.receipt_handle.clone().unwrap_or_default(), Duration::ZERO)
+            } else {
+                self.deliver(record).await
+            };
+            blocked |= matches!(done, Done::Later(..));
+            out.push((id, done));
+        }
+        out
+    }
+
+    async fn deliver(&self, record: SqsMessage) -> Done {
+        let handle = record.receipt_handle.clone().unwrap_or_default();
+        let Some(job) = record
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<DeliveryJob>(b).ok())
+        else {
+            tracing::error!("unreadable delivery job dropped");
+            return Done::Ack;
+        };
+        let attempt = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse::<usize>().ok())
+            .unwrap_or(1)
+            .saturating_sub(1);
+        let endpoint = match self.endpoints.get(&job.app, &job.endpoint).await {
+            Ok(Some(ep)) if !ep.disabled => ep,
+            Ok(_) => return Done::Ack, // deleted or disabled since: nothing to deliver
+            Err(e) => {
+                tracing::warn!(error = %e, "endpoint unreadable; retrying the job");
+                return Done::Later(handle, Duration::from_secs(5));
+            }
+        };
+        let now = (self.clock)();
+        let (status, error) = self.post(&endpoint, &job, now).await;
+        let verdict = events::verdict(status, attempt);
+        let mut log = Attempt {
+            event_id: job.event_id.clone(),
+            kind: job.kind.clone(),
+            attempt: u32::try_from(attempt + 1).unwrap_or(u32::MAX),
+            at: now,
+            status,
+            outcome: String::new(),
+            error,
+            next_attempt_at: None,
+        };
+        let done = match verdict {
+            Verdict::Delivered => {
+                log.outcome = "delivered".into();
+                Done::Ack
+            }
+            Verdict::Disable => {
+                log.outcome = "disabled".into();
+                if let Err(e) = self
+                    .endpoints
+                    .disable(&job.app, &job.endpoint, "the endpoint answered 410 Gone", now)
+                    .await
+                {
+                    tracing::error!(error = %e, endpoint = %job.endpoint, "could not disable the endpoint");
+                }
+                Done::Ack
+            }
+            Verdict::RetryAfter(secs) => {
+                log.outcome = "retrying".into();
+                log.next_attempt_at = Some(now.saturating_add(i64::try_from(secs * 1000).unwrap_or(i64::MAX)));
+                Done::Later(handle, Duration::from_secs(secs))
+            }
+            Verdict::GiveUp => {
+                log.outcome = "given_up".into();
+                Done::Ack
+            }
+        };
+        tracing::info!(endpoint = %job.endpoint, event = %job.event_id, attempt = log.attempt, status = ?status, outcome = %log.outcome, "event delivery attempt");
+        if let Err(e) = self.endpoints.log_attempt(&job.app, &job.endpoint, &log).await {
+            tracing::warn!(error = %e, "could not log the attempt");
+        }
+        done
+    }
+
+    /// One signed POST: the status answered, or why there was none (never the body).
+    async fn post(&self, endpoint: &Endpoint, job: &DeliveryJob, now_ms: i64) -> (Option<u16>, Option<String>) {
+        let timestamp = now_ms / 1000;
+        let signature = match sign(
+            &endpoint.active_secrets(now_ms),
+            &job.event_id,
+            timestamp,
+            job.body.as_bytes(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return (None, Some(e)),
+        };
+        let result = self
+            .client
+            .post(&endpoint.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &job.event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(job.body.clone())
+            .send()
+            .await;
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let error = (!resp.status().is_success()).then(|| format!("HTTP {status}"));
+                (Some(status), error)
+            }
+            Err(e) => (None, Some(describe(&e))),
+        }
+    }
+}
+
+/// `webhook-signature`: one `v1,<base64>` per secret, space-separated (Standard
+/// Webhooks: receivers accept the message if any one verifies).
+pub fn sign(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+    let mut out = Vec::with_capacity(secrets.len());
+    for secret in secrets {
+        let signer = standardwebhooks::Webhook::new(secret).map_err(|_| "endpoint secret unreadable".to_string())?;
+        out.push(signer.sign(id, timestamp, body).map_err(|e| e.to_string())?);
+    }
+    if out.is_empty() {
+        return Err("endpoint has no active secret".into());
+    }
+    Ok(out.join(" "))
+}
+
+/// Why a request got no answer, without URLs or bodies.
+fn describe(e: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<BlockedAddress>().is_some() {
+            return "target resolves to a disallowed address".into();
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Standard Webhooks' published test vector (the reference libraries' own).
+    #[test]
+    fn signs_the_published_vector_with_every_secret() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let body = br#"{"test": 2432232314}"#;
+        let sig = sign(&[secret], id, 1_614_265_330, body).unwrap();
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let both = sign(
+            &[secret, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+            id,
+            1_614_265_330,
+            body,
+        )
+        .unwrap();
+        assert_eq!(both.split(' ').count(), 2);
+        assert!(both.starts_with(&sig));
+        assert!(sign(&[], id, 0, body).is_err());
+    }
+}

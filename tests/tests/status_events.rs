@@ -1,0 +1,502 @@
+//! Status events to the calling app, against moto: endpoints managed through the signed
+//! API, events read from the messages table's DynamoDB stream (as Lambda's event source
+//! mapping would), delivered from the delivery queue to a local endpoint server that
+//! checks each Standard Webhooks signature itself.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::streams::DynamoDbEventResponse;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use pushgate_shared::handlers::events::{Deliver, EventSource};
+use pushgate_shared::message::Status;
+use pushgate_shared::queue::Queue;
+use pushgate_shared::store::endpoints::EndpointStore;
+use pushgate_tests::*;
+use pushgate_tool::poller::{Invoke, Poller};
+use pushgate_tool::streams::{InvokeStream, StreamReader};
+use pushgate_tool::BoxError;
+use serde_json::{json, Value};
+
+/// One request the endpoint server received.
+#[derive(Debug, Clone)]
+struct Hit {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+/// A local app endpoint: records every POST and answers the scripted statuses in turn
+/// (then 204).
+#[derive(Clone, Default)]
+struct EndpointServer {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl EndpointServer {
+    async fn start(script: &[u16]) -> (Self, String) {
+        let server = EndpointServer::default();
+        server.script.lock().unwrap().extend(script);
+        let state = server.clone();
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |axum::extract::State(s): axum::extract::State<EndpointServer>,
+                     headers: http::HeaderMap,
+                     body: String| async move {
+                        let h = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string()
+                        };
+                        s.hits.lock().unwrap().push(Hit {
+                            id: h("webhook-id"),
+                            timestamp: h("webhook-timestamp"),
+                            signature: h("webhook-signature"),
+                            body,
+                        });
+                        let status = s.script.lock().unwrap().pop_front().unwrap_or(204);
+                        http::StatusCode::from_u16(status).unwrap()
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (server, format!("http://{addr}/hook"))
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+/// Standard Webhooks' verification, written out here independently of the signer:
+/// HMAC-SHA256 over `{id}.{timestamp}.{body}` with the base64 key of `whsec_…`, any one
+/// of the space-separated `v1,` signatures matching.
+fn verifies(secret: &str, hit: &Hit) -> bool {
+    let key = B64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", hit.id, hit.timestamp, hit.body).as_bytes());
+    let expected = B64.encode(mac.finalize().into_bytes());
+    hit.signature
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+#[test]
+fn the_independent_verifier_accepts_the_published_test_vector() {
+    let hit = Hit {
+        id: "msg_p5jXN8AQM9LWM0D4loKWxJek".into(),
+        timestamp: "1614265330".into(),
+        signature: "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".into(),
+        body: r#"{"test": 2432232314}"#.into(),
+    };
+    assert!(verifies("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &hit));
+    let forged = Hit {
+        body: r#"{"test": 2432232315}"#.into(),
+        ..hit
+    };
+    assert!(!verifies("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &forged));
+}
+
+struct InProcessEvents(Arc<EventSource>);
+
+#[async_trait::async_trait]
+impl InvokeStream for InProcessEvents {
+    async fn invoke(&self, event: StreamEvent) -> Result<DynamoDbEventResponse, BoxError> {
+        Ok(self.0.handle(event).await)
+    }
+}
+
+struct InProcessDeliver(Arc<Deliver>);
+
+#[async_trait::async_trait]
+impl Invoke for InProcessDeliver {
+    async fn invoke(&self, event: SqsEvent) -> Result<SqsBatchResponse, BoxError> {
+        Ok(self.0.handle(event).await)
+    }
+}
+
+/// The event pipeline beside a test stack: stream reader → events → delivery queue →
+/// deliver, all in process against the stack's moto.
+struct Events {
+    reader: StreamReader,
+    poller: Poller,
+    store: EndpointStore,
+}
+
+impl Events {
+    fn new(stack: &Stack) -> Self {
+        let ddb = aws_sdk_dynamodb::Client::new(&stack.sdk);
+        let store = EndpointStore::new(ddb, stack.res.endpoints_table());
+        let delivery = Queue::new(stack.sqs.clone(), stack.res.delivery_queue());
+        let source = Arc::new(EventSource {
+            endpoints: store.clone(),
+            delivery: delivery.clone(),
+        });
+        let deliver = Arc::new(Deliver {
+            endpoints: store.clone(),
+            delivery,
+            client: Deliver::client(Duration::from_secs(2), true).unwrap(),
+            clock: pushgate_shared::clock::system(),
+            concurrency: 4,
+        });
+        let reader = StreamReader::new(
+            aws_sdk_dynamodbstreams::Client::new(&stack.sdk),
+            stack.res.messages_stream().expect("messages stream"),
+            Arc::new(InProcessEvents(source)),
+        );
+        let poller = Poller::new(
+            stack.sqs.clone(),
+            stack.res.delivery_queue(),
+            stack.res.delivery_queue_arn(),
+            Arc::new(InProcessDeliver(deliver)),
+        );
+        Self { reader, poller, store }
+    }
+
+    /// Reads the stream and delivers until the endpoint has `n` hits or `limit` passes.
+    async fn pump(&self, server: &EndpointServer, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while server.hits().len() < n && tokio::time::Instant::now() < deadline {
+            self.reader.poll_once().await.expect("stream");
+            self.poller.poll_once().await.expect("delivery");
+        }
+    }
+}
+
+/// A signed call to the endpoints API as `app`.
+async fn api(stack: &Stack, app: &str, secret: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let bytes = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let (status, _, b) = parts(
+        stack
+            .ingest
+            .handle(signed(method, path, &bytes, app, secret, now(), &[]))
+            .await,
+    );
+    (status, b)
+}
+
+async fn create_endpoint(stack: &Stack, url: &str, events: Value) -> (String, String) {
+    let (status, b) = api(
+        stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        "/v1/endpoints",
+        json!({"url": url, "events": events}),
+    )
+    .await;
+    assert_eq!(status, 201, "{b}");
+    let secret = b["secret"].as_str().expect("secret shown at creation").to_string();
+    assert!(secret.starts_with("whsec_"));
+    (b["id"].as_str().unwrap().to_string(), secret)
+}
+
+async fn sms_stack() -> Stack {
+    let stack = Stack::new().await;
+    stack.set_app_providers(json!({"sms_order": ["aliyun"]})).await;
+    stack
+}
+
+fn types_of(hits: &[Hit]) -> Vec<String> {
+    hits.iter()
+        .map(|h| {
+            serde_json::from_str::<Value>(&h.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_endpoint_receives_signed_events_for_accepted_sent_delivered_in_order() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (endpoint, secret) = create_endpoint(&stack, &url, Value::Null).await;
+
+    let id = stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1},"key":"otp"}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    let m = stack.record(&id).await;
+    assert_eq!(m.status, Status::Sent);
+    let receipt = json!([{"phone_number":"8613800138000","success":true,"err_code":"DELIVERED",
+        "biz_id": m.provider_message_id.unwrap(),"out_id": id}])
+    .to_string();
+    let path = format!("/v1/callbacks/aliyun?app={APP}&token={APP_CALLBACK_TOKEN}");
+    assert_eq!(
+        parts(
+            stack
+                .callback
+                .handle(post(&path, "application/json", receipt.as_bytes(), &[]))
+                .await
+        )
+        .0,
+        200
+    );
+    assert_eq!(stack.record(&id).await.status, Status::Delivered);
+
+    events.pump(&server, 3, Duration::from_secs(30)).await;
+    let hits = server.hits();
+    assert_eq!(
+        types_of(&hits),
+        ["message.accepted", "message.sent", "message.delivered"]
+    );
+    let mut last_seq = 0;
+    for hit in &hits {
+        assert!(verifies(&secret, hit), "signature of {}", hit.id);
+        let body: Value = serde_json::from_str(&hit.body).unwrap();
+        let data = &body["data"];
+        assert_eq!(data["id"], id.as_str());
+        assert_eq!(
+            (data["channel"].as_str(), data["key"].as_str()),
+            (Some("sms"), Some("otp"))
+        );
+        let seq = data["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq grows: {seq} after {last_seq}");
+        last_seq = seq;
+        assert_eq!(hit.id, format!("evt_{id}_{seq}"), "webhook-id is the event id");
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(!hit.body.contains("8613800138000"), "no recipient in events");
+    }
+    assert_eq!(
+        serde_json::from_str::<Value>(&hits[1].body).unwrap()["data"]["provider"],
+        "aliyun"
+    );
+
+    // The attempt log shows the three deliveries; the listing never shows a secret.
+    let (status, log) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "GET",
+        &format!("/v1/endpoints/{endpoint}/attempts"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["data"].as_array().unwrap().len(), 3);
+    assert!(log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["outcome"] == "delivered" && a["status"] == 204));
+    let (_, list) = api(&stack, APP, APP_SECRETS[0], "GET", "/v1/endpoints", Value::Null).await;
+    assert_eq!(list["data"][0]["id"], endpoint.as_str());
+    assert!(!list.to_string().contains("whsec_"), "{list}");
+}
+
+#[tokio::test]
+async fn a_status_write_whose_function_crashed_right_after_still_yields_its_event() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (_, secret) = create_endpoint(&stack, &url, json!(["message.accepted"])).await;
+    // Ingest "dies" between its record write and anything after it: only the write
+    // happened (no queue send, no follow-up call of any kind).
+    let mut m = message(
+        pushgate_shared::message::Channel::Sms,
+        "+8613800138000",
+        Default::default(),
+    );
+    m.status = Status::Accepted;
+    m.status_rank = 0;
+    m.history = vec![pushgate_shared::message::HistoryEntry {
+        at: m.created_at,
+        status: Status::Accepted,
+        note: None,
+    }];
+    stack.store.create(&m, m.created_at).await.expect("write");
+    assert_eq!(
+        stack.queue_count(stack.res.send_queue()).await,
+        0,
+        "nothing else happened"
+    );
+
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    let hits = server.hits();
+    assert_eq!(types_of(&hits), ["message.accepted"]);
+    assert!(verifies(&secret, &hits[0]));
+    assert_eq!(hits[0].id, format!("evt_{}_1", m.id));
+}
+
+#[tokio::test]
+async fn a_500_is_retried_on_the_schedule_and_a_410_disables_the_endpoint() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[500]).await;
+    let (endpoint, _) = create_endpoint(&stack, &url, json!(["message.accepted"])).await;
+    stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1}}))
+        .await;
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    // The 500 left the job on the queue, invisible until the schedule's second slot (5 s).
+    let attempts = events.store.attempts(APP, &endpoint, 10).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].status, attempts[0].outcome.as_str()),
+        (Some(500), "retrying")
+    );
+    let wait = attempts[0].next_attempt_at.unwrap() - attempts[0].at;
+    assert_eq!(wait, 5_000, "second attempt 5 s after the first");
+    assert_eq!(stack.queue_count(stack.res.delivery_queue()).await, 1);
+    events.pump(&server, 2, Duration::from_secs(30)).await;
+    let hits = server.hits();
+    assert_eq!(hits.len(), 2, "retried");
+    assert_eq!(hits[0].id, hits[1].id, "same event id");
+    assert_eq!(hits[0].body, hits[1].body, "same bytes");
+    let attempts = events.store.attempts(APP, &endpoint, 10).await.unwrap();
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| (a.attempt, a.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "delivered"), (1, "retrying")]
+    );
+
+    // 410 Gone: the endpoint is disabled and gets nothing more.
+    server.script.lock().unwrap().push_back(410);
+    stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"2","minutes":1}}))
+        .await;
+    events.pump(&server, 3, Duration::from_secs(20)).await;
+    let (_, ep) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "GET",
+        &format!("/v1/endpoints/{endpoint}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(ep["disabled"], true, "{ep}");
+    stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"3","minutes":1}}))
+        .await;
+    for _ in 0..3 {
+        events.reader.poll_once().await.unwrap();
+        events.poller.poll_once().await.unwrap();
+    }
+    assert_eq!(server.hits().len(), 3, "a disabled endpoint receives nothing");
+    assert_eq!(stack.queue_count(stack.res.delivery_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn rotation_signs_with_both_secrets_and_other_apps_cannot_touch_the_endpoint() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (endpoint, old) = create_endpoint(&stack, &url, json!(["message.accepted"])).await;
+    let (status, rotated) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        &format!("/v1/endpoints/{endpoint}/rotate"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1}}))
+        .await;
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    let hit = &server.hits()[0];
+    assert_eq!(hit.signature.split(' ').count(), 2, "{}", hit.signature);
+    assert!(verifies(&old, hit) && verifies(&new, hit));
+
+    // Another app: the endpoint does not exist for it, whatever the verb.
+    let path = format!("/v1/endpoints/{endpoint}");
+    for (method, body) in [
+        ("GET", Value::Null),
+        ("PATCH", json!({"url": "https://evil.example/h"})),
+        ("DELETE", Value::Null),
+    ] {
+        let (status, b) = api(&stack, OTHER_APP, OTHER_SECRET, method, &path, body).await;
+        assert_eq!(status, 404, "{method}: {b}");
+    }
+    let (status, _) = api(
+        &stack,
+        OTHER_APP,
+        OTHER_SECRET,
+        "POST",
+        &format!("{path}/rotate"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (_, theirs) = api(&stack, OTHER_APP, OTHER_SECRET, "GET", "/v1/endpoints", Value::Null).await;
+    assert_eq!(theirs["data"], json!([]));
+    let (_, mine) = api(&stack, APP, APP_SECRETS[0], "GET", &path, Value::Null).await;
+    assert_eq!(mine["url"], url.as_str(), "unchanged by the other app");
+
+    // The owner may patch and delete it.
+    let (status, patched) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "PATCH",
+        &path,
+        json!({"events": ["message.failed"], "description": "ops"}),
+    )
+    .await;
+    assert_eq!(
+        (status, patched["events"].clone(), patched["description"].clone()),
+        (200, json!(["message.failed"]), json!("ops"))
+    );
+    assert_eq!(
+        api(&stack, APP, APP_SECRETS[0], "DELETE", &path, Value::Null).await.0,
+        204
+    );
+    assert_eq!(api(&stack, APP, APP_SECRETS[0], "GET", &path, Value::Null).await.0, 404);
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_422_naming_the_field_and_unsigned_calls_401() {
+    let stack = Stack::new().await;
+    let (status, b) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        "/v1/endpoints",
+        json!({"url": "ftp://x", "events": ["message.nope"]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{b}");
+    let pointers: Vec<&str> = b["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["pointer"].as_str())
+        .collect();
+    assert_eq!(pointers, ["/events", "/url"]);
+    let (status, _) = api(&stack, APP, "forged", "GET", "/v1/endpoints", Value::Null).await;
+    assert_eq!(status, 401);
+    let (status, _) = api(&stack, APP, APP_SECRETS[0], "GET", "/v1/endpoints/nope", Value::Null).await;
+    assert_eq!(status, 404);
+}
