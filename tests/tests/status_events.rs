@@ -138,20 +138,39 @@ struct Events {
     reader: StreamReader,
     poller: Poller,
     store: EndpointStore,
+    /// AWS calls made by the events function, and by the deliver function.
+    source_calls: CallCounter,
+    deliver_calls: CallCounter,
+}
+
+/// DynamoDB and SQS clients whose calls `calls` counts.
+fn counted(stack: &Stack, calls: &CallCounter) -> (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client) {
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&stack.sdk)
+            .interceptor(calls.clone())
+            .build(),
+    );
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&stack.sdk)
+            .interceptor(calls.clone())
+            .build(),
+    );
+    (ddb, sqs)
 }
 
 impl Events {
     fn new(stack: &Stack) -> Self {
-        let ddb = aws_sdk_dynamodb::Client::new(&stack.sdk);
-        let store = EndpointStore::new(ddb, stack.res.endpoints_table());
-        let delivery = Queue::new(stack.sqs.clone(), stack.res.delivery_queue());
+        let (source_calls, deliver_calls) = (CallCounter::default(), CallCounter::default());
+        let (ddb, sqs) = counted(stack, &source_calls);
         let source = Arc::new(EventSource {
-            endpoints: store.clone(),
-            delivery: delivery.clone(),
+            endpoints: EndpointStore::new(ddb, stack.res.endpoints_table()),
+            delivery: Queue::new(sqs, stack.res.delivery_queue()),
         });
+        let (ddb, sqs) = counted(stack, &deliver_calls);
+        let store = EndpointStore::new(ddb, stack.res.endpoints_table());
         let deliver = Arc::new(Deliver {
             endpoints: store.clone(),
-            delivery,
+            delivery: Queue::new(sqs, stack.res.delivery_queue()),
             client: Deliver::client(Duration::from_secs(2), true).unwrap(),
             clock: pushgate_shared::clock::system(),
             concurrency: 4,
@@ -167,7 +186,13 @@ impl Events {
             stack.res.delivery_queue_arn(),
             Arc::new(InProcessDeliver(deliver)),
         );
-        Self { reader, poller, store }
+        Self {
+            reader,
+            poller,
+            store,
+            source_calls,
+            deliver_calls,
+        }
     }
 
     /// Reads the stream and delivers until the endpoint has `n` hits or `limit` passes.
@@ -316,6 +341,22 @@ async fn a_status_write_whose_function_crashed_right_after_still_yields_its_even
     let (_, secret) = create_endpoint(&stack, &url, json!(["message.accepted"])).await;
     // Ingest "dies" between its record write and anything after it: only the write
     // happened (no queue send, no follow-up call of any kind).
+    let m = write_accepted(&stack).await;
+    assert_eq!(
+        stack.queue_count(stack.res.send_queue()).await,
+        0,
+        "nothing else happened"
+    );
+
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    let hits = server.hits();
+    assert_eq!(types_of(&hits), ["message.accepted"]);
+    assert!(verifies(&secret, &hits[0]));
+    assert_eq!(hits[0].id, format!("evt_{}_1", m.id));
+}
+
+/// A bare accepted record, as ingest writes it (and nothing after it).
+async fn write_accepted(stack: &Stack) -> pushgate_shared::message::Message {
     let mut m = message(
         pushgate_shared::message::Channel::Sms,
         "+8613800138000",
@@ -329,17 +370,59 @@ async fn a_status_write_whose_function_crashed_right_after_still_yields_its_even
         note: None,
     }];
     stack.store.create(&m, m.created_at).await.expect("write");
-    assert_eq!(
-        stack.queue_count(stack.res.send_queue()).await,
-        0,
-        "nothing else happened"
-    );
+    m
+}
 
-    events.pump(&server, 1, Duration::from_secs(20)).await;
+/// What one event costs in AWS calls, counted at the SDK of each function (the event
+/// source mappings' own reads, receives and deletes are AWS's, not the functions').
+#[tokio::test]
+async fn each_event_costs_a_query_and_a_batch_send_and_each_attempt_a_read_and_a_log_write() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[500]).await;
+    create_endpoint(&stack, &url, json!(["message.accepted"])).await;
+    write_accepted(&stack).await;
+    while events.reader.poll_once().await.unwrap() == 0 {}
+    let source = events.source_calls.snapshot();
+    assert_eq!(source.get("DynamoDB.Query"), Some(&1), "{source:?}");
+    assert_eq!(source.get("SQS.SendMessageBatch"), Some(&1), "{source:?}");
+    assert_eq!(source.values().sum::<usize>(), 2, "{source:?}");
+
+    events.pump(&server, 1, Duration::from_secs(10)).await;
+    let failed = events.deliver_calls.snapshot();
+    assert_eq!(failed.get("DynamoDB.GetItem"), Some(&1), "{failed:?}");
+    assert_eq!(failed.get("DynamoDB.PutItem"), Some(&1), "{failed:?}");
+    assert_eq!(failed.get("SQS.ChangeMessageVisibilityBatch"), Some(&1), "{failed:?}");
+    assert_eq!(failed.values().sum::<usize>(), 3, "{failed:?}");
+    events.deliver_calls.reset();
+    events.pump(&server, 2, Duration::from_secs(20)).await;
+    let delivered = events.deliver_calls.snapshot();
+    assert_eq!(delivered.get("DynamoDB.GetItem"), Some(&1), "{delivered:?}");
+    assert_eq!(delivered.get("DynamoDB.PutItem"), Some(&1), "{delivered:?}");
+    assert_eq!(delivered.values().sum::<usize>(), 2, "{delivered:?}");
+}
+
+/// A failing delivery holds back that message's later events at that endpoint: they
+/// arrive after it, in order.
+#[tokio::test]
+async fn a_retried_event_keeps_the_messages_later_events_behind_it() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[500]).await;
+    let (_, secret) = create_endpoint(&stack, &url, Value::Null).await;
+    let id = stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(stack.record(&id).await.status, Status::Sent);
+    events.pump(&server, 3, Duration::from_secs(30)).await;
     let hits = server.hits();
-    assert_eq!(types_of(&hits), ["message.accepted"]);
-    assert!(verifies(&secret, &hits[0]));
-    assert_eq!(hits[0].id, format!("evt_{}_1", m.id));
+    assert_eq!(
+        types_of(&hits),
+        ["message.accepted", "message.accepted", "message.sent"],
+        "the 500 is retried before the next event goes"
+    );
+    assert!(hits.iter().all(|h| verifies(&secret, h)));
 }
 
 #[tokio::test]

@@ -4,9 +4,6 @@
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::Provider;
 use crate::apps::AppConfig;
 use crate::clock::Clock;
@@ -15,20 +12,14 @@ use crate::message::{Channel, Message};
 use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
 
 /// Standard Webhooks signature of the exact bytes sent: `v1,` + base64(HMAC-SHA256(key,
-/// "{id}.{timestamp}.{body}")) where key is the base64 part of `whsec_…`.
+/// "{id}.{timestamp}.{body}")) where key is the base64 part of `whsec_…`, computed by the
+/// specification's own crate (`standardwebhooks`).
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, ProviderError> {
-    let key = B64
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .map_err(|_| {
-            ProviderError::new(
-                ErrorClass::Permanent,
-                "bad_webhook_secret",
-                "webhook secret is not whsec_<base64>",
-            )
-        })?;
-    let ts = timestamp.to_string();
-    let mac = crate::crypto::hmac_sha256(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
-    Ok(format!("v1,{}", B64.encode(mac)))
+    let bad = |code: &str, why: &str| ProviderError::new(ErrorClass::Permanent, code, why);
+    standardwebhooks::Webhook::new(secret)
+        .map_err(|_| bad("bad_webhook_secret", "webhook secret is not whsec_<base64>"))?
+        .sign(id, timestamp, body)
+        .map_err(|_| bad("unsignable_body", "webhook body is not UTF-8"))
 }
 
 /// The JSON posted to the target.
