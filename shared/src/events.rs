@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::message::{Channel, HistoryEntry, Status};
 
 /// Every event type an endpoint may subscribe to (`sending` is internal: no event).
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 9] = [
     "message.accepted",
     "message.scheduled",
     "message.sent",
@@ -21,7 +21,12 @@ pub const EVENT_TYPES: [&str; 8] = [
     "message.unknown",
     "message.cancelled",
     "message.suppressed",
+    "endpoint.disabled",
 ];
+
+/// An endpoint whose deliveries have failed for this long (every attempt since its last
+/// success) is disabled, with an `endpoint.disabled` notice to the app's other endpoints.
+pub const DISABLE_AFTER_FAILING_MS: i64 = 5 * 24 * 3_600 * 1_000;
 
 /// Delivery attempts' delays after the previous one (Svix's schedule: about 27.6 hours
 /// in all); attempt `n` (0-based) waits `RETRY_SCHEDULE_SECS[n]` after attempt `n - 1`.
@@ -130,6 +135,9 @@ pub struct Endpoint {
     pub disabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// When its deliveries started failing (cleared by a success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -159,6 +167,7 @@ impl Endpoint {
             "description": self.description,
             "disabled": self.disabled,
             "disabled_reason": self.disabled_reason,
+            "failing_since": self.failing_since.map(crate::clock::rfc3339),
             "created_at": crate::clock::rfc3339(self.created_at),
             "updated_at": crate::clock::rfc3339(self.updated_at),
         })
@@ -187,6 +196,40 @@ pub struct DeliveryJob {
     #[serde(rename = "type")]
     pub kind: String,
     pub body: String,
+}
+
+/// What a failed attempt does to its endpoint's failure streak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streak {
+    /// The first failure since a success: remember when it began.
+    Begins,
+    Continues,
+    /// Failing for [`DISABLE_AFTER_FAILING_MS`]: disable the endpoint.
+    Disable,
+}
+
+/// The failure streak after a failed attempt at `now_ms`.
+pub fn streak(failing_since: Option<i64>, now_ms: i64) -> Streak {
+    match failing_since {
+        None => Streak::Begins,
+        Some(since) if now_ms.saturating_sub(since) >= DISABLE_AFTER_FAILING_MS => Streak::Disable,
+        Some(_) => Streak::Continues,
+    }
+}
+
+/// The `endpoint.disabled` notice, for the app's other endpoints.
+pub fn disabled_notice(endpoint: &Endpoint, reason: &str, now_ms: i64) -> Event {
+    Event {
+        id: format!("evt_{}_disabled_{now_ms}", endpoint.id),
+        app: endpoint.app.clone(),
+        kind: "endpoint.disabled".into(),
+        at: now_ms,
+        data: json!({
+            "endpoint_id": endpoint.id,
+            "reason": reason,
+            "failing_since": endpoint.failing_since.map(crate::clock::rfc3339),
+        }),
+    }
 }
 
 /// One delivery attempt, as the per-endpoint log keeps it.
@@ -335,6 +378,13 @@ mod tests {
     }
 
     #[test]
+    fn five_days_of_failures_disable() {
+        assert_eq!(streak(None, 10), Streak::Begins);
+        assert_eq!(streak(Some(10), 10 + DISABLE_AFTER_FAILING_MS - 1), Streak::Continues);
+        assert_eq!(streak(Some(10), 10 + DISABLE_AFTER_FAILING_MS), Streak::Disable);
+    }
+
+    #[test]
     fn subscriptions_and_rotation_overlap() {
         let mut ep = Endpoint {
             id: "ep_1".into(),
@@ -354,6 +404,7 @@ mod tests {
             ],
             disabled: false,
             disabled_reason: None,
+            failing_since: None,
             created_at: 0,
             updated_at: 0,
         };

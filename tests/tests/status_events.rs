@@ -160,6 +160,11 @@ fn counted(stack: &Stack, calls: &CallCounter) -> (aws_sdk_dynamodb::Client, aws
 
 impl Events {
     fn new(stack: &Stack) -> Self {
+        Self::with_clock(stack, pushgate_shared::clock::system())
+    }
+
+    /// The pipeline with the deliver function on `clock`.
+    fn with_clock(stack: &Stack, clock: pushgate_shared::clock::Clock) -> Self {
         let (source_calls, deliver_calls) = (CallCounter::default(), CallCounter::default());
         let (ddb, sqs) = counted(stack, &source_calls);
         let source = Arc::new(EventSource {
@@ -172,7 +177,7 @@ impl Events {
             endpoints: store.clone(),
             delivery: Queue::new(sqs, stack.res.delivery_queue()),
             client: Deliver::client(Duration::from_secs(2), true).unwrap(),
-            clock: pushgate_shared::clock::system(),
+            clock,
             concurrency: 4,
         });
         let reader = StreamReader::new(
@@ -389,17 +394,86 @@ async fn each_event_costs_a_query_and_a_batch_send_and_each_attempt_a_read_and_a
     assert_eq!(source.values().sum::<usize>(), 2, "{source:?}");
 
     events.pump(&server, 1, Duration::from_secs(10)).await;
+    // A first failure also starts the endpoint's failure streak (one UpdateItem).
     let failed = events.deliver_calls.snapshot();
     assert_eq!(failed.get("DynamoDB.GetItem"), Some(&1), "{failed:?}");
     assert_eq!(failed.get("DynamoDB.PutItem"), Some(&1), "{failed:?}");
+    assert_eq!(failed.get("DynamoDB.UpdateItem"), Some(&1), "{failed:?}");
     assert_eq!(failed.get("SQS.ChangeMessageVisibilityBatch"), Some(&1), "{failed:?}");
-    assert_eq!(failed.values().sum::<usize>(), 3, "{failed:?}");
+    assert_eq!(failed.values().sum::<usize>(), 4, "{failed:?}");
+    // The success after it ends the streak (one UpdateItem).
     events.deliver_calls.reset();
     events.pump(&server, 2, Duration::from_secs(20)).await;
+    let recovered = events.deliver_calls.snapshot();
+    assert_eq!(recovered.get("DynamoDB.UpdateItem"), Some(&1), "{recovered:?}");
+    assert_eq!(recovered.values().sum::<usize>(), 3, "{recovered:?}");
+    // A healthy endpoint: one read, one log write per event.
+    write_accepted(&stack).await;
+    events.deliver_calls.reset();
+    events.pump(&server, 3, Duration::from_secs(20)).await;
     let delivered = events.deliver_calls.snapshot();
     assert_eq!(delivered.get("DynamoDB.GetItem"), Some(&1), "{delivered:?}");
     assert_eq!(delivered.get("DynamoDB.PutItem"), Some(&1), "{delivered:?}");
     assert_eq!(delivered.values().sum::<usize>(), 2, "{delivered:?}");
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_five_days_is_disabled_with_a_notice_to_the_others() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (failing, failing_url) = EndpointServer::start(&[500, 503]).await;
+    let (watcher, watcher_url) = EndpointServer::start(&[]).await;
+    let (endpoint, _) = create_endpoint(&stack, &failing_url, json!(["message.accepted"])).await;
+    let (_, watcher_secret) = create_endpoint(&stack, &watcher_url, json!(["endpoint.disabled"])).await;
+    write_accepted(&stack).await;
+    events.pump(&failing, 1, Duration::from_secs(20)).await;
+    let (_, ep) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "GET",
+        &format!("/v1/endpoints/{endpoint}"),
+        Value::Null,
+    )
+    .await;
+    assert!(ep["failing_since"].is_string(), "{ep}");
+    assert_eq!(ep["disabled"], false);
+
+    // Five days and a minute later (the clock of the deliver function), it fails again.
+    let later = Events::with_clock(
+        &stack,
+        Arc::new(|| pushgate_shared::clock::now_ms() + 5 * 86_400_000 + 60_000),
+    );
+    later.pump(&failing, 2, Duration::from_secs(30)).await;
+    assert_eq!(failing.hits().len(), 2);
+    let (_, ep) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "GET",
+        &format!("/v1/endpoints/{endpoint}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (ep["disabled"].clone(), ep["disabled_reason"].clone()),
+        (json!(true), json!("deliveries failed for 5 days")),
+        "{ep}"
+    );
+    let attempts = events.store.attempts(APP, &endpoint, 10).await.unwrap();
+    assert_eq!(attempts[0].outcome, "disabled");
+
+    events.pump(&watcher, 1, Duration::from_secs(20)).await;
+    let hits = watcher.hits();
+    assert_eq!(types_of(&hits), ["endpoint.disabled"]);
+    assert!(verifies(&watcher_secret, &hits[0]));
+    let notice: Value = serde_json::from_str(&hits[0].body).unwrap();
+    assert_eq!(notice["data"]["endpoint_id"], endpoint.as_str());
+    assert_eq!(
+        stack.queue_count(stack.res.delivery_queue()).await,
+        0,
+        "the disabled endpoint's job is dropped"
+    );
 }
 
 /// A failing delivery holds back that message's later events at that endpoint: they

@@ -81,6 +81,7 @@ impl EndpointsApi {
             }],
             disabled: false,
             disabled_reason: None,
+            failing_since: None,
             created_at: now,
             updated_at: now,
         };

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, Verdict};
+use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, Streak, Verdict};
 use crate::net::{guarded_resolver, BlockedAddress};
 use crate::queue::{FifoBody, Queue};
 use crate::store::endpoints::EndpointStore;
@@ -77,26 +77,7 @@ impl EventSource {
             let list = self.endpoints.list(&ev.app).await.map_err(|e| e.to_string())?;
             cache.insert(ev.app.clone(), list);
         }
-        let body = ev.payload().to_string();
-        let message_id = ev.data["id"].as_str().unwrap_or_default();
-        let jobs: Vec<FifoBody> = cache[&ev.app]
-            .iter()
-            .filter(|ep| ep.wants(&ev.kind))
-            .map(|ep| FifoBody {
-                body: serde_json::to_string(&DeliveryJob {
-                    app: ev.app.clone(),
-                    endpoint: ep.id.clone(),
-                    event_id: ev.id.clone(),
-                    kind: ev.kind.clone(),
-                    body: body.clone(),
-                })
-                .unwrap_or_default(),
-                // One message's events to one endpoint go out in order; a failing
-                // delivery holds back only that message's later events there.
-                group: format!("{}.{message_id}", ep.id),
-                dedup: hex::encode(Sha256::digest(format!("{}.{}", ev.id, ep.id))),
-            })
-            .collect();
+        let jobs = jobs_for(ev, &cache[&ev.app]);
         if jobs.is_empty() {
             return Ok(());
         }
@@ -104,6 +85,30 @@ impl EventSource {
         tracing::info!(event = %ev.id, kind = %ev.kind, endpoints = jobs.len(), "event queued");
         Ok(())
     }
+}
+
+/// One delivery job per endpoint of `endpoints` that wants `ev`.
+fn jobs_for(ev: &Event, endpoints: &[Endpoint]) -> Vec<FifoBody> {
+    let body = ev.payload().to_string();
+    // One message's events to one endpoint go out in order; a failing delivery holds
+    // back only that message's later events there (notices are grouped by their id).
+    let subject = ev.data["id"].as_str().unwrap_or(&ev.id);
+    endpoints
+        .iter()
+        .filter(|ep| ep.wants(&ev.kind))
+        .map(|ep| FifoBody {
+            body: serde_json::to_string(&DeliveryJob {
+                app: ev.app.clone(),
+                endpoint: ep.id.clone(),
+                event_id: ev.id.clone(),
+                kind: ev.kind.clone(),
+                body: body.clone(),
+            })
+            .unwrap_or_default(),
+            group: format!("{}.{subject}", ep.id),
+            dedup: hex::encode(Sha256::digest(format!("{}.{}", ev.id, ep.id))),
+        })
+        .collect()
 }
 
 /// Delivery jobs → signed POSTs.
@@ -233,9 +238,18 @@ impl Deliver {
             error,
             next_attempt_at: None,
         };
+        let verdict = if self.track_streak(&endpoint, verdict, now).await {
+            Verdict::Disable
+        } else {
+            verdict
+        };
         let done = match verdict {
             Verdict::Delivered => {
                 log.outcome = "delivered".into();
+                Done::Ack
+            }
+            Verdict::Disable if status != Some(410) => {
+                log.outcome = "disabled".into();
                 Done::Ack
             }
             Verdict::Disable => {
@@ -264,6 +278,53 @@ impl Deliver {
             tracing::warn!(error = %e, "could not log the attempt");
         }
         done
+    }
+
+    /// Keeps the endpoint's failure streak: a success ends it, the first failure starts
+    /// it, a failure 5 days into it disables the endpoint and notifies the app's other
+    /// endpoints (`endpoint.disabled`). A healthy endpoint costs no write here. `true`
+    /// when it disabled the endpoint.
+    async fn track_streak(&self, endpoint: &Endpoint, verdict: Verdict, now: i64) -> bool {
+        let (app, id) = (&endpoint.app, &endpoint.id);
+        let result = match verdict {
+            Verdict::Disable => return false,
+            Verdict::Delivered if endpoint.failing_since.is_none() => return false,
+            Verdict::Delivered => self.endpoints.set_failing(app, id, None).await,
+            Verdict::RetryAfter(_) | Verdict::GiveUp => match events::streak(endpoint.failing_since, now) {
+                Streak::Begins => self.endpoints.set_failing(app, id, Some(now)).await,
+                Streak::Continues => return false,
+                Streak::Disable => {
+                    let reason = "deliveries failed for 5 days";
+                    if let Err(e) = self.endpoints.disable(app, id, reason, now).await {
+                        tracing::error!(error = %e, endpoint = %id, "could not disable the endpoint");
+                        return false;
+                    }
+                    tracing::warn!(endpoint = %id, app = %app, "endpoint disabled after 5 days of failures");
+                    self.notify(&events::disabled_notice(endpoint, reason, now)).await;
+                    return true;
+                }
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, endpoint = %id, "could not record the failure streak");
+        }
+        false
+    }
+
+    /// Queues a notice to the app's endpoints that want it (the disabled one no longer
+    /// does).
+    async fn notify(&self, notice: &Event) {
+        let queued = match self.endpoints.list(&notice.app).await {
+            Ok(list) => self
+                .delivery
+                .send_fifo(&jobs_for(notice, &list))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = queued {
+            tracing::error!(error = %e, event = %notice.id, "could not queue a notice");
+        }
     }
 
     /// One signed POST: the status answered, or why there was none (never the body).

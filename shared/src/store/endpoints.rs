@@ -136,6 +136,7 @@ impl EndpointStore {
             values.insert(":dis".into(), AttributeValue::Bool(disabled));
             if !disabled {
                 removes.push("disabled_reason");
+                removes.push("failing_since");
             }
         }
         let mut expression = format!("SET {}", sets.join(", "));
@@ -220,6 +221,25 @@ impl EndpointStore {
             .send()
             .await;
         applied(result)
+    }
+
+    /// Starts (`Some(now)`, kept if a streak is already recorded) or ends (`None`) the
+    /// endpoint's failure streak: one UpdateItem, made only when the streak changes.
+    pub async fn set_failing(&self, app: &str, id: &str, since: Option<i64>) -> Result<(), StoreError> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(app))
+            .key("sk", s(ep_sk(id)))
+            .condition_expression("attribute_exists(sk)");
+        let req = match since {
+            Some(at) => req
+                .update_expression("SET failing_since = if_not_exists(failing_since, :at)")
+                .expression_attribute_values(":at", n(at)),
+            None => req.update_expression("REMOVE failing_since"),
+        };
+        applied(req.send().await).map(|_| ())
     }
 
     /// Records one delivery attempt (one PutItem, kept [`ATTEMPT_TTL_DAYS`]).
