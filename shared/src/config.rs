@@ -131,9 +131,10 @@ impl Events {
     }
 }
 
-/// `PUSHGATE_ENDPOINTS_TABLE` (optional for ingest): without it the endpoints API is off.
-pub fn endpoints_table() -> Option<String> {
-    var("PUSHGATE_ENDPOINTS_TABLE")
+/// `PUSHGATE_ENDPOINTS_TABLE` and `PUSHGATE_DELIVERY_QUEUE_URL` (optional for ingest):
+/// without both the endpoints API is off.
+pub fn endpoints_api() -> Option<(String, String)> {
+    var("PUSHGATE_ENDPOINTS_TABLE").zip(var("PUSHGATE_DELIVERY_QUEUE_URL"))
 }
 
 /// Dispatcher settings.

@@ -62,8 +62,9 @@ impl Ingest {
                 Some(table) => TemplateStore::table(s.ddb.clone(), table.clone(), cfg.templates_ttl),
                 None => TemplateStore::bundled(),
             },
-            endpoints: config::endpoints_table().map(|table| crate::handlers::endpoints::EndpointsApi {
+            endpoints: config::endpoints_api().map(|(table, delivery)| crate::handlers::endpoints::EndpointsApi {
                 store: crate::store::endpoints::EndpointStore::new(s.ddb.clone(), table),
+                delivery: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), delivery),
                 clock: crate::clock::system(),
                 allow_private: cfg.webhook_allow_private,
             }),

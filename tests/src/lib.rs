@@ -283,6 +283,7 @@ impl Stack {
                     store_client_for_endpoints.clone(),
                     res.endpoints_table(),
                 ),
+                delivery: Queue::new(sqs.clone(), res.delivery_queue()),
                 clock: pushgate_shared::clock::system(),
                 allow_private: true,
             }),

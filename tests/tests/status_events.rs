@@ -391,7 +391,8 @@ async fn each_event_costs_a_query_and_a_batch_send_and_each_attempt_a_read_and_a
     let source = events.source_calls.snapshot();
     assert_eq!(source.get("DynamoDB.Query"), Some(&1), "{source:?}");
     assert_eq!(source.get("SQS.SendMessageBatch"), Some(&1), "{source:?}");
-    assert_eq!(source.values().sum::<usize>(), 2, "{source:?}");
+    assert_eq!(source.get("DynamoDB.BatchWriteItem"), Some(&1), "{source:?}");
+    assert_eq!(source.values().sum::<usize>(), 3, "{source:?}");
 
     events.pump(&server, 1, Duration::from_secs(10)).await;
     // A first failure also starts the endpoint's failure streak (one UpdateItem).
@@ -655,5 +656,53 @@ async fn bad_endpoints_are_422_naming_the_field_and_unsigned_calls_401() {
     let (status, _) = api(&stack, APP, "forged", "GET", "/v1/endpoints", Value::Null).await;
     assert_eq!(status, 401);
     let (status, _) = api(&stack, APP, APP_SECRETS[0], "GET", "/v1/endpoints/nope", Value::Null).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn replay_resends_the_kept_events_since_a_time_with_their_ids() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (endpoint, secret) = create_endpoint(&stack, &url, json!(["message.accepted"])).await;
+    let before = pushgate_shared::clock::rfc3339(pushgate_shared::clock::now_ms() - 60_000);
+    write_accepted(&stack).await;
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+
+    let path = format!("/v1/endpoints/{endpoint}/replay?since={}", before.replace('+', "%2B"));
+    let (status, b) = api(&stack, APP, APP_SECRETS[0], "POST", &path, Value::Null).await;
+    assert_eq!((status, b["queued"].clone()), (202, json!(1)), "{b}");
+    events.pump(&server, 2, Duration::from_secs(20)).await;
+    let hits = server.hits();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(
+        (hits[1].id.as_str(), hits[1].body.as_str()),
+        (hits[0].id.as_str(), hits[0].body.as_str())
+    );
+    assert!(verifies(&secret, &hits[1]));
+
+    // Nothing since now; a bad time is a 422 naming it; another app's endpoint is a 404.
+    let later = pushgate_shared::clock::rfc3339(pushgate_shared::clock::now_ms() + 1_000);
+    let (_, b) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        &format!("/v1/endpoints/{endpoint}/replay?since={later}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(b["queued"], 0, "{b}");
+    let (status, b) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        &format!("/v1/endpoints/{endpoint}/replay?since=yesterday"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!((status, b["errors"][0]["pointer"].as_str()), (422, Some("query:since")));
+    let (status, _) = api(&stack, OTHER_APP, OTHER_SECRET, "POST", &path, Value::Null).await;
     assert_eq!(status, 404);
 }

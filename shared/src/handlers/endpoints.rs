@@ -13,15 +13,20 @@ use crate::clock::Clock;
 use crate::events::{self, Endpoint, Secret, MAX_ENDPOINTS, ROTATION_OVERLAP_MS};
 use crate::net::check_webhook_url;
 use crate::problem::{FieldError, Problem};
+use crate::queue::Queue;
 use crate::store::endpoints::{EndpointPatch, EndpointStore};
 
 /// How many attempts `GET /v1/endpoints/{id}/attempts` returns (newest first).
 pub const ATTEMPTS_PAGE: i32 = 50;
+/// Most events one replay call queues; the answer's `next_since` continues from there.
+pub const REPLAY_LIMIT: usize = 1000;
 const MAX_DESCRIPTION: usize = 255;
 
 /// The endpoints API over its store.
 pub struct EndpointsApi {
     pub store: EndpointStore,
+    /// The delivery queue, for replays.
+    pub delivery: Queue,
     pub clock: Clock,
     /// `PUSHGATE_WEBHOOK_ALLOW_PRIVATE`: endpoints pass the webhook channel's SSRF rules.
     pub allow_private: bool,
@@ -35,6 +40,7 @@ pub struct Call<'a> {
     pub rest: &'a str,
     pub body: &'a [u8],
     pub content_type: Option<&'a str>,
+    pub query: Option<&'a str>,
 }
 
 impl EndpointsApi {
@@ -56,7 +62,8 @@ impl EndpointsApi {
             }
             ("POST", [id, "rotate"]) => self.rotate(call.app, endpoint_id(id)?).await,
             ("GET", [id, "attempts"]) => self.attempts(call.app, endpoint_id(id)?).await,
-            (_, [_, "rotate" | "attempts"]) => Err(not_allowed()),
+            ("POST", [id, "replay"]) => self.replay(call.app, endpoint_id(id)?, call.query).await,
+            (_, [_, "rotate" | "attempts" | "replay"]) => Err(not_allowed()),
             _ => Err(Problem::not_found("no such route")),
         }
     }
@@ -191,6 +198,56 @@ impl EndpointsApi {
     }
 }
 
+impl EndpointsApi {
+    /// Queues the app's kept events since `?since=` (RFC 3339) again for this endpoint,
+    /// those it subscribes to, oldest first, at most [`REPLAY_LIMIT`] per call. They keep
+    /// their event ids (`webhook-id`); a disabled endpoint gets them once re-enabled.
+    async fn replay(&self, app: &str, id: &str, query: Option<&str>) -> Result<Response<Body>, Problem> {
+        let since = since_param(query)?;
+        let endpoint = self
+            .store
+            .get(app, id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(missing)?;
+        let events = self
+            .store
+            .events_since(app, since, REPLAY_LIMIT)
+            .await
+            .map_err(unavailable)?;
+        let now = (self.clock)();
+        // Wanted regardless of `disabled`: the jobs wait on the queue, and are dropped by
+        // the deliver function if the endpoint is still disabled when they come.
+        let mut subscribed = endpoint.clone();
+        subscribed.disabled = false;
+        let jobs: Vec<_> = events
+            .iter()
+            .flat_map(|ev| super::events::jobs_for(ev, std::slice::from_ref(&subscribed), Some(now)))
+            .collect();
+        self.delivery.send_fifo(&jobs).await.map_err(unavailable)?;
+        tracing::info!(app, endpoint = id, events = jobs.len(), "events replayed");
+        let mut answer = json!({"queued": jobs.len(), "since": crate::clock::rfc3339(since)});
+        if events.len() >= REPLAY_LIMIT {
+            if let Some(last) = events.last() {
+                answer["next_since"] = json!(crate::clock::rfc3339(last.at + 1));
+            }
+        }
+        Ok(json(202, &answer))
+    }
+}
+
+/// `?since=<RFC 3339>` as Unix ms; a 422 naming `query:since` otherwise.
+fn since_param(query: Option<&str>) -> Result<i64, Problem> {
+    let raw = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "since")
+        .map(|(_, v)| v.into_owned());
+    let bad = |why: &str| Problem::unprocessable(vec![FieldError::new("query:since", why)]);
+    let raw = raw.ok_or_else(|| bad("is required: an RFC 3339 time, e.g. 2026-01-01T00:00:00Z"))?;
+    time::OffsetDateTime::parse(&raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+        .map_err(|_| bad("must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z"))
+}
+
 /// The endpoint id from the path: `ep_` and a ULID, else a 404 before any call.
 fn endpoint_id(raw: &str) -> Result<&str, Problem> {
     raw.strip_prefix("ep_")
@@ -315,6 +372,19 @@ mod tests {
         let missing = parse_fields(&body(json!({})), true, false).unwrap_err();
         assert_eq!(missing.errors[0].pointer, "/url");
         assert!(endpoint_id("ep_01HZZZZZZZZZZZZZZZZZZZZZZZ").is_ok());
+        assert_eq!(
+            since_param(Some("since=2026-01-01T00:00:00Z")).unwrap(),
+            1_767_225_600_000
+        );
+        assert_eq!(
+            since_param(Some("since=2026-01-01T08:00:00%2B08:00")).unwrap(),
+            1_767_225_600_000
+        );
+        assert_eq!(
+            since_param(Some("since=yesterday")).unwrap_err().errors[0].pointer,
+            "query:since"
+        );
+        assert_eq!(since_param(None).unwrap_err().status, 422);
         assert_eq!(endpoint_id("../x").unwrap_err().status, 404);
     }
 }

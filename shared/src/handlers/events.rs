@@ -57,15 +57,25 @@ impl EventSource {
     pub async fn handle(&self, event: DynamoDbEvent) -> DynamoDbEventResponse {
         let mut endpoints: HashMap<String, Vec<Endpoint>> = HashMap::new();
         let mut response = DynamoDbEventResponse::default();
+        let mut kept = Vec::new();
         for record in &event.records {
             let Some(ev) = event_of(record) else { continue };
-            if let Err(e) = self.fan_out(&ev, &mut endpoints).await {
+            let result = self.fan_out(&ev, &mut endpoints).await;
+            // Kept for replay only for apps that have endpoints.
+            if endpoints.get(&ev.app).is_some_and(|l| !l.is_empty()) {
+                kept.push(ev.clone());
+            }
+            if let Err(e) = result {
                 tracing::error!(error = %e, event = %ev.id, "could not queue an event; the stream retries");
                 let mut failure = DynamoDbBatchItemFailure::default();
                 failure.item_identifier = record.change.sequence_number.clone();
                 response.batch_item_failures.push(failure);
                 break;
             }
+        }
+        if let Err(e) = self.endpoints.keep_events(&kept).await {
+            // Delivery goes on; only a later replay would miss them.
+            tracing::warn!(error = %e, events = kept.len(), "could not keep events for replay");
         }
         response
     }
@@ -77,7 +87,7 @@ impl EventSource {
             let list = self.endpoints.list(&ev.app).await.map_err(|e| e.to_string())?;
             cache.insert(ev.app.clone(), list);
         }
-        let jobs = jobs_for(ev, &cache[&ev.app]);
+        let jobs = jobs_for(ev, &cache[&ev.app], None);
         if jobs.is_empty() {
             return Ok(());
         }
@@ -87,8 +97,10 @@ impl EventSource {
     }
 }
 
-/// One delivery job per endpoint of `endpoints` that wants `ev`.
-fn jobs_for(ev: &Event, endpoints: &[Endpoint]) -> Vec<FifoBody> {
+/// One delivery job per endpoint of `endpoints` that wants `ev`. `replay` makes the
+/// jobs distinct from the first ones for SQS's de-duplication (same event id for the
+/// receiver).
+pub fn jobs_for(ev: &Event, endpoints: &[Endpoint], replay: Option<i64>) -> Vec<FifoBody> {
     let body = ev.payload().to_string();
     // One message's events to one endpoint go out in order; a failing delivery holds
     // back only that message's later events there (notices are grouped by their id).
@@ -106,7 +118,10 @@ fn jobs_for(ev: &Event, endpoints: &[Endpoint]) -> Vec<FifoBody> {
             })
             .unwrap_or_default(),
             group: format!("{}.{subject}", ep.id),
-            dedup: hex::encode(Sha256::digest(format!("{}.{}", ev.id, ep.id))),
+            dedup: hex::encode(Sha256::digest(match replay {
+                None => format!("{}.{}", ev.id, ep.id),
+                Some(at) => format!("{}.{}.replay.{at}", ev.id, ep.id),
+            })),
         })
         .collect()
 }
@@ -317,7 +332,7 @@ impl Deliver {
         let queued = match self.endpoints.list(&notice.app).await {
             Ok(list) => self
                 .delivery
-                .send_fifo(&jobs_for(notice, &list))
+                .send_fifo(&jobs_for(notice, &list, None))
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

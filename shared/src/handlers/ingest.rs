@@ -396,6 +396,7 @@ impl Ingest {
             rest,
             body,
             content_type: header(req, "content-type"),
+            query: req.uri().query(),
         })
         .await
     }

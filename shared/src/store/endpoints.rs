@@ -3,8 +3,9 @@
 //! another app's endpoint id is simply absent (a 404, never a leak).
 //!
 //! Sort keys: `ep#{endpoint id}` for an endpoint, `at#{endpoint id}#{ulid}` for one
-//! delivery attempt (kept `ATTEMPT_TTL_DAYS`). Listing an app's endpoints or an
-//! endpoint's recent attempts is one Query.
+//! delivery attempt (kept `ATTEMPT_TTL_DAYS`), `ev#{time}#{event id}` for an event kept
+//! for replay (`EVENT_TTL_DAYS`). Listing an app's endpoints, an endpoint's recent
+//! attempts or the app's events since a time is one Query.
 
 use std::collections::HashMap;
 
@@ -12,10 +13,17 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::{applied, aws_err, is_condition_failure, n, s, StoreError};
-use crate::events::{Attempt, Endpoint, Secret};
+use crate::events::{Attempt, Endpoint, Event, Secret};
 
 /// How long delivery attempts stay in the log.
 pub const ATTEMPT_TTL_DAYS: i64 = 7;
+/// How long events are kept for replay.
+pub const EVENT_TTL_DAYS: i64 = 7;
+
+fn ev_sk(at_ms: i64, id: &str) -> String {
+    // Zero-padded so the sort key orders by time.
+    format!("ev#{:015}#{id}", at_ms.max(0))
+}
 
 /// A partial change of an endpoint (PATCH).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -240,6 +248,102 @@ impl EndpointStore {
             None => req.update_expression("REMOVE failing_since"),
         };
         applied(req.send().await).map(|_| ())
+    }
+
+    /// Keeps events for replay (`ev#{time}#{id}` in their app's partition, kept
+    /// [`EVENT_TTL_DAYS`]): one BatchWriteItem per 25, unprocessed items retried once.
+    pub async fn keep_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        for chunk in events.chunks(25) {
+            let mut requests = Vec::with_capacity(chunk.len());
+            for ev in chunk {
+                let item: HashMap<String, AttributeValue> = [
+                    ("pk".to_string(), s(&ev.app)),
+                    ("sk".to_string(), s(ev_sk(ev.at, &ev.id))),
+                    ("id".to_string(), s(&ev.id)),
+                    ("type".to_string(), s(&ev.kind)),
+                    ("at".to_string(), n(ev.at)),
+                    ("data".to_string(), s(ev.data.to_string())),
+                    ("expires_at".to_string(), n(ev.at / 1000 + EVENT_TTL_DAYS * 86_400)),
+                ]
+                .into();
+                let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                requests.push(
+                    aws_sdk_dynamodb::types::WriteRequest::builder()
+                        .put_request(put)
+                        .build(),
+                );
+            }
+            for _ in 0..2 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(aws_err)?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+            }
+            if !requests.is_empty() {
+                return Err(StoreError::Aws(format!(
+                    "{} events not stored (throttled)",
+                    requests.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The app's kept events from `since_ms` on, oldest first, at most `limit` (one Query
+    /// per page of up to 1 MB).
+    pub async fn events_since(&self, app: &str, since_ms: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :app AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":app", s(app))
+                .expression_attribute_values(":from", s(ev_sk(since_ms, "")))
+                .expression_attribute_values(":to", s("ev#~"))
+                .limit(
+                    i32::try_from(limit.saturating_sub(out.len()))
+                        .unwrap_or(i32::MAX)
+                        .max(1),
+                )
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(aws_err)?;
+            for item in page.items.unwrap_or_default() {
+                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                out.push(Event {
+                    id: text("id"),
+                    app: app.to_string(),
+                    kind: text("type"),
+                    at: item
+                        .get("at")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    data: serde_json::from_str(&text("data")).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                });
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Records one delivery attempt (one PutItem, kept [`ATTEMPT_TTL_DAYS`]).
