@@ -131,6 +131,35 @@ impl Events {
     }
 }
 
+/// Sweep settings.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// `PUSHGATE_ENDPOINTS_TABLE`: where the sweep index is kept.
+    pub endpoints_table: String,
+    /// `PUSHGATE_QUEUE_URL`: the send queue, for orphaned records.
+    pub queue_url: String,
+    /// `PUSHGATE_RECEIPT_TIMEOUT_HOURS` (`sms=72,email=48`, merged over those defaults) and
+    /// `PUSHGATE_ORPHAN_AFTER_SECONDS` (300).
+    pub timeouts: crate::sweep::Timeouts,
+}
+
+impl Sweep {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut timeouts = crate::sweep::Timeouts::default();
+        if let Some(spec) = var("PUSHGATE_RECEIPT_TIMEOUT_HOURS") {
+            timeouts = timeouts
+                .with_receipt_hours(&spec)
+                .map_err(|bad| ConfigError::Invalid("PUSHGATE_RECEIPT_TIMEOUT_HOURS", bad))?;
+        }
+        timeouts.dispatch = Duration::from_secs(number("PUSHGATE_ORPHAN_AFTER_SECONDS", 300u64)?);
+        Ok(Self {
+            endpoints_table: required("PUSHGATE_ENDPOINTS_TABLE")?,
+            queue_url: required("PUSHGATE_QUEUE_URL")?,
+            timeouts,
+        })
+    }
+}
+
 /// `PUSHGATE_ENDPOINTS_TABLE` and `PUSHGATE_DELIVERY_QUEUE_URL` (optional for ingest):
 /// without both the endpoints API is off.
 pub fn endpoints_api() -> Option<(String, String)> {

@@ -30,6 +30,7 @@ pub mod request;
 pub mod routing;
 pub mod shaping;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 pub mod templates;
 pub mod wiring;

@@ -124,11 +124,10 @@ impl crate::handlers::events::EventSource {
     pub async fn from_env() -> Result<Self, WiringError> {
         let cfg = config::Events::from_env()?;
         let sdk = crate::aws::load().await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         Ok(Self {
-            endpoints: crate::store::endpoints::EndpointStore::new(
-                aws_sdk_dynamodb::Client::new(&sdk),
-                cfg.endpoints_table,
-            ),
+            sweep: crate::store::sweep::SweepIndex::new(ddb.clone(), cfg.endpoints_table.clone()),
+            endpoints: crate::store::endpoints::EndpointStore::new(ddb, cfg.endpoints_table),
             delivery: Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.delivery_queue_url),
         })
     }
@@ -147,6 +146,20 @@ impl crate::handlers::events::Deliver {
             client: Self::client(cfg.timeout, cfg.allow_private)?,
             clock: crate::clock::system(),
             concurrency: cfg.concurrency,
+        })
+    }
+}
+
+impl crate::handlers::sweep::Sweep {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let s = shared().await?;
+        let cfg = config::Sweep::from_env()?;
+        Ok(Self {
+            index: crate::store::sweep::SweepIndex::new(s.ddb.clone(), cfg.endpoints_table),
+            store: s.store,
+            queue: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), cfg.queue_url),
+            timeouts: cfg.timeouts,
+            clock: crate::clock::system(),
         })
     }
 }

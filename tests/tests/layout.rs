@@ -98,7 +98,7 @@ fn the_shared_modules_import_each_other_without_a_cycle() {
     }
     // The domain imports no adapter.
     for domain in [
-        "message", "request", "delivery", "shaping", "routing", "ports", "dispatch",
+        "message", "request", "delivery", "shaping", "routing", "ports", "dispatch", "events", "sweep",
     ] {
         for adapter in ["store", "providers", "queue", "apps", "handlers", "wiring"] {
             assert!(

@@ -168,6 +168,7 @@ impl Events {
         let (source_calls, deliver_calls) = (CallCounter::default(), CallCounter::default());
         let (ddb, sqs) = counted(stack, &source_calls);
         let source = Arc::new(EventSource {
+            sweep: pushgate_shared::store::sweep::SweepIndex::new(ddb.clone(), stack.res.endpoints_table()),
             endpoints: EndpointStore::new(ddb, stack.res.endpoints_table()),
             delivery: Queue::new(sqs, stack.res.delivery_queue()),
         });
@@ -391,8 +392,9 @@ async fn each_event_costs_a_query_and_a_batch_send_and_each_attempt_a_read_and_a
     let source = events.source_calls.snapshot();
     assert_eq!(source.get("DynamoDB.Query"), Some(&1), "{source:?}");
     assert_eq!(source.get("SQS.SendMessageBatch"), Some(&1), "{source:?}");
-    assert_eq!(source.get("DynamoDB.BatchWriteItem"), Some(&1), "{source:?}");
-    assert_eq!(source.values().sum::<usize>(), 3, "{source:?}");
+    // One BatchWriteItem keeps the event for replay, one the sweep index.
+    assert_eq!(source.get("DynamoDB.BatchWriteItem"), Some(&2), "{source:?}");
+    assert_eq!(source.values().sum::<usize>(), 4, "{source:?}");
 
     events.pump(&server, 1, Duration::from_secs(10)).await;
     // A first failure also starts the endpoint's failure streak (one UpdateItem).
@@ -705,4 +707,70 @@ async fn replay_resends_the_kept_events_since_a_time_with_their_ids() {
     assert_eq!((status, b["errors"][0]["pointer"].as_str()), (422, Some("query:since")));
     let (status, _) = api(&stack, OTHER_APP, OTHER_SECRET, "POST", &path, Value::Null).await;
     assert_eq!(status, 404);
+}
+
+/// The sweep on a clock `ahead_ms` in the future.
+fn sweep_at(stack: &Stack, ahead_ms: i64) -> pushgate_shared::handlers::sweep::Sweep {
+    let calls = CallCounter::default();
+    let (ddb, sqs) = counted(stack, &calls);
+    pushgate_shared::handlers::sweep::Sweep {
+        index: pushgate_shared::store::sweep::SweepIndex::new(ddb.clone(), stack.res.endpoints_table()),
+        store: pushgate_shared::store::Store::new(ddb, stack.res.messages_table()),
+        queue: Queue::new(sqs, stack.res.send_queue()),
+        timeouts: Default::default(),
+        clock: Arc::new(move || pushgate_shared::clock::now_ms() + ahead_ms),
+    }
+}
+
+/// Reads the stream until it has nothing new (the events function keeps the index).
+async fn settle(events: &Events) {
+    for _ in 0..3 {
+        events.reader.poll_once().await.expect("stream");
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_moves_a_silent_sms_to_unknown_with_its_event_and_requeues_an_orphan() {
+    let stack = sms_stack().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (_, secret) = create_endpoint(&stack, &url, json!(["message.unknown"])).await;
+    let id = stack
+        .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(stack.record(&id).await.status, Status::Sent);
+    settle(&events).await;
+
+    // Before the SMS timeout (72 h) nothing moves; after it, the silent SMS is `unknown`.
+    assert_eq!(sweep_at(&stack, 71 * 3_600_000).run().await.expired, 0);
+    let swept = sweep_at(&stack, 73 * 3_600_000).run().await;
+    assert_eq!(swept.expired, 1, "{swept:?}");
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.reason.as_deref()), (Status::Unknown, Some("no_receipt")));
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    let hits = server.hits();
+    assert_eq!(types_of(&hits), ["message.unknown"]);
+    assert!(verifies(&secret, &hits[0]));
+    settle(&events).await;
+    assert_eq!(
+        sweep_at(&stack, 73 * 3_600_000).run().await.expired,
+        0,
+        "its entry is gone"
+    );
+
+    // An accepted record nobody queued (ingest died after its write) is queued after 5 min.
+    let orphan = write_accepted(&stack).await;
+    settle(&events).await;
+    assert_eq!(sweep_at(&stack, 60_000).run().await.requeued, 0, "not yet");
+    assert_eq!(sweep_at(&stack, 6 * 60_000).run().await.requeued, 1);
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 1);
+    stack.drain(Duration::from_secs(10)).await;
+    assert_ne!(stack.record(&orphan.id).await.status, Status::Accepted, "dispatched");
+    settle(&events).await;
+    assert_eq!(
+        sweep_at(&stack, 6 * 60_000).run().await.requeued,
+        0,
+        "dispatched: no longer an orphan"
+    );
 }

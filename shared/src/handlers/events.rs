@@ -23,11 +23,14 @@ use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, St
 use crate::net::{guarded_resolver, BlockedAddress};
 use crate::queue::{FifoBody, Queue};
 use crate::store::endpoints::EndpointStore;
+use crate::store::sweep::SweepIndex;
 
 /// Stream records → delivery jobs.
 pub struct EventSource {
     pub endpoints: EndpointStore,
     pub delivery: Queue,
+    /// The sweep index, kept from the same records (see [`crate::sweep`]).
+    pub sweep: SweepIndex,
 }
 
 /// The status image in a stream record's item, if the item is a message record (guards,
@@ -49,6 +52,13 @@ pub fn event_of(record: &EventRecord) -> Option<Event> {
     events::from_change(old.as_ref(), &new)
 }
 
+/// The sweep index changes a stream record makes (removals included).
+fn sweep_ops(record: &EventRecord) -> Vec<crate::sweep::IndexOp> {
+    let new = image(&record.change.new_image);
+    let old = image(&record.change.old_image);
+    crate::sweep::index_ops(old.as_ref(), new.as_ref())
+}
+
 impl EventSource {
     /// Turns a batch of stream records into delivery jobs. On a failure it reports the
     /// first record not fully queued (`batchItemFailures`), so the event source retries
@@ -57,6 +67,16 @@ impl EventSource {
     pub async fn handle(&self, event: DynamoDbEvent) -> DynamoDbEventResponse {
         let mut endpoints: HashMap<String, Vec<Endpoint>> = HashMap::new();
         let mut response = DynamoDbEventResponse::default();
+        // The sweep index first: if it cannot be written, the whole batch comes again
+        // before any event went out.
+        let ops: Vec<_> = event.records.iter().flat_map(sweep_ops).collect();
+        if let Err(e) = self.sweep.apply(&ops).await {
+            tracing::error!(error = %e, "sweep index not written; the stream retries");
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = event.records.first().and_then(|r| r.change.sequence_number.clone());
+            response.batch_item_failures.push(failure);
+            return response;
+        }
         let mut kept = Vec::new();
         for record in &event.records {
             let Some(ev) = event_of(record) else { continue };

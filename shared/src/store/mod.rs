@@ -17,6 +17,7 @@ mod messages;
 mod ports;
 mod quota;
 pub mod routes;
+pub mod sweep;
 mod throttle;
 pub use breaker::Breaker;
 pub use callbacks::{HeldReceipt, ReceiptOutcome};

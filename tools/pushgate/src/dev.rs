@@ -200,6 +200,17 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         Arc::new(HttpInvoker::new(&api, "deliver")),
     );
     let delivery_task = tokio::spawn(async move { delivery_poller.run(std::future::pending()).await });
+    // The sweep's schedule (EventBridge on AWS) on the dev stack's clock: every minute.
+    let sweep_url = format!("{api}/2015-03-31/functions/sweep/invocations");
+    let sweep_task = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Err(e) = http.post(&sweep_url).json(&serde_json::json!({})).send().await {
+                tracing::warn!(error = %e, "sweep invocation failed");
+            }
+        }
+    });
 
     let mut sandbox = crate::sandbox::ReceiptSandbox::new(
         aws_sdk_dynamodb::Client::new(&sdk),
@@ -265,6 +276,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let _ = stop_tx.send(());
     let _ = poll_task.await;
     stream_task.abort();
+    sweep_task.abort();
     delivery_task.abort();
     sandbox_task.abort();
     stop_group(&mut watch).await;
@@ -329,7 +341,7 @@ async fn warm_up(api: &str) {
         .unwrap_or_default();
     let _ = http.get(format!("{api}/v1/messages/warm-up")).send().await;
     let _ = http.post(format!("{api}/v1/callbacks/warm-up")).send().await;
-    for function in ["dispatcher", "events", "deliver"] {
+    for function in ["dispatcher", "events", "deliver", "sweep"] {
         let _ = http
             .post(format!("{api}/2015-03-31/functions/{function}/invocations"))
             .json(&serde_json::json!({"Records": []}))
