@@ -16,6 +16,8 @@ use crate::sweep::{Timeouts, Waiting};
 
 /// Entries read per partition and run: a backlog drains over several runs.
 pub const BATCH: i32 = 100;
+/// An orphan still unclaimed after being queued for a day is dropped from the index.
+pub const ORPHAN_GIVE_UP_MS: i64 = 24 * 3_600 * 1_000;
 
 pub struct Sweep {
     pub index: SweepIndex,
@@ -69,6 +71,13 @@ impl Sweep {
                 }
             };
             for entry in due {
+                if now.saturating_sub(entry.since) > ORPHAN_GIVE_UP_MS {
+                    // Queued every run for a day and never claimed: its record is gone
+                    // (or expired); stop queueing it.
+                    tracing::warn!(id = %entry.id, "orphaned record never claimed; dropped from the sweep");
+                    let _ = self.index.apply(&[crate::sweep::IndexOp::Delete(entry)]).await;
+                    continue;
+                }
                 // A duplicate job is harmless: the dispatcher's claim sends once.
                 match self
                     .queue
