@@ -431,6 +431,47 @@ fn describe(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    /// A stream record as Lambda delivers it (the documented shape): a claim (no event),
+    /// then the finish to `sent` (one event, nothing of the recipient or content).
+    #[test]
+    fn reads_lambdas_dynamodb_stream_records() {
+        let image = |status: &str, history: usize| {
+            serde_json::json!({
+                "pk": {"S": "shop_s_ab"}, "id": {"S": "01J0000000000000000000000A"}, "app": {"S": "shop"},
+                "channel": {"S": "sms"}, "status": {"S": status}, "status_rank": {"N": "2"},
+                "updated_at": {"N": "1767225600000"}, "to": {"S": "+8613800138000"},
+                "content": {"M": {"text": {"S": "secret code 1234"}}}, "provider": {"S": "aliyun"},
+                "history": {"L": (0..history).map(|_| serde_json::json!({"M": {"at": {"N": "1"}, "status": {"S": status}}})).collect::<Vec<_>>()}
+            })
+        };
+        let record = |name: &str, old: serde_json::Value, new: serde_json::Value| {
+            serde_json::json!({
+                "eventID": "1", "eventName": name, "eventVersion": "1.1", "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/m/stream/2026-01-01T00:00:00.000",
+                "dynamodb": {"ApproximateCreationDateTime": 1767225600.0, "Keys": {"pk": {"S": "shop_s_ab"}},
+                             "NewImage": new, "OldImage": old, "SequenceNumber": "111", "SizeBytes": 26,
+                             "StreamViewType": "NEW_AND_OLD_IMAGES"}
+            })
+        };
+        let event: DynamoDbEvent = serde_json::from_value(serde_json::json!({"Records": [
+            record("MODIFY", image("accepted", 1), image("sending", 2)),
+            record("MODIFY", image("sending", 2), image("sent", 3)),
+            record("REMOVE", image("sent", 3), serde_json::json!({})),
+        ]}))
+        .unwrap();
+        let made: Vec<Event> = event.records.iter().filter_map(event_of).collect();
+        assert_eq!(made.len(), 1);
+        assert_eq!(
+            (made[0].kind.as_str(), made[0].data["seq"].as_u64()),
+            ("message.sent", Some(3))
+        );
+        let body = made[0].payload().to_string();
+        assert!(!body.contains("8613800138000") && !body.contains("1234"), "{body}");
+        let ops: Vec<_> = event.records.iter().flat_map(sweep_ops).collect();
+        assert_eq!(ops.len(), 3, "accepted left, sent entered, sent left: {ops:?}");
+    }
+
     /// Standard Webhooks' published test vector (the reference libraries' own).
     #[test]
     fn signs_the_published_vector_with_every_secret() {
