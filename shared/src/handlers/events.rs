@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, Streak, Verdict};
-use crate::net::{guarded_resolver, BlockedAddress};
+use crate::net::{guarded_client, is_blocked};
 use crate::queue::{FifoBody, Queue};
 use crate::store::endpoints::EndpointStore;
 use crate::store::sweep::SweepIndex;
@@ -102,16 +102,16 @@ impl EventSource {
 
     /// Queues `ev` for each endpoint of its app that wants it; the app's endpoints are
     /// read once per batch.
-    async fn fan_out(&self, ev: &Event, cache: &mut HashMap<String, Vec<Endpoint>>) -> Result<(), String> {
+    async fn fan_out(&self, ev: &Event, cache: &mut HashMap<String, Vec<Endpoint>>) -> Result<(), EventsError> {
         if !cache.contains_key(&ev.app) {
-            let list = self.endpoints.list(&ev.app).await.map_err(|e| e.to_string())?;
+            let list = self.endpoints.list(&ev.app).await?;
             cache.insert(ev.app.clone(), list);
         }
         let jobs = jobs_for(ev, &cache[&ev.app], None);
         if jobs.is_empty() {
             return Ok(());
         }
-        self.delivery.send_fifo(&jobs).await.map_err(|e| e.to_string())?;
+        self.delivery.send_fifo(&jobs).await?;
         tracing::info!(event = %ev.id, kind = %ev.kind, endpoints = jobs.len(), "event queued");
         Ok(())
     }
@@ -165,18 +165,10 @@ enum Done {
 }
 
 impl Deliver {
-    /// The HTTP client for endpoints: no redirects, a total timeout, the webhook
-    /// channel's address guard, no proxy from the environment (the guard must see the
-    /// endpoint's own addresses).
+    /// The HTTP client for endpoints: the webhook channel's ([`guarded_client`]: no
+    /// redirects, a total timeout, the address guard, no proxy from the environment).
     pub fn client(timeout: Duration, allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .dns_resolver(guarded_resolver(allow_private))
-            .no_proxy()
-            .user_agent("Pushgate-Events/1")
-            .build()
+        guarded_client(timeout, allow_private, "Pushgate-Events/1")
     }
 
     /// Delivers a batch; jobs to try again later are reported in `batchItemFailures`
@@ -349,14 +341,11 @@ impl Deliver {
     /// Queues a notice to the app's endpoints that want it (the disabled one no longer
     /// does).
     async fn notify(&self, notice: &Event) {
-        let queued = match self.endpoints.list(&notice.app).await {
-            Ok(list) => self
-                .delivery
-                .send_fifo(&jobs_for(notice, &list, None))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let queued: Result<(), EventsError> = async {
+            let list = self.endpoints.list(&notice.app).await?;
+            Ok(self.delivery.send_fifo(&jobs_for(notice, &list, None)).await?)
+        }
+        .await;
         if let Err(e) = queued {
             tracing::error!(error = %e, event = %notice.id, "could not queue a notice");
         }
@@ -372,7 +361,7 @@ impl Deliver {
             job.body.as_bytes(),
         ) {
             Ok(s) => s,
-            Err(e) => return (None, Some(e)),
+            Err(e) => return (None, Some(e.to_string())),
         };
         let result = self
             .client
@@ -397,28 +386,44 @@ impl Deliver {
 
 /// `webhook-signature`: one `v1,<base64>` per secret, space-separated (Standard
 /// Webhooks: receivers accept the message if any one verifies).
-pub fn sign(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+pub fn sign(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> Result<String, SignError> {
     let mut out = Vec::with_capacity(secrets.len());
     for secret in secrets {
-        let signer = standardwebhooks::Webhook::new(secret).map_err(|_| "endpoint secret unreadable".to_string())?;
-        out.push(signer.sign(id, timestamp, body).map_err(|e| e.to_string())?);
+        let signer = standardwebhooks::Webhook::new(secret).map_err(|_| SignError::BadSecret)?;
+        out.push(signer.sign(id, timestamp, body).map_err(|_| SignError::Body)?);
     }
     if out.is_empty() {
-        return Err("endpoint has no active secret".into());
+        return Err(SignError::NoSecret);
     }
     Ok(out.join(" "))
 }
 
+/// Why an event could not be signed (logged as the attempt's error; never retried
+/// differently: the endpoint's owner fixes it).
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("endpoint secret unreadable")]
+    BadSecret,
+    #[error("event body is not UTF-8")]
+    Body,
+    #[error("endpoint has no active secret")]
+    NoSecret,
+}
+
+/// Why events could not be queued (the stream batch is retried from that record).
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
 /// Why a request got no answer, without URLs or bodies.
 fn describe(e: &reqwest::Error) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<BlockedAddress>().is_some() {
-            return "target resolves to a disallowed address".into();
-        }
-        source = s.source();
-    }
-    if e.is_timeout() {
+    if is_blocked(e) {
+        "target resolves to a disallowed address".into()
+    } else if e.is_timeout() {
         "timeout".into()
     } else if e.is_connect() {
         "connection failed".into()

@@ -9,7 +9,7 @@ use crate::apps::AppConfig;
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
-use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
+use crate::net::{check_webhook_url, guarded_client, is_blocked};
 
 /// Standard Webhooks signature of the exact bytes sent: `v1,` + base64(HMAC-SHA256(key,
 /// "{id}.{timestamp}.{body}")) where key is the base64 part of `whsec_…`, computed by the
@@ -46,19 +46,10 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A client with no redirects, a total timeout and the address guard. Proxies from
-    /// the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored: through a
-    /// proxy the guard would check the proxy's address, not the tenant's target, and the
-    /// proxy could reach whatever the guard refuses.
+    /// A client with no redirects, a total timeout and the address guard, ignoring
+    /// proxies from the environment ([`guarded_client`]).
     pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .dns_resolver(guarded_resolver(allow_private))
-            .no_proxy()
-            .user_agent("Pushgate-Webhooks/1")
-            .build()?;
+        let client = guarded_client(timeout, allow_private, "Pushgate-Webhooks/1")?;
         Ok(Self {
             client,
             allow_private,
@@ -75,16 +66,12 @@ fn classify_status(status: u16) -> ErrorClass {
 }
 
 fn classify_error(e: &reqwest::Error) -> ProviderError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<BlockedAddress>().is_some() {
-            return ProviderError::new(
-                ErrorClass::Permanent,
-                "target_not_allowed",
-                "target resolves to a disallowed address",
-            );
-        }
-        source = s.source();
+    if is_blocked(e) {
+        return ProviderError::new(
+            ErrorClass::Permanent,
+            "target_not_allowed",
+            "target resolves to a disallowed address",
+        );
     }
     super::transport_error(e)
 }
