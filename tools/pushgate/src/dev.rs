@@ -200,6 +200,27 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         Arc::new(HttpInvoker::new(&api, "deliver")),
     );
     let delivery_task = tokio::spawn(async move { delivery_poller.run(std::future::pending()).await });
+    // The dev app's status events go to the receiver, which trusts that endpoint's secret.
+    let events_hook = format!("http://{}/hooks/events", receiver.addr);
+    let client = crate::client::ApiClient::new(&api, &app_key, &app_secret);
+    match client
+        .request(
+            "POST",
+            "/v1/endpoints",
+            Some(&serde_json::json!({"url": events_hook})),
+            &[],
+        )
+        .await
+    {
+        Ok(r) if r.status == 201 => {
+            if let Some(secret) = r.body["secret"].as_str() {
+                receiver.trust(secret);
+            }
+            println!("pushgate dev: the dev app's status events go to {events_hook}");
+        }
+        Ok(r) => tracing::warn!(status = r.status, "could not create the dev app's event endpoint"),
+        Err(e) => tracing::warn!(error = %e, "could not create the dev app's event endpoint"),
+    }
     // The sweep's schedule (EventBridge on AWS) on the dev stack's clock: every minute.
     let sweep_url = format!("{api}/2015-03-31/functions/sweep/invocations");
     let sweep_task = tokio::spawn(async move {
