@@ -407,9 +407,11 @@ async fn each_event_costs_a_query_and_a_batch_send_and_each_attempt_a_read_and_a
     // The success after it ends the streak (one UpdateItem).
     events.deliver_calls.reset();
     events.pump(&server, 2, Duration::from_secs(20)).await;
+    // A retry also reads how often the job was held back (one GetItem).
     let recovered = events.deliver_calls.snapshot();
     assert_eq!(recovered.get("DynamoDB.UpdateItem"), Some(&1), "{recovered:?}");
-    assert_eq!(recovered.values().sum::<usize>(), 3, "{recovered:?}");
+    assert_eq!(recovered.get("DynamoDB.GetItem"), Some(&2), "{recovered:?}");
+    assert_eq!(recovered.values().sum::<usize>(), 4, "{recovered:?}");
     // A healthy endpoint: one read, one log write per event.
     write_accepted(&stack).await;
     events.deliver_calls.reset();
@@ -486,12 +488,15 @@ async fn a_retried_event_keeps_the_messages_later_events_behind_it() {
     let stack = sms_stack().await;
     let events = Events::new(&stack);
     let (server, url) = EndpointServer::start(&[500]).await;
-    let (_, secret) = create_endpoint(&stack, &url, Value::Null).await;
+    let (endpoint, secret) = create_endpoint(&stack, &url, Value::Null).await;
     let id = stack
         .accept(json!({"channel":"sms","to":"+8613800138000","template":"verification_code","data":{"code":"1","minutes":1}}))
         .await;
     stack.drain(Duration::from_secs(10)).await;
     assert_eq!(stack.record(&id).await.status, Status::Sent);
+    // Both events are on the delivery queue before the first delivery: the `sent` job
+    // is received with the failing `accepted` one and held back.
+    while events.reader.poll_once().await.unwrap() == 0 {}
     events.pump(&server, 3, Duration::from_secs(30)).await;
     let hits = server.hits();
     assert_eq!(
@@ -500,6 +505,14 @@ async fn a_retried_event_keeps_the_messages_later_events_behind_it() {
         "the 500 is retried before the next event goes"
     );
     assert!(hits.iter().all(|h| verifies(&secret, h)));
+    // Being held back is not an attempt: the `sent` event went out on its first.
+    let attempts = events.store.attempts(APP, &endpoint, 10).await.unwrap();
+    let sent: Vec<u32> = attempts
+        .iter()
+        .filter(|a| a.kind == "message.sent")
+        .map(|a| a.attempt)
+        .collect();
+    assert_eq!(sent, [1], "{attempts:?}");
 }
 
 #[tokio::test]

@@ -218,6 +218,16 @@ impl Deliver {
         for record in records {
             let id = record.message_id.clone();
             let done = if blocked {
+                // Counted, so its own attempts are numbered without this receive.
+                if let Some(job) = job_of(&record) {
+                    let counted = self
+                        .endpoints
+                        .count_hold_back(&job.app, &job.endpoint, &job.event_id, (self.clock)())
+                        .await;
+                    if let Err(e) = counted {
+                        tracing::warn!(error = %e, "could not count a hold-back");
+                    }
+                }
                 Done::Later(record.receipt_handle.clone().unwrap_or_default(), Duration::ZERO)
             } else {
                 self.deliver(record).await
@@ -230,20 +240,11 @@ impl Deliver {
 
     async fn deliver(&self, record: SqsMessage) -> Done {
         let handle = record.receipt_handle.clone().unwrap_or_default();
-        let Some(job) = record
-            .body
-            .as_deref()
-            .and_then(|b| serde_json::from_str::<DeliveryJob>(b).ok())
-        else {
+        let Some(job) = job_of(&record) else {
             tracing::error!("unreadable delivery job dropped");
             return Done::Ack;
         };
-        let attempt = record
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse::<usize>().ok())
-            .unwrap_or(1)
-            .saturating_sub(1);
+        let attempt = self.attempt_of(&record, &job).await;
         let endpoint = match self.endpoints.get(&job.app, &job.endpoint).await {
             Ok(Some(ep)) if !ep.disabled => ep,
             Ok(_) => return Done::Ack, // deleted or disabled since: nothing to deliver
@@ -351,6 +352,28 @@ impl Deliver {
         }
     }
 
+    /// The job's attempt number (0-based): its receives, less the ones that held it back
+    /// behind its message's earlier event (read only when it was received before).
+    async fn attempt_of(&self, record: &SqsMessage, job: &DeliveryJob) -> usize {
+        let receives = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse::<usize>().ok())
+            .unwrap_or(1);
+        if receives <= 1 {
+            return 0;
+        }
+        let held = self
+            .endpoints
+            .hold_backs(&job.app, &job.endpoint, &job.event_id)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read hold-backs");
+                0
+            });
+        receives.saturating_sub(1).saturating_sub(held)
+    }
+
     /// One signed POST: the status answered, or why there was none (never the body).
     async fn post(&self, endpoint: &Endpoint, job: &DeliveryJob, now_ms: i64) -> (Option<u16>, Option<String>) {
         let timestamp = now_ms / 1000;
@@ -382,6 +405,10 @@ impl Deliver {
             Err(e) => (None, Some(describe(&e))),
         }
     }
+}
+
+fn job_of(record: &SqsMessage) -> Option<DeliveryJob> {
+    serde_json::from_str(record.body.as_deref()?).ok()
 }
 
 /// `webhook-signature`: one `v1,<base64>` per secret, space-separated (Standard

@@ -346,6 +346,47 @@ impl EndpointStore {
         }
     }
 
+    /// Counts one hold-back of a delivery job (received behind its message's failing
+    /// earlier event and handed back unattempted): one UpdateItem, kept 3 days.
+    pub async fn count_hold_back(
+        &self,
+        app: &str,
+        endpoint: &str,
+        event_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(app))
+            .key("sk", s(format!("hb#{endpoint}#{event_id}")))
+            .update_expression("ADD held :one SET expires_at = :exp")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":exp", n(now_ms / 1000 + 3 * 86_400))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(aws_err)
+    }
+
+    /// How often a delivery job was held back (one GetItem).
+    pub async fn hold_backs(&self, app: &str, endpoint: &str, event_id: &str) -> Result<usize, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(app))
+            .key("sk", s(format!("hb#{endpoint}#{event_id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(out
+            .item
+            .and_then(|i| i.get("held").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
+            .unwrap_or(0))
+    }
+
     /// Records one delivery attempt (one PutItem, kept [`ATTEMPT_TTL_DAYS`]).
     pub async fn log_attempt(&self, app: &str, endpoint: &str, attempt: &Attempt) -> Result<(), StoreError> {
         let item: serde_dynamo::Item =
