@@ -139,6 +139,68 @@ impl Ingest {
     }
 }
 
+/// Settings of the event functions (`events`, `deliver`) and of the endpoints API.
+#[derive(Debug, Clone)]
+pub struct Events {
+    /// `PUSHGATE_ENDPOINTS_TABLE`: apps' event endpoints and their delivery attempts.
+    pub endpoints_table: String,
+    /// `PUSHGATE_DELIVERY_QUEUE_URL`: one job per event and endpoint.
+    pub delivery_queue_url: String,
+    /// `PUSHGATE_WEBHOOK_TIMEOUT_MS` (5000): one delivery POST, connection included.
+    pub timeout: Duration,
+    /// `PUSHGATE_WEBHOOK_ALLOW_PRIVATE` (false): endpoints pass the webhook SSRF rules.
+    pub allow_private: bool,
+    /// `PUSHGATE_DELIVERY_CONCURRENCY` (10): deliveries of a batch in flight at once.
+    pub concurrency: usize,
+}
+
+impl Events {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            endpoints_table: required("PUSHGATE_ENDPOINTS_TABLE")?,
+            delivery_queue_url: required("PUSHGATE_DELIVERY_QUEUE_URL")?,
+            timeout: Duration::from_millis(number("PUSHGATE_WEBHOOK_TIMEOUT_MS", 5000u64)?),
+            allow_private: flag("PUSHGATE_WEBHOOK_ALLOW_PRIVATE")?,
+            concurrency: number("PUSHGATE_DELIVERY_CONCURRENCY", 10usize)?.max(1),
+        })
+    }
+}
+
+/// Sweep settings.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// `PUSHGATE_ENDPOINTS_TABLE`: where the sweep index is kept.
+    pub endpoints_table: String,
+    /// `PUSHGATE_QUEUE_URL`: the send queue, for orphaned records.
+    pub queue_url: String,
+    /// `PUSHGATE_RECEIPT_TIMEOUT_HOURS` (`sms=72,email=48`, merged over those defaults) and
+    /// `PUSHGATE_ORPHAN_AFTER_SECONDS` (300).
+    pub timeouts: crate::sweep::Timeouts,
+}
+
+impl Sweep {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut timeouts = crate::sweep::Timeouts::default();
+        if let Some(spec) = var("PUSHGATE_RECEIPT_TIMEOUT_HOURS") {
+            timeouts = timeouts
+                .with_receipt_hours(&spec)
+                .map_err(|bad| ConfigError::Invalid("PUSHGATE_RECEIPT_TIMEOUT_HOURS", bad))?;
+        }
+        timeouts.dispatch = Duration::from_secs(number("PUSHGATE_ORPHAN_AFTER_SECONDS", 300u64)?);
+        Ok(Self {
+            endpoints_table: required("PUSHGATE_ENDPOINTS_TABLE")?,
+            queue_url: required("PUSHGATE_QUEUE_URL")?,
+            timeouts,
+        })
+    }
+}
+
+/// `PUSHGATE_ENDPOINTS_TABLE` and `PUSHGATE_DELIVERY_QUEUE_URL` (optional for ingest):
+/// without both the endpoints API is off.
+pub fn endpoints_api() -> Option<(String, String)> {
+    var("PUSHGATE_ENDPOINTS_TABLE").zip(var("PUSHGATE_DELIVERY_QUEUE_URL"))
+}
+
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct Dispatch {

@@ -163,6 +163,37 @@ pub fn guarded_resolver(allow_private: bool) -> Arc<GuardedResolver> {
     Arc::new(GuardedResolver { allow_private })
 }
 
+/// An HTTP client for targets a tenant chooses (webhooks, status event endpoints): no
+/// redirects, a total timeout, the address guard, and no proxy from the environment
+/// (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`): through a proxy the guard would check the
+/// proxy's address, not the target's, and the proxy could reach whatever it refuses.
+pub fn guarded_client(
+    timeout: std::time::Duration,
+    allow_private: bool,
+    user_agent: &str,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(3)))
+        .dns_resolver(guarded_resolver(allow_private))
+        .no_proxy()
+        .user_agent(user_agent)
+        .build()
+}
+
+/// Whether a request failed because its target resolves only to disallowed addresses.
+pub fn is_blocked(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<BlockedAddress>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,12 @@ impl Ingest {
                     c.role_arn.clone(),
                 )
             }),
+            endpoints: config::endpoints_api().map(|(table, delivery)| crate::handlers::endpoints::EndpointsApi {
+                store: crate::store::endpoints::EndpointStore::new(s.ddb.clone(), table),
+                delivery: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), delivery),
+                clock: crate::clock::system(),
+                allow_private: cfg.webhook_allow_private,
+            }),
             cfg,
             clock: crate::clock::system(),
             filters: Default::default(),
@@ -118,6 +124,50 @@ impl Callback {
             public_url: config::public_url(),
             sns: Arc::new(crate::providers::sns::SnsTrust::from_env().map_err(WiringError::Sns)?),
             allowed_ips: crate::allowlist::AllowLists::from_env()?,
+        })
+    }
+}
+
+impl crate::handlers::events::EventSource {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let cfg = config::Events::from_env()?;
+        let sdk = crate::aws::load().await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        Ok(Self {
+            sweep: crate::store::sweep::SweepIndex::new(ddb.clone(), cfg.endpoints_table.clone()),
+            endpoints: crate::store::endpoints::EndpointStore::new(ddb, cfg.endpoints_table),
+            delivery: Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.delivery_queue_url),
+        })
+    }
+}
+
+impl crate::handlers::events::Deliver {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let cfg = config::Events::from_env()?;
+        let sdk = crate::aws::load().await;
+        Ok(Self {
+            endpoints: crate::store::endpoints::EndpointStore::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                cfg.endpoints_table,
+            ),
+            delivery: Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.delivery_queue_url),
+            client: Self::client(cfg.timeout, cfg.allow_private)?,
+            clock: crate::clock::system(),
+            concurrency: cfg.concurrency,
+        })
+    }
+}
+
+impl crate::handlers::sweep::Sweep {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let s = shared().await?;
+        let cfg = config::Sweep::from_env()?;
+        Ok(Self {
+            index: crate::store::sweep::SweepIndex::new(s.ddb.clone(), cfg.endpoints_table),
+            store: s.store,
+            queue: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), cfg.queue_url),
+            timeouts: cfg.timeouts,
+            clock: crate::clock::system(),
         })
     }
 }

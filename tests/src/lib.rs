@@ -252,6 +252,7 @@ impl Stack {
                 .build(),
         );
         let ddb_for_providers = ddb.clone();
+        let store_client_for_endpoints = ddb.clone();
         let store = Store::new(ddb, res.messages_table());
         let apps = Arc::new(Apps::new(
             Arc::new(SecretsManagerSource::new(sm, secret_id.clone())),
@@ -286,6 +287,15 @@ impl Stack {
                 res.send_queue_arn().to_string(),
                 resources::LOCAL_SCHEDULER_ROLE_ARN.to_string(),
             )),
+            endpoints: Some(pushgate_shared::handlers::endpoints::EndpointsApi {
+                store: pushgate_shared::store::endpoints::EndpointStore::new(
+                    store_client_for_endpoints.clone(),
+                    res.endpoints_table(),
+                ),
+                delivery: Queue::new(sqs.clone(), res.delivery_queue()),
+                clock: pushgate_shared::clock::system(),
+                allow_private: true,
+            }),
         });
         let dispatch_cfg = config::Dispatch {
             queue_url: res.send_queue().to_string(),

@@ -218,6 +218,7 @@ async fn a_failed_enqueue_answers_503_and_keeps_no_record() {
         clock: pushgate_shared::clock::system(),
         filters: Default::default(),
         scheduler: None,
+        endpoints: None,
     };
     let body = webhook_body(&stack, "lost?");
     let (status, headers, problem) = parts(

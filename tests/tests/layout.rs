@@ -98,7 +98,8 @@ fn the_shared_modules_import_each_other_without_a_cycle() {
     }
     // The domain imports no adapter.
     for domain in [
-        "message", "request", "delivery", "shaping", "routing", "ports", "dispatch", "schedule",
+        "message", "request", "delivery", "shaping", "routing", "ports", "dispatch", "schedule", "batch", "events",
+        "sweep",
     ] {
         for adapter in ["store", "providers", "queue", "scheduler", "apps", "handlers", "wiring"] {
             assert!(

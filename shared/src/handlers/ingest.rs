@@ -54,6 +54,9 @@ pub struct Ingest {
     pub filters: FilterCache,
     /// One-time schedules for `send_at` beyond SQS's 15-minute delay (none: refused).
     pub scheduler: Option<Scheduler>,
+    /// The endpoints API (`/v1/endpoints…`), served behind the same signing; `None`
+    /// where no endpoints table is configured (those routes are then 404s).
+    pub endpoints: Option<super::endpoints::EndpointsApi>,
 }
 
 impl Ingest {
@@ -80,6 +83,11 @@ impl Ingest {
             return Problem::from(e).into_response();
         }
         let route = path.trim_end_matches('/');
+        if let Some(rest) = route.strip_prefix("/v1/endpoints") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return self.endpoints(&req, rest).await.unwrap_or_else(Problem::into_response);
+            }
+        }
         let id = route.strip_prefix("/v1/messages/").filter(|id| !id.is_empty());
         let batch = route.strip_prefix("/v1/batches/").filter(|id| !id.is_empty());
         let result = match (method.as_str(), route, id, batch) {
@@ -359,6 +367,29 @@ impl Ingest {
             content,
             alternates,
         })
+    }
+
+    /// `/v1/endpoints…`: authenticated like every route, then the endpoints API for the
+    /// app the signature proved.
+    async fn endpoints(&self, req: &Request, rest: &str) -> Result<Response<Body>, Problem> {
+        let Some(api) = &self.endpoints else {
+            return Err(Problem::not_found("no such route"));
+        };
+        let body = body_bytes(req);
+        if body.len() > self.cfg.max_body_bytes {
+            return Err(Problem::new(413, "too-large", "Content Too Large")
+                .detail(format!("the body may be at most {} bytes", self.cfg.max_body_bytes)));
+        }
+        let (_, app) = self.authenticate(req, body, header(req, IDEMPOTENCY_KEY)).await?;
+        api.handle(super::endpoints::Call {
+            app: &app.key,
+            method: req.method().as_str(),
+            rest,
+            body,
+            content_type: header(req, "content-type"),
+            query: req.uri().query(),
+        })
+        .await
     }
 
     /// Takes back a record written for a request refused after its write (rate limit):
@@ -696,6 +727,7 @@ mod tests {
             clock: crate::clock::fixed(1_700_000_000_000),
             filters: Default::default(),
             scheduler: None,
+            endpoints: None,
         }
     }
 

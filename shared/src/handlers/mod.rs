@@ -5,7 +5,10 @@ mod batch;
 pub mod callback;
 pub mod dispatch;
 pub mod edge;
+pub mod endpoints;
+pub mod events;
 pub mod ingest;
+pub mod sweep;
 
 use lambda_http::{Body, Request, Response};
 

@@ -4,31 +4,22 @@
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::Provider;
 use crate::apps::AppConfig;
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
 use crate::message::{Channel, Message};
-use crate::net::{check_webhook_url, guarded_resolver, BlockedAddress};
+use crate::net::{check_webhook_url, guarded_client, is_blocked};
 
 /// Standard Webhooks signature of the exact bytes sent: `v1,` + base64(HMAC-SHA256(key,
-/// "{id}.{timestamp}.{body}")) where key is the base64 part of `whsec_…`.
+/// "{id}.{timestamp}.{body}")) where key is the base64 part of `whsec_…`, computed by the
+/// specification's own crate (`standardwebhooks`).
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, ProviderError> {
-    let key = B64
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .map_err(|_| {
-            ProviderError::new(
-                ErrorClass::Permanent,
-                "bad_webhook_secret",
-                "webhook secret is not whsec_<base64>",
-            )
-        })?;
-    let ts = timestamp.to_string();
-    let mac = crate::crypto::hmac_sha256(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
-    Ok(format!("v1,{}", B64.encode(mac)))
+    let bad = |code: &str, why: &str| ProviderError::new(ErrorClass::Permanent, code, why);
+    standardwebhooks::Webhook::new(secret)
+        .map_err(|_| bad("bad_webhook_secret", "webhook secret is not whsec_<base64>"))?
+        .sign(id, timestamp, body)
+        .map_err(|_| bad("unsignable_body", "webhook body is not UTF-8"))
 }
 
 /// The JSON posted to the target.
@@ -55,19 +46,10 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A client with no redirects, a total timeout and the address guard. Proxies from
-    /// the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored: through a
-    /// proxy the guard would check the proxy's address, not the tenant's target, and the
-    /// proxy could reach whatever the guard refuses.
+    /// A client with no redirects, a total timeout and the address guard, ignoring
+    /// proxies from the environment ([`guarded_client`]).
     pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .dns_resolver(guarded_resolver(allow_private))
-            .no_proxy()
-            .user_agent("Pushgate-Webhooks/1")
-            .build()?;
+        let client = guarded_client(timeout, allow_private, "Pushgate-Webhooks/1")?;
         Ok(Self {
             client,
             allow_private,
@@ -84,16 +66,12 @@ fn classify_status(status: u16) -> ErrorClass {
 }
 
 fn classify_error(e: &reqwest::Error) -> ProviderError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<BlockedAddress>().is_some() {
-            return ProviderError::new(
-                ErrorClass::Permanent,
-                "target_not_allowed",
-                "target resolves to a disallowed address",
-            );
-        }
-        source = s.source();
+    if is_blocked(e) {
+        return ProviderError::new(
+            ErrorClass::Permanent,
+            "target_not_allowed",
+            "target resolves to a disallowed address",
+        );
     }
     super::transport_error(e)
 }

@@ -122,6 +122,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             "PUSHGATE_SCHEDULER_ROLE_ARN",
             crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),
         ),
+        ("PUSHGATE_ENDPOINTS_TABLE", res.endpoints_table().to_string()),
+        ("PUSHGATE_DELIVERY_QUEUE_URL", res.delivery_queue().to_string()),
         // Seeded routes and circuit state take effect at once locally.
         ("PUSHGATE_ROUTES_TTL_SECONDS", "5".into()),
         ("PUSHGATE_SECRET_ID", secret_arn.clone()),
@@ -189,6 +191,52 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
                 let _ = stop_rx.await;
             })
             .await
+    });
+    // Status events: the messages table's stream → `events`, the delivery queue → `deliver`.
+    let stream_reader = crate::streams::StreamReader::new(
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        res.messages_stream().ok_or("the messages table has no stream")?,
+        Arc::new(crate::streams::HttpStreamInvoker::new(&api, "events")),
+    );
+    let stream_task = tokio::spawn(async move { stream_reader.run(std::future::pending()).await });
+    let delivery_poller = Poller::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        res.delivery_queue(),
+        res.delivery_queue_arn(),
+        Arc::new(HttpInvoker::new(&api, "deliver")),
+    );
+    let delivery_task = tokio::spawn(async move { delivery_poller.run(std::future::pending()).await });
+    // The dev app's status events go to the receiver, which trusts that endpoint's secret.
+    let events_hook = format!("http://{}/hooks/events", receiver.addr);
+    let client = crate::client::ApiClient::new(&api, &app_key, &app_secret);
+    match client
+        .request(
+            "POST",
+            "/v1/endpoints",
+            Some(&serde_json::json!({"url": events_hook})),
+            &[],
+        )
+        .await
+    {
+        Ok(r) if r.status == 201 => {
+            if let Some(secret) = r.body["secret"].as_str() {
+                receiver.trust(secret);
+            }
+            println!("pushgate dev: the dev app's status events go to {events_hook}");
+        }
+        Ok(r) => tracing::warn!(status = r.status, "could not create the dev app's event endpoint"),
+        Err(e) => tracing::warn!(error = %e, "could not create the dev app's event endpoint"),
+    }
+    // The sweep's schedule (EventBridge on AWS) on the dev stack's clock: every minute.
+    let sweep_url = format!("{api}/2015-03-31/functions/sweep/invocations");
+    let sweep_task = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Err(e) = http.post(&sweep_url).json(&serde_json::json!({})).send().await {
+                tracing::warn!(error = %e, "sweep invocation failed");
+            }
+        }
     });
 
     // moto keeps schedules but never fires them: deliver the due ones as Scheduler would.
@@ -271,6 +319,9 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     println!("pushgate dev: stopping");
     let _ = stop_tx.send(());
     let _ = poll_task.await;
+    stream_task.abort();
+    sweep_task.abort();
+    delivery_task.abort();
     sandbox_task.abort();
     scheduler_task.abort();
     stop_group(&mut watch).await;
@@ -335,9 +386,11 @@ async fn warm_up(api: &str) {
         .unwrap_or_default();
     let _ = http.get(format!("{api}/v1/messages/warm-up")).send().await;
     let _ = http.post(format!("{api}/v1/callbacks/warm-up")).send().await;
-    let _ = http
-        .post(format!("{api}/2015-03-31/functions/dispatcher/invocations"))
-        .json(&serde_json::json!({"Records": []}))
-        .send()
-        .await;
+    for function in ["dispatcher", "events", "deliver", "sweep"] {
+        let _ = http
+            .post(format!("{api}/2015-03-31/functions/{function}/invocations"))
+            .json(&serde_json::json!({"Records": []}))
+            .send()
+            .await;
+    }
 }

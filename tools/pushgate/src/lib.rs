@@ -14,6 +14,7 @@ pub mod receiver;
 pub mod resources;
 pub mod sandbox;
 pub mod schedules;
+pub mod streams;
 
 /// Root of the workspace (where `template.yaml` lives).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -4,6 +4,8 @@
 //! `?status=NNN`, `?delay_ms=N` and `?fail_times=N` (503 for the first N requests to
 //! that hook) on the target URL make it answer differently, so tests and demos can
 //! provoke failures, timeouts and recoveries; a 3xx carries a `Location` to another hook.
+//! It trusts the app's webhook secret and any secret added with [`Receiver::trust`] (the
+//! dev stack's status-event endpoint), and names the status events it receives.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +33,7 @@ pub struct Received {
 
 #[derive(Clone)]
 struct AppState {
-    secret: String,
+    secrets: Arc<Mutex<Vec<String>>>,
     log: Arc<Mutex<Vec<Received>>>,
     verbose: bool,
 }
@@ -41,14 +43,16 @@ struct AppState {
 pub struct Receiver {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Received>>>,
+    secrets: Arc<Mutex<Vec<String>>>,
 }
 
 impl Receiver {
     /// Serves on `addr` (port 0 = any free one) until the runtime stops.
     pub async fn start(addr: SocketAddr, secret: &str, verbose: bool) -> Result<Receiver, BoxError> {
         let log = Arc::new(Mutex::new(Vec::new()));
+        let secrets = Arc::new(Mutex::new(vec![secret.to_string()]));
         let state = AppState {
-            secret: secret.to_string(),
+            secrets: secrets.clone(),
             log: log.clone(),
             verbose,
         };
@@ -58,7 +62,14 @@ impl Receiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Receiver { addr, log })
+        Ok(Receiver { addr, log, secrets })
+    }
+
+    /// Also accepts requests signed with `secret` (e.g. a status-event endpoint's).
+    pub fn trust(&self, secret: &str) {
+        if let Ok(mut s) = self.secrets.lock() {
+            s.push(secret.to_string());
+        }
     }
 
     /// URL of a hook on this receiver.
@@ -83,8 +94,12 @@ async fn hook(
     let verified = match (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) {
         (Some(id), Some(ts), Some(sigs)) => ts.parse::<i64>().ok().is_some_and(|ts| {
             let fresh = (pushgate_shared::clock::now_ms() / 1000 - ts).abs() <= 300;
-            let expected = pushgate_shared::providers::webhook::sign(&state.secret, &id, ts, &body).ok();
-            fresh && sigs.split(' ').any(|s| Some(s) == expected.as_deref())
+            let secrets = state.secrets.lock().map(|s| s.clone()).unwrap_or_default();
+            let expected: Vec<String> = secrets
+                .iter()
+                .filter_map(|secret| pushgate_shared::providers::webhook::sign(secret, &id, ts, &body).ok())
+                .collect();
+            fresh && sigs.split(' ').any(|s| expected.iter().any(|e| e == s))
         }),
         _ => false,
     };
@@ -117,8 +132,16 @@ async fn hook(
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     };
     if state.verbose {
+        let kind = entry.body["type"].as_str().filter(|t| *t != "message");
+        let what = match kind {
+            Some(t) => format!(
+                "status event {t} ({})",
+                entry.body["data"]["id"].as_str().unwrap_or("-")
+            ),
+            None => "webhook".to_string(),
+        };
         println!(
-            "receiver: webhook {} on /hooks/{hook}: signature {}, answered {}",
+            "receiver: {what} {} on /hooks/{hook}: signature {}, answered {}",
             entry.webhook_id,
             if verified { "verified" } else { "INVALID" },
             status.as_u16()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_yaml::Value;
@@ -23,6 +23,8 @@ pub struct Resources {
     pub queue_arns: HashMap<String, String>,
     /// Logical id → EventBridge Scheduler schedule group name.
     pub schedule_groups: HashMap<String, String>,
+    /// Logical id → stream ARN, for every table with a `StreamSpecification`.
+    pub streams: HashMap<String, String>,
 }
 
 impl Resources {
@@ -40,6 +42,19 @@ impl Resources {
     }
     pub fn schedule_group(&self) -> &str {
         &self.schedule_groups["ScheduleGroup"]
+    }
+    pub fn endpoints_table(&self) -> &str {
+        &self.tables["EndpointsTable"]
+    }
+    pub fn delivery_queue(&self) -> &str {
+        &self.queues["DeliveryQueue"]
+    }
+    pub fn delivery_queue_arn(&self) -> &str {
+        &self.queue_arns["DeliveryQueue"]
+    }
+    /// The messages table's stream (status events are read from it).
+    pub fn messages_stream(&self) -> Option<&str> {
+        self.streams.get("MessagesTable").map(String::as_str)
     }
 }
 
@@ -108,6 +123,7 @@ pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overr
         queues: HashMap::new(),
         queue_arns: HashMap::new(),
         schedule_groups: HashMap::new(),
+        streams: HashMap::new(),
     };
     let scheduler = aws_sdk_scheduler::Client::new(sdk);
     for (logical, _) in resources_of(&template, "AWS::Scheduler::ScheduleGroup") {
@@ -121,6 +137,7 @@ pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overr
         out.schedule_groups.insert(logical.to_string(), name);
     }
 
+    let mut out_streams = HashMap::new();
     for (logical, props) in resources_of(&template, "AWS::DynamoDB::Table") {
         let name = format!("{prefix}{logical}");
         let mut req = ddb
@@ -170,9 +187,37 @@ pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overr
                     .build()?,
             );
         }
+        if let Some(view) = props
+            .get("StreamSpecification")
+            .and_then(|s| s.get("StreamViewType"))
+            .and_then(Value::as_str)
+        {
+            req = req.stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::from(view))
+                    .build()?,
+            );
+        }
         match req.send().await {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Ok(out) => {
+                if let Some(arn) = out.table_description.and_then(|d| d.latest_stream_arn) {
+                    out_streams.insert(logical.to_string(), arn);
+                }
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
+                let arn = ddb
+                    .describe_table()
+                    .table_name(&name)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|d| d.table)
+                    .and_then(|t| t.latest_stream_arn);
+                if let Some(arn) = arn {
+                    out_streams.insert(logical.to_string(), arn);
+                }
+            }
             Err(e) => return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string().into()),
         }
         if let Some(ttl) = props.get("TimeToLiveSpecification") {
@@ -191,13 +236,27 @@ pub async fn create(sdk: &aws_config::SdkConfig, prefix: &str, overrides: &Overr
         out.tables.insert(logical.to_string(), name);
     }
 
+    out.streams = out_streams;
+
     // Queues without a redrive policy first: a dead-letter queue must exist before the
     // policy that names it.
     let mut queues = resources_of(&template, "AWS::SQS::Queue");
     queues.sort_by_key(|(_, p)| p.get("RedrivePolicy").is_some());
     for (logical, props) in queues {
-        let name = format!("{prefix}{logical}");
+        let fifo = props.get("FifoQueue").and_then(Value::as_bool).unwrap_or(false);
+        let name = format!("{prefix}{logical}{}", if fifo { ".fifo" } else { "" });
         let mut req = sqs.create_queue().queue_name(&name);
+        if fifo {
+            req = req.attributes(QueueAttributeName::FifoQueue, "true");
+            for (key, attr) in [
+                ("DeduplicationScope", QueueAttributeName::DeduplicationScope),
+                ("FifoThroughputLimit", QueueAttributeName::FifoThroughputLimit),
+            ] {
+                if let Some(v) = props.get(key) {
+                    req = req.attributes(attr, yaml_scalar(v));
+                }
+            }
+        }
         let visibility = overrides
             .visibility_timeout
             .map(|v| v.to_string())

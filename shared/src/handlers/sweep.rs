@@ -1,0 +1,99 @@
+//! The sweep (function `sweep`, on an EventBridge schedule): a `sent` message whose
+//! receipt never came moves to `unknown` (`no_receipt`) after its channel's timeout, and
+//! an `accepted` record nobody queued (an ingest that died between its write and its
+//! queue send) is queued. It reads only the due entries of the sweep index (one Query
+//! per partition), never the table; the status write it makes is a status change like
+//! any other, so the app gets its `message.unknown` event from the stream.
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::message::{Channel, Job};
+use crate::queue::Queue;
+use crate::store::sweep::SweepIndex;
+use crate::store::Store;
+use crate::sweep::{Timeouts, Waiting};
+
+/// Entries read per partition and run: a backlog drains over several runs.
+pub const BATCH: i32 = 100;
+/// An orphan still unclaimed after being queued for a day is dropped from the index.
+pub const ORPHAN_GIVE_UP_MS: i64 = 24 * 3_600 * 1_000;
+
+pub struct Sweep {
+    pub index: SweepIndex,
+    pub store: Store,
+    /// The send queue (orphaned records are queued there).
+    pub queue: Queue,
+    pub timeouts: Timeouts,
+    pub clock: Clock,
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// `sent` → `unknown`.
+    pub expired: usize,
+    /// `accepted` records queued.
+    pub requeued: usize,
+}
+
+impl Sweep {
+    pub async fn run(&self) -> Swept {
+        let now = (self.clock)();
+        let mut swept = Swept::default();
+        for (channel, timeout) in &self.timeouts.receipt {
+            let before = now.saturating_sub(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+            let due = match self.index.due(Waiting::Receipt, *channel, before, BATCH).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, channel = channel.as_str(), "sweep index unreadable");
+                    continue;
+                }
+            };
+            for entry in due {
+                match self.store.expire_unreceipted(&entry.pk, &entry.id, now).await {
+                    Ok(true) => swept.expired += 1,
+                    // It moved on (or is gone): the stream removes its entry, or already did.
+                    Ok(false) => {
+                        let _ = self.index.apply(&[crate::sweep::IndexOp::Delete(entry)]).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, id = %entry.id, "could not expire a message"),
+                }
+            }
+        }
+        let before = now.saturating_sub(i64::try_from(self.timeouts.dispatch.as_millis()).unwrap_or(i64::MAX));
+        for channel in Channel::ALL {
+            let due = match self.index.due(Waiting::Dispatch, channel, before, BATCH).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, channel = channel.as_str(), "sweep index unreadable");
+                    continue;
+                }
+            };
+            for entry in due {
+                if now.saturating_sub(entry.since) > ORPHAN_GIVE_UP_MS {
+                    // Queued every run for a day and never claimed: its record is gone
+                    // (or expired); stop queueing it.
+                    tracing::warn!(id = %entry.id, "orphaned record never claimed; dropped from the sweep");
+                    let _ = self.index.apply(&[crate::sweep::IndexOp::Delete(entry)]).await;
+                    continue;
+                }
+                // A duplicate job is harmless: the dispatcher's claim sends once.
+                match self
+                    .queue
+                    .send(&Job {
+                        pk: entry.pk,
+                        id: entry.id.clone(),
+                        app: None,
+                    })
+                    .await
+                {
+                    Ok(()) => swept.requeued += 1,
+                    Err(e) => tracing::warn!(error = %e, id = %entry.id, "could not queue an orphaned record"),
+                }
+            }
+        }
+        tracing::info!(expired = swept.expired, requeued = swept.requeued, "sweep done");
+        swept
+    }
+}
