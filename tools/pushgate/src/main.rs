@@ -21,6 +21,9 @@ enum Command {
     Dev(DevArgs),
     /// Send a signed message (POST /v1/messages).
     Send(SendArgs),
+    /// Send one message to every recipient of a CSV file (POST /v1/messages/batch);
+    /// with --wait, a progress bar until every message settles.
+    Batch(BatchArgs),
     /// Show a message's status (GET /v1/messages/{id}).
     Status {
         id: String,
@@ -100,9 +103,27 @@ struct DevArgs {
 #[derive(Args)]
 struct SendArgs {
     #[arg(long)]
-    channel: String,
-    #[arg(long)]
     to: String,
+    #[command(flatten)]
+    message: MessageArgs,
+}
+
+/// `batch`'s recipients (a CSV file) and the message they all get.
+#[derive(Args)]
+struct BatchArgs {
+    /// CSV with a header row: a `to` column, and any other columns as each recipient's
+    /// template data (merged over --data).
+    #[arg(long)]
+    file: PathBuf,
+    #[command(flatten)]
+    message: MessageArgs,
+}
+
+/// What a message says and how it is sent (shared by `send` and `batch`).
+#[derive(Args)]
+struct MessageArgs {
+    #[arg(long)]
+    channel: String,
     /// Template id (with --data), instead of inline content.
     #[arg(long)]
     template: Option<String>,
@@ -250,6 +271,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
     match cli.command {
         Command::Dev(args) => dev(args).await,
         Command::Send(args) => send(args).await,
+        Command::Batch(args) => batch(args).await,
         Command::Status { id, wait } => show_status(&ApiClient::from_env()?, &id, wait, Duration::ZERO).await,
         Command::Cancel { id } => {
             let resp = ApiClient::from_env()?.cancel(&id).await?;
@@ -291,8 +313,8 @@ async fn dev(args: DevArgs) -> Result<bool, BoxError> {
 }
 
 /// The message `send` posts: a template with its data, or inline content.
-fn message(args: &SendArgs) -> Result<Value, BoxError> {
-    let mut message = json!({"channel": args.channel, "to": args.to});
+fn message(args: &MessageArgs) -> Result<Value, BoxError> {
+    let mut message = json!({"channel": args.channel});
     if let Some(t) = &args.template {
         message["template"] = json!(t);
         message["data"] = args
@@ -328,7 +350,9 @@ fn message(args: &SendArgs) -> Result<Value, BoxError> {
 /// The API client is made first so a missing environment is reported before a bad flag.
 async fn send(args: SendArgs) -> Result<bool, BoxError> {
     let client = ApiClient::from_env()?;
-    let message = message(&args)?;
+    let mut message = message(&args.message)?;
+    message["to"] = json!(args.to);
+    let args = args.message;
     let resp = client.send(&message, args.idempotency_key.as_deref()).await?;
     println!("HTTP {}", resp.status);
     println!("{}", serde_json::to_string_pretty(&resp.body)?);
@@ -345,6 +369,77 @@ async fn send(args: SendArgs) -> Result<bool, BoxError> {
     match resp.body["id"].as_str() {
         Some(id) if args.wait => show_status(&client, id, true, later).await,
         _ => Ok(true),
+    }
+}
+
+/// `batch`: the CSV's recipients in one signed `POST /v1/messages/batch`; with
+/// `--wait`, follows `GET /v1/batches/{id}` with a progress bar until every message has
+/// settled.
+async fn batch(args: BatchArgs) -> Result<bool, BoxError> {
+    let client = ApiClient::from_env()?;
+    let mut body = message(&args.message)?;
+    let mut reader = csv::Reader::from_path(&args.file)?;
+    let headers = reader.headers()?.clone();
+    let to_column = headers
+        .iter()
+        .position(|h| h == "to")
+        .ok_or("the CSV needs a `to` column")?;
+    let mut recipients = Vec::new();
+    for row in reader.records() {
+        let row = row?;
+        let mut recipient = json!({"to": row.get(to_column).unwrap_or_default()});
+        let data: serde_json::Map<String, Value> = headers
+            .iter()
+            .zip(row.iter())
+            .filter(|(h, _)| *h != "to")
+            .map(|(h, v)| (h.to_string(), json!(v)))
+            .collect();
+        if !data.is_empty() && args.message.template.is_some() {
+            recipient["data"] = Value::Object(data);
+        }
+        recipients.push(recipient);
+    }
+    body["recipients"] = Value::Array(recipients);
+    let extra: Vec<(&str, &str)> = args
+        .message
+        .idempotency_key
+        .as_deref()
+        .map(|k| ("Idempotency-Key", k))
+        .into_iter()
+        .collect();
+    let resp = client
+        .request("POST", "/v1/messages/batch", Some(&body), &extra)
+        .await?;
+    println!("HTTP {}", resp.status);
+    println!("{}", serde_json::to_string_pretty(&resp.body)?);
+    let (202, Some(id)) = (resp.status, resp.body["id"].as_str()) else {
+        return Ok(false);
+    };
+    if !args.message.wait {
+        return Ok(true);
+    }
+    let accepted = resp.body["accepted"].as_u64().unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(accepted);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} settled {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let status = client.request("GET", &format!("/v1/batches/{id}"), None, &[]).await?;
+        let counts = status.body["counts"].as_object().cloned().unwrap_or_default();
+        let waiting: u64 = ["accepted", "scheduled", "sending"]
+            .iter()
+            .filter_map(|s| counts.get(*s).and_then(Value::as_u64))
+            .sum();
+        bar.set_position(accepted.saturating_sub(waiting));
+        bar.set_message(serde_json::to_string(&counts)?);
+        if status.body["status"] == "completed" || tokio::time::Instant::now() > deadline {
+            bar.finish();
+            println!("{}", serde_json::to_string_pretty(&status.body["counts"])?);
+            return Ok(status.body["status"] == "completed");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
