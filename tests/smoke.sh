@@ -43,6 +43,12 @@ done < <(grep -E '^  cargo run -q -p pushgate -- send --channel ' "$log")
 [ "$channels" -ge 6 ] || fail "expected 6 channel examples, ran $channels"
 echo "smoke: $channels channel examples reached delivered"
 
+# The batch example, as printed: every recipient of the CSV settles.
+batch=$(grep -E "^  printf .* pushgate -- batch " "$log" | sed -e 's/^ *//')
+[ -n "$batch" ] || fail "no batch example printed"
+out=$(bash -c "source .pushgate/dev.env && $batch" 2>&1) || fail "batch example failed: $out"
+echo "smoke: batch example completed"
+
 # The events/ samples through cargo lambda invoke, re-signed as the README says.
 tmp=$(mktemp -d)
 cp events/*.json "$tmp/"
