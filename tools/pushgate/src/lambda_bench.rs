@@ -561,19 +561,25 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         messages: n,
         ..Figures::default()
     };
-    let mut mark = Duration::ZERO;
+    let (mut mark, mut first_sms) = (Duration::ZERO, Duration::ZERO);
     for i in 0..n {
         let outcome = f.invoke(&send_event(&local, i, &receiver)?).await?;
         if status_of(&outcome) != 202 {
             return Err(format!("ingest answered {}", String::from_utf8_lossy(&outcome.body)).into());
         }
-        if i == 0 {
-            mark = fig.first(&f, &outcome)?;
-        } else {
-            fig.durations.push(outcome.elapsed());
+        // The first webhook and the first SMS each load what that channel needs once
+        // per instance (the SMS one, libphonenumber's metadata): both stay out of the
+        // steady-state figures.
+        match i {
+            0 => fig.first = outcome.elapsed(),
+            1 => {
+                first_sms = outcome.elapsed();
+                mark = f.cpu()?;
+            }
+            _ => fig.durations.push(outcome.elapsed()),
         }
     }
-    fig.measured = n - 1;
+    fig.measured = n - 2;
     fig.close(&f, mark)?;
     figures.insert("ingest", fig);
     f.stop().await;
@@ -672,7 +678,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
             fig.size_bytes = std::fs::metadata(opts.bin_dir.join(name))?.len();
         }
     }
-    print_report(&opts, n, &figures, &above_floor, mean_batch);
+    print_report(&opts, n, &figures, &above_floor, mean_batch, first_sms);
     Ok(())
 }
 
@@ -682,6 +688,7 @@ fn print_report(
     figures: &BTreeMap<&str, Figures>,
     above_floor: &[Duration],
     mean_batch: f64,
+    first_sms: Duration,
 ) {
     println!(
         "Lambda benchmark: {n} messages ({} webhook, {} SMS via the Aliyun fake) through the release binaries in {},\n\
@@ -747,6 +754,11 @@ fn print_report(
         percentile(above_floor, 0.95)
     );
     println!(
-        "(CPU from /proc/<pid>/stat utime+stime, 10 ms ticks; the first invocation, with its cold loads, is left out)"
+        "ingest's first SMS request (loads libphonenumber's metadata, once per instance): {:.1} ms",
+        ms(first_sms)
+    );
+    println!(
+        "(CPU from /proc/<pid>/stat utime+stime, 10 ms ticks; the first invocation, and ingest's first SMS, \
+         with their one-time loads, are left out)"
     );
 }
