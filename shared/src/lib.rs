@@ -31,4 +31,5 @@ pub mod shaping;
 pub mod store;
 pub mod telemetry;
 pub mod templates;
+pub mod tls;
 pub mod wiring;

@@ -60,7 +60,7 @@ impl Webhook {
     /// proxy the guard would check the proxy's address, not the tenant's target, and the
     /// proxy could reach whatever the guard refuses.
     pub fn new(timeout: Duration, allow_private: bool, clock: Clock) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
