@@ -112,4 +112,18 @@ mod tests {
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         assert!(http_client_builder().build().is_ok());
     }
+
+    #[test]
+    fn a_certificate_the_platform_does_not_trust_is_refused() {
+        let verifier = LazyPlatformVerifier {
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            inner: OnceLock::new(),
+        };
+        let name = ServerName::try_from("example.com").unwrap();
+        let cert = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert!(verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .is_err());
+        assert!(!verifier.supported_verify_schemes().is_empty());
+    }
 }
