@@ -8,7 +8,7 @@ PYTHON   ?= python3
 export PUSHGATE_MOTO_SERVER := $(CURDIR)/$(VENV)/bin/moto_server
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: dev test venv lint unit smoke bench clean
+.PHONY: dev test venv lint unit smoke bench bench-lambda clean
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,16 @@ test: lint smoke unit
 
 bench: venv
 	cargo bench -p pushgate-tests
+
+# The release binaries run as Lambda runs them (Runtime API stand-in, moto behind a
+# call-counting proxy): init, CPU, latency, memory and AWS calls per message.
+# `make bench-lambda MESSAGES=400` for more messages.
+MESSAGES ?= 200
+bench-lambda: venv
+	cargo build --quiet --release --bin ingest
+	cargo build --quiet --release --bin dispatcher
+	cargo build --quiet --release --bin callback
+	cargo run --quiet -p pushgate -- bench-lambda --messages $(MESSAGES)
 
 clean:
 	rm -rf .pushgate

@@ -36,4 +36,5 @@ pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod templates;
+pub mod tls;
 pub mod wiring;

@@ -172,7 +172,7 @@ pub fn guarded_client(
     allow_private: bool,
     user_agent: &str,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    crate::tls::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(std::time::Duration::from_secs(3)))

@@ -216,6 +216,17 @@ async fn a_batch_that_finds_the_cached_state_stale_reads_it_once() {
 }
 
 #[tokio::test]
+async fn records_that_took_their_instant_before_the_refresh_use_its_read() {
+    let (store, calls) = store().await;
+    let breaker = Breaker::new(store, BreakerPolicy::default(), 1_000);
+    // The record that refreshed stamped a later millisecond than the ones that had
+    // taken their instant before queueing behind it: they are served its read.
+    let states = futures::future::join_all((0..10).map(|i| breaker.state("aliyun.key", T0 + 5 - i))).await;
+    assert!(states.iter().all(|s| matches!(s, Ok(Circuit::Closed))));
+    assert_eq!(calls.service("DynamoDB"), 1, "{:?}", calls.snapshot());
+}
+
+#[tokio::test]
 async fn after_the_cool_down_one_caller_probes_and_its_outcome_decides_for_everyone() {
     let (store, _) = store().await;
     // A long window, so every failure below falls into the same one.

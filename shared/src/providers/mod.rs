@@ -251,7 +251,7 @@ pub fn standard(
 
 /// A provider HTTP client: fixed endpoints from configuration, no redirects, bounded time.
 pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    crate::tls::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(std::time::Duration::from_secs(3)))

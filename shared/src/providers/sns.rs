@@ -224,7 +224,7 @@ impl SnsTrust {
             }
             _ => HashMap::new(),
         };
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder()
             .timeout(std::time::Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -259,7 +259,10 @@ impl Breaker {
     fn cached(&self, key: &str, now_ms: i64) -> Option<Circuit> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let (read_at, c) = cache.get(key).copied()?;
-        let fresh = now_ms >= read_at && now_ms - read_at < self.ttl_ms;
+        // A read stamped after `now_ms` is fresh too: records of one batch take their
+        // instant before queueing for the refresh, so the one that refreshed may have
+        // stamped a later millisecond than those that waited for it.
+        let fresh = now_ms.saturating_sub(read_at) < self.ttl_ms;
         match c {
             Circuit::Open { until_ms } if fresh && now_ms < until_ms => Some(c),
             Circuit::Closed if fresh => Some(c),

@@ -50,101 +50,38 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let moto = Moto::start(opts.moto_port)?;
     let endpoint = moto.endpoint();
     let sdk = resources::local_sdk(&endpoint).await;
-    let res = resources::create(
+    let local = provision(
         &sdk,
         "pushgate-dev-",
-        &Overrides {
-            visibility_timeout: Some(opts.visibility_timeout),
-        },
+        opts.visibility_timeout,
+        SocketAddr::from(([127, 0, 0, 1], opts.fakes_port)),
+        SocketAddr::from(([127, 0, 0, 1], opts.smtp_port)),
+        true,
     )
     .await?;
-
-    let app_key = "dev-app".to_string();
-    let app_secret = random_token(32);
-    let webhook_secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(hex::decode(random_token(24))?)
-    );
-    let callback_token = random_token(16);
-    // The app's own callback token: its Aliyun/Tencent callback URLs and WeChat server token.
-    let app_callback_token = random_token(16);
-    let email_from = "noreply@pushgate.local".to_string();
-    // The provider sandbox: fakes of every third-party API, and an SMTP relay.
-    let fakes = crate::fakes::Fakes::start_verbose(SocketAddr::from(([127, 0, 0, 1], opts.fakes_port))).await?;
-    let smtp = crate::fakes::smtp::start(SocketAddr::from(([127, 0, 0, 1], opts.smtp_port))).await?;
-    let endpoints = fakes.endpoints();
-    let doc = serde_json::json!({
-        "apps": [{"key": app_key, "name": "Local development", "secrets": [app_secret], "webhook_secret": webhook_secret,
-                  "callback_token": app_callback_token,
-                  "providers": crate::fakes::sandbox_accounts(smtp.addr)}],
-        "callback_token": callback_token,
-    });
-    let secret_arn = resources::put_secret(&sdk, "pushgate-dev/config", &doc).await?;
-    resources::verify_sender(&sdk, &email_from).await?;
-    let templates_table = res.tables["TemplatesTable"].clone();
-    let seeded = pushgate_shared::templates::seed(
-        &aws_sdk_dynamodb::Client::new(&sdk),
-        &templates_table,
-        &std::fs::read_to_string(crate::workspace_root().join("infra/templates.json"))?,
-    )
-    .await?;
-    println!("pushgate dev: seeded {seeded} templates from infra/templates.json");
-    let routes_table = res.tables["RoutesTable"].clone();
-    let seeded = pushgate_shared::store::routes::seed(
-        &aws_sdk_dynamodb::Client::new(&sdk),
-        &routes_table,
-        &std::fs::read_to_string(crate::workspace_root().join("infra/routes.json"))?,
-    )
-    .await?;
-    println!("pushgate dev: seeded {seeded} routes from infra/routes.json");
-
+    let Local {
+        res,
+        templates_table,
+        routes_table,
+        secret_arn: _,
+        email_from: _,
+        app_key,
+        app_secret,
+        webhook_secret,
+        callback_token,
+        app_callback_token,
+        fakes: _fakes,
+        smtp: _smtp,
+    } = &local;
     let receiver = Receiver::start(
         SocketAddr::from(([127, 0, 0, 1], opts.receiver_port)),
-        &webhook_secret,
+        webhook_secret,
         true,
     )
     .await?;
     let api = format!("http://127.0.0.1:{}", opts.api_port);
 
-    let function_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
-        ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
-        ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
-        ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
-        ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
-        ("PUSHGATE_SCHEDULE_GROUP", res.schedule_group().to_string()),
-        ("PUSHGATE_SEND_QUEUE_ARN", res.send_queue_arn().to_string()),
-        (
-            "PUSHGATE_SCHEDULER_ROLE_ARN",
-            crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),
-        ),
-        ("PUSHGATE_ENDPOINTS_TABLE", res.endpoints_table().to_string()),
-        ("PUSHGATE_DELIVERY_QUEUE_URL", res.delivery_queue().to_string()),
-        // Seeded routes and circuit state take effect at once locally.
-        ("PUSHGATE_ROUTES_TTL_SECONDS", "5".into()),
-        ("PUSHGATE_SECRET_ID", secret_arn.clone()),
-        ("PUSHGATE_EMAIL_FROM", email_from.clone()),
-        ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
-        ("PUSHGATE_PUBLIC_URL", api.clone()),
-        // SES events come through SNS; locally the sandbox signs them with a test key.
-        ("PUSHGATE_SNS_TOPIC_ARNS", crate::fakes::sns::TOPIC_ARN.into()),
-        (
-            "PUSHGATE_SNS_CERTS",
-            serde_json::to_string(&crate::fakes::sns::pinned_certs())?,
-        ),
-        ("PUSHGATE_ALIYUN_SMS_ENDPOINT", endpoints.aliyun_sms.clone()),
-        ("PUSHGATE_TENCENT_SMS_ENDPOINT", endpoints.tencent_sms.clone()),
-        ("PUSHGATE_TWILIO_ENDPOINT", endpoints.twilio.clone()),
-        ("PUSHGATE_DINGTALK_ENDPOINT", endpoints.dingtalk.clone()),
-        ("PUSHGATE_WECOM_ENDPOINT", endpoints.wecom.clone()),
-        ("PUSHGATE_FEISHU_ENDPOINT", endpoints.feishu.clone()),
-        ("PUSHGATE_WECHAT_ENDPOINT", endpoints.wechat.clone()),
-        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
-    ];
+    let function_env = function_env(&local, &endpoint, &api)?;
     // The dev app's credentials and settings, as written to `.pushgate/dev.env` (the
     // first three are printed).
     let dev_env: Vec<(&str, String)> = vec![
@@ -208,7 +145,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let delivery_task = tokio::spawn(async move { delivery_poller.run(std::future::pending()).await });
     // The dev app's status events go to the receiver, which trusts that endpoint's secret.
     let events_hook = format!("http://{}/hooks/events", receiver.addr);
-    let client = crate::client::ApiClient::new(&api, &app_key, &app_secret);
+    let client = crate::client::ApiClient::new(&api, app_key, app_secret);
     match client
         .request(
             "POST",
@@ -253,7 +190,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let mut sandbox = crate::sandbox::ReceiptSandbox::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         res.messages_table(),
-        &callback_token,
+        callback_token,
         &api,
     )
     .with_app_tokens([(app_key.clone(), app_callback_token.clone())].into());
@@ -397,4 +334,154 @@ async fn warm_up(api: &str) {
             .send()
             .await;
     }
+}
+
+/// The local stack's AWS resources, the dev app's credentials and the provider sandbox,
+/// as `pushgate dev` and the Lambda benchmark set them up.
+pub struct Local {
+    pub res: resources::Resources,
+    pub templates_table: String,
+    pub routes_table: String,
+    pub secret_arn: String,
+    pub email_from: String,
+    pub app_key: String,
+    pub app_secret: String,
+    pub webhook_secret: String,
+    pub callback_token: String,
+    /// The app's own callback token: its Aliyun/Tencent callback URLs and WeChat server token.
+    pub app_callback_token: String,
+    pub fakes: crate::fakes::Fakes,
+    pub smtp: crate::fakes::smtp::SmtpFake,
+}
+
+/// Creates the resources of `template.yaml` under `prefix`, the dev app (random
+/// credentials) in the service secret, a verified sender, the seeded templates and
+/// routes, and starts the provider fakes and SMTP relay on the given addresses.
+pub async fn provision(
+    sdk: &aws_config::SdkConfig,
+    prefix: &str,
+    visibility_timeout: u32,
+    fakes_addr: SocketAddr,
+    smtp_addr: SocketAddr,
+    verbose: bool,
+) -> Result<Local, BoxError> {
+    let res = resources::create(
+        sdk,
+        prefix,
+        &Overrides {
+            visibility_timeout: Some(visibility_timeout),
+        },
+    )
+    .await?;
+    let app_key = "dev-app".to_string();
+    let app_secret = random_token(32);
+    let webhook_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(hex::decode(random_token(24))?)
+    );
+    let callback_token = random_token(16);
+    let app_callback_token = random_token(16);
+    let email_from = "noreply@pushgate.local".to_string();
+    let fakes = if verbose {
+        crate::fakes::Fakes::start_verbose(fakes_addr).await?
+    } else {
+        crate::fakes::Fakes::start(fakes_addr).await?
+    };
+    let smtp = crate::fakes::smtp::start(smtp_addr).await?;
+    let doc = serde_json::json!({
+        "apps": [{"key": app_key, "name": "Local development", "secrets": [app_secret], "webhook_secret": webhook_secret,
+                  "callback_token": app_callback_token,
+                  "providers": crate::fakes::sandbox_accounts(smtp.addr)}],
+        "callback_token": callback_token,
+    });
+    let secret_arn = resources::put_secret(sdk, &format!("{prefix}config"), &doc).await?;
+    resources::verify_sender(sdk, &email_from).await?;
+    let templates_table = res.tables["TemplatesTable"].clone();
+    let seeded = pushgate_shared::templates::seed(
+        &aws_sdk_dynamodb::Client::new(sdk),
+        &templates_table,
+        &std::fs::read_to_string(crate::workspace_root().join("infra/templates.json"))?,
+    )
+    .await?;
+    if verbose {
+        println!("pushgate dev: seeded {seeded} templates from infra/templates.json");
+    }
+    let routes_table = res.tables["RoutesTable"].clone();
+    let seeded = pushgate_shared::store::routes::seed(
+        &aws_sdk_dynamodb::Client::new(sdk),
+        &routes_table,
+        &std::fs::read_to_string(crate::workspace_root().join("infra/routes.json"))?,
+    )
+    .await?;
+    if verbose {
+        println!("pushgate dev: seeded {seeded} routes from infra/routes.json");
+    }
+    Ok(Local {
+        res,
+        templates_table,
+        routes_table,
+        secret_arn,
+        email_from,
+        app_key,
+        app_secret,
+        webhook_secret,
+        callback_token,
+        app_callback_token,
+        fakes,
+        smtp,
+    })
+}
+
+/// The functions' environment (what template.yaml wires on AWS): AWS reached at
+/// `endpoint`, the API at `api`.
+pub fn function_env(local: &Local, endpoint: &str, api: &str) -> Result<Vec<(&'static str, String)>, BoxError> {
+    let Local {
+        res,
+        templates_table,
+        routes_table,
+        secret_arn,
+        email_from,
+        fakes,
+        ..
+    } = local;
+    let endpoints = fakes.endpoints();
+    Ok(vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("PUSHGATE_MESSAGES_TABLE", res.messages_table().to_string()),
+        ("PUSHGATE_QUEUE_URL", res.send_queue().to_string()),
+        ("PUSHGATE_DLQ_URL", res.dead_letter_queue().to_string()),
+        ("PUSHGATE_TEMPLATES_TABLE", templates_table.clone()),
+        ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
+        ("PUSHGATE_SCHEDULE_GROUP", res.schedule_group().to_string()),
+        ("PUSHGATE_SEND_QUEUE_ARN", res.send_queue_arn().to_string()),
+        (
+            "PUSHGATE_SCHEDULER_ROLE_ARN",
+            crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),
+        ),
+        ("PUSHGATE_ENDPOINTS_TABLE", res.endpoints_table().to_string()),
+        ("PUSHGATE_DELIVERY_QUEUE_URL", res.delivery_queue().to_string()),
+        // Seeded routes and circuit state take effect at once locally.
+        ("PUSHGATE_ROUTES_TTL_SECONDS", "5".into()),
+        ("PUSHGATE_SECRET_ID", secret_arn.clone()),
+        ("PUSHGATE_EMAIL_FROM", email_from.clone()),
+        ("PUSHGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        ("PUSHGATE_PUBLIC_URL", api.to_string()),
+        // SES events come through SNS; locally the sandbox signs them with a test key.
+        ("PUSHGATE_SNS_TOPIC_ARNS", crate::fakes::sns::TOPIC_ARN.into()),
+        (
+            "PUSHGATE_SNS_CERTS",
+            serde_json::to_string(&crate::fakes::sns::pinned_certs())?,
+        ),
+        ("PUSHGATE_ALIYUN_SMS_ENDPOINT", endpoints.aliyun_sms.clone()),
+        ("PUSHGATE_TENCENT_SMS_ENDPOINT", endpoints.tencent_sms.clone()),
+        ("PUSHGATE_TWILIO_ENDPOINT", endpoints.twilio.clone()),
+        ("PUSHGATE_DINGTALK_ENDPOINT", endpoints.dingtalk.clone()),
+        ("PUSHGATE_WECOM_ENDPOINT", endpoints.wecom.clone()),
+        ("PUSHGATE_FEISHU_ENDPOINT", endpoints.feishu.clone()),
+        ("PUSHGATE_WECHAT_ENDPOINT", endpoints.wechat.clone()),
+        ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+    ])
 }

@@ -8,6 +8,7 @@ pub mod dev;
 pub mod dlq;
 pub mod events;
 pub mod fakes;
+pub mod lambda_bench;
 pub mod moto;
 pub mod poller;
 pub mod receiver;

@@ -71,6 +71,9 @@ enum Command {
         #[command(subcommand)]
         command: QuotaCommand,
     },
+    /// Benchmark the release binaries as Lambda runs them (Runtime API stand-in, moto
+    /// behind a call-counting proxy); prints figures.
+    BenchLambda(BenchArgs),
     /// Sample events for `cargo lambda invoke` / `sam local invoke`.
     Events {
         #[command(subcommand)]
@@ -97,6 +100,23 @@ struct DevArgs {
     /// Run release builds of the functions.
     #[arg(long)]
     release: bool,
+}
+
+/// `bench-lambda`'s options.
+#[derive(Args)]
+struct BenchArgs {
+    /// Messages sent through ingest and the dispatcher (half webhooks, half SMS).
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Directory holding the release binaries (default: the cargo target dir's `release`).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Run this function under `--wrap` (e.g. a profiler).
+    #[arg(long, requires = "wrap")]
+    wrap_function: Option<String>,
+    /// Command line to run the function under, e.g. "valgrind --tool=callgrind".
+    #[arg(long)]
+    wrap: Option<String>,
 }
 
 /// `send`'s message: recipient, then a template with data or inline content.
@@ -294,6 +314,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         Command::Events {
             command: EventsCommand::Resign { dir },
         } => resign(&dir),
+        Command::BenchLambda(args) => bench_lambda(args).await,
     }
 }
 
@@ -307,6 +328,24 @@ async fn dev(args: DevArgs) -> Result<bool, BoxError> {
         smtp_port: args.smtp_port,
         visibility_timeout: args.visibility_timeout,
         release: args.release,
+    })
+    .await?;
+    Ok(true)
+}
+
+/// `bench-lambda`: runs the benchmark of the release binaries.
+async fn bench_lambda(args: BenchArgs) -> Result<bool, BoxError> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| pushgate_tool::workspace_root().join("target"));
+    pushgate_tool::lambda_bench::run(pushgate_tool::lambda_bench::Options {
+        messages: args.messages,
+        bin_dir: args.bin_dir.unwrap_or_else(|| target.join("release")),
+        wrap: args
+            .wrap_function
+            .zip(args.wrap)
+            .map(|(f, w)| (f, w.split_whitespace().map(String::from).collect())),
+        log_dir: pushgate_tool::workspace_root().join(".pushgate/bench"),
     })
     .await?;
     Ok(true)
