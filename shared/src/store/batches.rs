@@ -80,27 +80,7 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             requests.push(WriteRequest::builder().put_request(put).build());
         }
-        for round in 0..5u32 {
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-                .map_err(aws_err)?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut u| u.remove(&self.table))
-                .unwrap_or_default();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50 << round)).await;
-        }
-        Err(StoreError::Aws(format!(
-            "{} batch records left unprocessed",
-            requests.len()
-        )))
+        super::write_all(&self.client, &self.table, requests, 5, "batch records").await
     }
 
     /// Completes the records of a batch a crashed request began: each written unless a

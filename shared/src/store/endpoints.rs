@@ -251,55 +251,32 @@ impl EndpointStore {
     }
 
     /// Keeps events for replay (`ev#{time}#{id}` in their app's partition, kept
-    /// [`EVENT_TTL_DAYS`]): one BatchWriteItem per 25, unprocessed items retried once.
+    /// [`EVENT_TTL_DAYS`]): one BatchWriteItem per 25, unprocessed items retried once
+    /// ([`super::write_all`]).
     pub async fn keep_events(&self, events: &[Event]) -> Result<(), StoreError> {
-        for chunk in events.chunks(25) {
-            let mut requests = Vec::with_capacity(chunk.len());
-            for ev in chunk {
-                let item: HashMap<String, AttributeValue> = [
-                    ("pk".to_string(), s(&ev.app)),
-                    ("sk".to_string(), s(ev_sk(ev.at, &ev.id))),
-                    ("id".to_string(), s(&ev.id)),
-                    ("type".to_string(), s(&ev.kind)),
-                    ("at".to_string(), n(ev.at)),
-                    ("data".to_string(), s(ev.data.to_string())),
-                    ("expires_at".to_string(), n(ev.at / 1000 + EVENT_TTL_DAYS * 86_400)),
-                ]
-                .into();
-                let put = aws_sdk_dynamodb::types::PutRequest::builder()
-                    .set_item(Some(item))
-                    .build()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                requests.push(
-                    aws_sdk_dynamodb::types::WriteRequest::builder()
-                        .put_request(put)
-                        .build(),
-                );
-            }
-            for _ in 0..2 {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(aws_err)?;
-                requests = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-            }
-            if !requests.is_empty() {
-                return Err(StoreError::Aws(format!(
-                    "{} events not stored (throttled)",
-                    requests.len()
-                )));
-            }
+        let mut requests = Vec::with_capacity(events.len());
+        for ev in events {
+            let item: HashMap<String, AttributeValue> = [
+                ("pk".to_string(), s(&ev.app)),
+                ("sk".to_string(), s(ev_sk(ev.at, &ev.id))),
+                ("id".to_string(), s(&ev.id)),
+                ("type".to_string(), s(&ev.kind)),
+                ("at".to_string(), n(ev.at)),
+                ("data".to_string(), s(ev.data.to_string())),
+                ("expires_at".to_string(), n(ev.at / 1000 + EVENT_TTL_DAYS * 86_400)),
+            ]
+            .into();
+            let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            requests.push(
+                aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(put)
+                    .build(),
+            );
         }
-        Ok(())
+        super::write_all(&self.client, &self.table, requests, 2, "events").await
     }
 
     /// The app's kept events from `since_ms` on, oldest first, at most `limit` (one Query

@@ -143,6 +143,46 @@ where
     StoreError::Aws(what)
 }
 
+/// Writes `requests` to `table` in `BatchWriteItem`s of 25 (DynamoDB's limit), one after
+/// another; items DynamoDB leaves unprocessed (throttling) are sent again after a short,
+/// doubling pause, up to `rounds` times, then reported as an error naming `what`.
+pub(crate) async fn write_all(
+    client: &Client,
+    table: &str,
+    requests: Vec<aws_sdk_dynamodb::types::WriteRequest>,
+    rounds: u32,
+    what: &str,
+) -> Result<(), StoreError> {
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        for round in 0..rounds.max(1) {
+            if round > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(25 << round.min(6))).await;
+            }
+            let out = client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .map_err(aws_err)?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(table))
+                .unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Aws(format!(
+                "{} {what} not written (throttled)",
+                pending.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// DynamoDB adapter.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -66,29 +66,7 @@ impl SweepIndex {
                 }
             });
         }
-        for chunk in requests.chunks(25) {
-            let mut pending = chunk.to_vec();
-            for _ in 0..2 {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, pending)
-                    .send()
-                    .await
-                    .map_err(aws_err)?;
-                pending = out
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.table))
-                    .unwrap_or_default();
-                if pending.is_empty() {
-                    break;
-                }
-            }
-            if !pending.is_empty() {
-                return Err(StoreError::Aws(format!("{} sweep entries not written", pending.len())));
-            }
-        }
-        Ok(())
+        super::write_all(&self.client, &self.table, requests, 2, "sweep entries").await
     }
 
     /// Entries waiting since before `before_ms`, oldest first per shard, at most `limit`
