@@ -39,6 +39,9 @@ pub enum Claim {
     Leased,
     /// No such record (e.g. ingest rolled it back): nothing to send.
     Missing,
+    /// A job that came before the message's `send_at` (a duplicate, a redrive): not
+    /// claimed. `scheduled`: a Scheduler schedule will queue it when due.
+    Early { send_at: i64, scheduled: bool },
 }
 
 /// Result of charging a message to its app's balance.

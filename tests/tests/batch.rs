@@ -207,6 +207,15 @@ async fn a_retry_after_a_crash_half_way_completes_the_batch_and_sends_nobody_twi
             .collect();
         assert_eq!(ids.len(), 1, "recipient {i} received {ids:?}");
     }
+    // One record per recipient: 60 records, 60 distinct recipients.
+    let records: Vec<_> = stack
+        .all_records()
+        .await
+        .into_values()
+        .filter(|m| m.batch_id.as_deref() == Some(&id))
+        .collect();
+    let recipients: std::collections::BTreeSet<&str> = records.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!((records.len(), recipients.len()), (60, 60));
     let (_, b) = get_batch(&stack, &id, "").await;
     assert_eq!(b["counts"], json!({"delivered": 60}), "{b}");
     assert_eq!(b["status"], "completed");
@@ -224,12 +233,16 @@ async fn an_atomic_batch_with_an_invalid_recipient_sends_nothing() {
     let stack = Stack::new().await;
     let body = json!({"channel": "webhook", "content": {"text": "x"}, "atomic": true,
                       "recipients": [{"to": stack.receiver.url("a")}, {"to": "ftp://nope"}]});
-    let (status, _, problem) = post_batch(&stack, &body, None).await;
+    let (status, _, problem) = post_batch(&stack, &body, Some("atomic-1")).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["pointer"], "/recipients/1/to");
+    // Without an Idempotency-Key a batch is refused: a retry could only send it again.
+    let (status, _, problem) = post_batch(&stack, &body, None).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "header:Idempotency-Key");
     // A fault of the batch's own fields refuses it whole, named once.
     let body = json!({"channel": "pigeon", "content": {"text": "x"}, "recipients": [{"to": "a"}, {"to": "b"}]});
-    let (status, _, problem) = post_batch(&stack, &body, None).await;
+    let (status, _, problem) = post_batch(&stack, &body, Some("atomic-2")).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"].as_array().unwrap().len(), 1);
     assert_eq!(problem["errors"][0]["pointer"], "/channel");

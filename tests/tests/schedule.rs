@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use pushgate_shared::message::Status;
+use pushgate_shared::queue::Queue;
 use pushgate_tests::*;
 use pushgate_tool::schedules::LocalScheduler;
 use serde_json::{json, Value};
@@ -120,14 +121,54 @@ async fn a_later_send_at_becomes_a_one_time_schedule_that_queues_the_job() {
     let job: Value = serde_json::from_str(target.input().unwrap()).unwrap();
     assert_eq!(job, json!({"pk": m.pk, "id": id, "app": APP}));
 
-    // Not due: nothing fires. Due: the job reaches the queue once and is sent.
+    // Not due: nothing fires.
     let local = LocalScheduler::new(&stack.sdk, stack.res.schedule_group());
     assert_eq!(local.fire_due(now).await.unwrap(), 0);
+    // A job that comes before its send_at (a stray duplicate, a redrive) sends nothing:
+    // the schedule will queue it when due.
+    Queue::new(stack.sqs.clone(), stack.res.send_queue())
+        .send(&pushgate_shared::message::Job::of(&m))
+        .await
+        .unwrap();
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(stack.record(&id).await.status, Status::Scheduled);
+    assert_eq!(delivered_to(&stack, "later"), 0);
+
+    // Its time comes (the record's send_at moved to now, as two hours passing would) and
+    // the schedule fires: the job reaches the queue once and is sent.
+    aws_sdk_dynamodb::Client::new(&stack.sdk)
+        .update_item()
+        .table_name(stack.res.messages_table())
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(m.pk.clone()))
+        .update_expression("SET send_at = :now")
+        .expression_attribute_values(
+            ":now",
+            aws_sdk_dynamodb::types::AttributeValue::N(pushgate_shared::clock::now_ms().to_string()),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(local.fire_due(at + 1_000).await.unwrap(), 1);
     assert!(schedule_names(&stack).await.is_empty(), "deleted after it fired");
     stack.drain(Duration::from_secs(10)).await;
     assert_eq!(stack.record(&id).await.status, Status::Delivered);
     assert_eq!(delivered_to(&stack, "later"), 1);
+}
+
+/// A message scheduled beyond the retention period is kept for the retention past its
+/// send_at, not past when it was accepted: it must not expire before it goes.
+#[tokio::test]
+async fn a_message_scheduled_beyond_the_retention_outlives_its_send_at() {
+    let stack = Stack::new().await;
+    let at = pushgate_shared::clock::now_ms() + 30 * 86_400_000;
+    let (status, body) = submit(&stack, webhook(&stack, "month", Some(at))).await;
+    assert_eq!(status, 202, "{body}");
+    let m = stack.record(body["id"].as_str().unwrap()).await;
+    assert!(
+        m.expires_at >= at / 1000 + 7 * 86_400,
+        "expires {} before it is sent",
+        m.expires_at
+    );
 }
 
 #[tokio::test]

@@ -46,6 +46,16 @@ impl Ingest {
         }
         let idem_key = idempotency_key(req)?;
         let (creds, app) = self.authenticate(req, body, idem_key.as_deref()).await?;
+        // Without a key, a batch that failed half way could only be sent again as a new
+        // batch: its first recipients twice.
+        if idem_key.is_none() {
+            return Err(Problem::new(400, "idempotency-key-required", "Bad Request")
+                .detail("a batch needs an Idempotency-Key, so that a retry completes it instead of sending it again")
+                .errors(vec![FieldError::new(
+                    "header:Idempotency-Key",
+                    "is required for batches",
+                )]));
+        }
         if idem_key.is_some() && creds.version == SignatureVersion::V1 {
             return Err(Problem::new(400, "sign-v2", "Bad Request")
                 .detail("a batch with an Idempotency-Key must be signed v2 (which covers the key)")
@@ -92,8 +102,7 @@ impl Ingest {
             channel: accepted[0].1.channel,
             total: total as u32,
             accepted: accepted.len() as u32,
-            rejected: serde_json::to_string(&rejected.iter().take(KEPT_REJECTIONS).collect::<Vec<_>>())
-                .unwrap_or_else(|_| "[]".into()),
+            rejected: kept_rejections(&rejected),
             rejected_count: rejected.len() as u32,
             body_hash: hex::encode(Sha256::digest(body)),
             created_at: now,
@@ -322,6 +331,24 @@ impl Ingest {
             }),
         ))
     }
+}
+
+/// The rejections a batch's record keeps for replays: the first [`KEPT_REJECTIONS`],
+/// and no more than 64 KB of them (their pointers and details echo the client's input),
+/// so the record can always be stored.
+fn kept_rejections(rejected: &[Rejection]) -> String {
+    const MAX_BYTES: usize = 64 * 1024;
+    let mut kept = Vec::new();
+    let mut size = 2;
+    for r in rejected.iter().take(KEPT_REJECTIONS) {
+        let one = serde_json::to_string(r).unwrap_or_default();
+        if size + one.len() + 1 > MAX_BYTES {
+            break;
+        }
+        size += one.len() + 1;
+        kept.push(one);
+    }
+    format!("[{}]", kept.join(","))
 }
 
 fn query_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {

@@ -116,7 +116,7 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
             tracing::error!(sqs_id = ?record.message_id, "malformed job dropped");
             return Outcome::Ack("malformed");
         };
-        let charge_first = match self.prepare(job.app.as_deref()).await {
+        let metered = match self.prepare(job.app.as_deref()).await {
             Ok(metered) => metered,
             Err(what) => return Outcome::Retry(what, Some(attempt::OUTAGE_RETRY)),
         };
@@ -125,13 +125,19 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
         let lease_until = now + self.cfg.lease_secs * 1000;
         match logged(
             self.store
-                .claim(&job.pk, &job.id, &owner, now, lease_until, charge_first)
+                .claim(&job.pk, &job.id, &owner, now, lease_until, metered == Some(true))
                 .await,
             "claim",
             &job.id,
         ) {
             Err(_) => Outcome::Retry("store", Some(Duration::from_secs(5))),
             Ok(Claim::Missing) => Outcome::Ack("missing"),
+            // Its schedule queues it when due; this job is a stray.
+            Ok(Claim::Early { scheduled: true, .. }) => Outcome::Ack("early"),
+            Ok(Claim::Early { send_at, .. }) => Outcome::Retry(
+                "early",
+                Some(Duration::from_millis(send_at.saturating_sub(now).max(1000) as u64)),
+            ),
             Ok(Claim::Done(status)) => {
                 tracing::info!(id = %job.id, status = status.as_str(), "duplicate delivery acknowledged");
                 Outcome::Ack("duplicate")
@@ -142,22 +148,23 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
                 "leased",
                 Some(Duration::from_secs(self.cfg.lease_secs.clamp(1, 5) as u64)),
             ),
-            Ok(Claim::Claimed { message, takeover }) => self.send(*message, &owner, takeover).await,
+            Ok(Claim::Claimed { message, takeover }) => self.send(*message, &owner, takeover, metered).await,
         }
     }
 
     /// Loads the app's configuration and the routes before the lease is taken, so that a
     /// stall or a crash while loading them leaves no lease behind that would look like an
     /// interrupted send (the attempt then reads them from the warm caches). Returns
-    /// whether the app is metered: its attempt charges before it sends.
-    async fn prepare(&self, app: Option<&str>) -> Result<bool, &'static str> {
+    /// whether the app is metered (its attempt charges before it sends), if the job
+    /// names its app.
+    async fn prepare(&self, app: Option<&str>) -> Result<Option<bool>, &'static str> {
         if let Err(e) = self.routes.current().await {
             tracing::error!(error = %e, "routes unavailable");
             return Err("routes");
         }
-        let Some(app) = app else { return Ok(false) };
+        let Some(app) = app else { return Ok(None) };
         match self.apps.app(app).await {
-            Ok(found) => Ok(found.is_some_and(|a| a.limits.balance)),
+            Ok(found) => Ok(Some(found.is_some_and(|a| a.limits.balance))),
             Err(e) => {
                 tracing::error!(error = %e, "service secret unavailable");
                 Err("config")
@@ -166,7 +173,10 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
     }
 
     /// One delivery attempt: the machine decides, this carries out each move.
-    async fn send(&self, message: Message, owner: &str, takeover: bool) -> Outcome {
+    /// `metered`: what the claim recorded (`charge_first`), so the attempt charges
+    /// exactly when its claim said it would, even if the app's configuration changed
+    /// in between (`None`: a job without its app, read now).
+    async fn send(&self, message: Message, owner: &str, takeover: bool, metered: Option<bool>) -> Outcome {
         let app = match self.apps.app(&message.app).await {
             Ok(Some(app)) => app,
             Ok(None) => return self.end(&message, owner, attempt::unknown_app()).await,
@@ -188,7 +198,9 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
         };
         let steps = plan::build(&message, &route, |leg, listed| self.candidates(&app, leg, listed));
         let (pk, id) = (message.pk.clone(), message.id.clone());
-        let mut attempt = Attempt::new(message, steps, &route, self.policy(&app));
+        let mut policy = self.policy(&app);
+        policy.metered = metered.unwrap_or(policy.metered);
+        let mut attempt = Attempt::new(message, steps, &route, policy);
         let mut next = attempt.start(takeover, (self.clock)());
         loop {
             next = match next {

@@ -554,7 +554,9 @@ pub(super) fn new_message(m: NewMessage<'_>, now: i64, retention_days: i64) -> M
         attempts: 0,
         created_at: now,
         updated_at: now,
-        expires_at: now / 1000 + retention_days * 86_400,
+        // Kept its retention past when it is sent, not past when it was accepted: a
+        // message scheduled beyond the retention must not expire before it goes.
+        expires_at: now.max(m.send_at.unwrap_or(now)) / 1000 + retention_days * 86_400,
         body_hash: m.body_hash,
         signature: m.signature,
         ingest_pending: m.pending.then_some(true),

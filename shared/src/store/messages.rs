@@ -282,10 +282,13 @@ impl Store {
         }
         let result = req
             .condition_expression(
-                "id = :id AND (status_rank = :zero OR (status_rank = :one AND \
+                "id = :id AND (attribute_not_exists(send_at) OR send_at <= :due) AND \
+                 (status_rank = :zero OR (status_rank = :one AND \
                  (attribute_not_exists(lease_until) OR lease_until < :now)))",
             )
             .expression_attribute_names("#st", "status")
+            // A second of slack for clocks: jobs are delayed to whole seconds, rounded up.
+            .expression_attribute_values(":due", n(now_ms.saturating_add(1000)))
             .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":zero", n(0))
@@ -325,6 +328,11 @@ impl Store {
                         Claim::Missing
                     } else if old.status_rank >= 2 {
                         Claim::Done(old.status)
+                    } else if let Some(send_at) = old.send_at.filter(|at| *at > now_ms.saturating_add(1000)) {
+                        Claim::Early {
+                            send_at,
+                            scheduled: old.schedule.is_some(),
+                        }
                     } else {
                         Claim::Leased
                     })
@@ -370,7 +378,9 @@ impl Store {
             Err(e) => match super::quota::cancelled(&e) {
                 // Another holder (or a receipt) moved the message on: nothing written.
                 Some([true, _]) => Ok(false),
-                Some([false, true]) => {
+                // The held receipt's item wins a conflict, or a receipt is held there:
+                // write the outcome, then the reference, which applies what is held.
+                Some([false, _]) => {
                     let finished = self.finish_only(pk, owner, finish, now_ms).await?;
                     if finished {
                         // The send is recorded either way; receipts that cannot be
