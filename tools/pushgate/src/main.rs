@@ -439,13 +439,15 @@ async fn batch(args: BatchArgs) -> Result<bool, BoxError> {
         recipients.push(recipient);
     }
     body["recipients"] = Value::Array(recipients);
-    let extra: Vec<(&str, &str)> = args
+    // A batch needs a key; without one given, a fresh one (printed, so a retry of this
+    // same batch can pass it with --idempotency-key).
+    let key = args
         .message
         .idempotency_key
-        .as_deref()
-        .map(|k| ("Idempotency-Key", k))
-        .into_iter()
-        .collect();
+        .clone()
+        .unwrap_or_else(|| format!("batch-{}", ulid::Ulid::new()));
+    println!("Idempotency-Key: {key}");
+    let extra = [("Idempotency-Key", key.as_str())];
     let resp = client
         .request("POST", "/v1/messages/batch", Some(&body), &extra)
         .await?;
