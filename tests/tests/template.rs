@@ -161,6 +161,8 @@ fn internet_facing_functions_touch_only_message_items() {
         messages_only("UpdateItem"),
         messages_only("DeleteItem"),
         messages_only("GetItem"),
+        // A batch's recipients' records.
+        messages_only("BatchWriteItem"),
         only("UpdateItem", "_rate.*"),
         only("GetItem", "_balance.*"),
     ]
