@@ -150,3 +150,49 @@ async fn an_app_set_to_wait_keeps_its_messages_until_topped_up() {
     assert_eq!(delivered_to(&stack, "wait"), 2);
     assert_eq!(stack.store.balance(WAITING_APP).await.unwrap(), Some(4));
 }
+
+/// A retry of an accepted request (same `Idempotency-Key`, same body) gets the first
+/// answer even once the message it sent spent the app's balance: a 429 would tell the
+/// client it was not sent.
+#[tokio::test]
+async fn a_keyed_retry_after_the_balance_is_spent_gets_the_first_answer() {
+    let stack = metered_stack().await;
+    stack.store.set_balance(METERED_APP, 1).await.unwrap();
+    let body = serde_json::to_vec(&webhook(&stack, "spent", 0)).unwrap();
+    let send = || {
+        let req = signed_v2(
+            "POST",
+            "/v1/messages",
+            &body,
+            METERED_APP,
+            OTHER_SECRET,
+            now(),
+            Some("pay-once"),
+        );
+        stack.ingest.handle(req)
+    };
+    let (status, _, first) = parts(send().await);
+    assert_eq!(status, 202, "{first}");
+    let events = events(&stack, 1).await;
+    for e in events {
+        stack.dispatcher.handle(e).await;
+    }
+    assert_eq!(stack.store.balance(METERED_APP).await.unwrap(), Some(0));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, headers, again) = parts(send().await);
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again["id"], first["id"]);
+    // A new request is still refused.
+    let other = serde_json::to_vec(&webhook(&stack, "spent", 1)).unwrap();
+    let req = signed_v2(
+        "POST",
+        "/v1/messages",
+        &other,
+        METERED_APP,
+        OTHER_SECRET,
+        now(),
+        Some("pay-twice"),
+    );
+    assert_eq!(parts(stack.ingest.handle(req).await).0, 429);
+}

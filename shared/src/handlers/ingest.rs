@@ -168,13 +168,21 @@ impl Ingest {
         } = self.render(&request, &app).await?;
 
         let now = (self.clock)();
-        let when = self.when(request.send_at, now)?;
+        let body_hash = hex::encode(Sha256::digest(body));
+        let keyed_pk = idem_key
+            .as_ref()
+            .map(|k| format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))));
+        let when = match self.when(request.send_at, now) {
+            Ok(when) => when,
+            Err(refusal) => return self.unless_replay(keyed_pk.as_deref(), &body_hash, now, refusal).await,
+        };
         if app.limits.balance {
             let available = self.store.balance(&app.key).await.map_err(unavailable)?;
             if available.unwrap_or(0) <= 0 {
-                return Err(Problem::new(429, "quota-exhausted", "Too Many Requests")
+                let refusal = Problem::new(429, "quota-exhausted", "Too Many Requests")
                     .detail(format!("app {} has no balance left; top it up to send", app.key))
-                    .retry_after(QUOTA_RETRY_AFTER_SECS));
+                    .retry_after(QUOTA_RETRY_AFTER_SECS);
+                return self.unless_replay(keyed_pk.as_deref(), &body_hash, now, refusal).await;
             }
         }
         let pointer = if template.is_some() { "/data" } else { "/content" };
@@ -196,10 +204,7 @@ impl Ingest {
                 return Err(unauthorized(AuthError::Replayed, Some(&app.key)));
             }
         }
-        let pk = match &idem_key {
-            Some(k) => format!("{}_i_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
-            None => format!("{}_s_{signature}", app.key),
-        };
+        let pk = keyed_pk.unwrap_or_else(|| format!("{}_s_{signature}", app.key));
         let message = new_message(
             NewMessage {
                 pk: pk.clone(),
@@ -214,7 +219,7 @@ impl Ingest {
                     content,
                     alternates,
                 },
-                body_hash: hex::encode(Sha256::digest(body)),
+                body_hash,
                 signature: signature.clone(),
                 pending: idem_key.is_some(),
             },
@@ -412,6 +417,27 @@ impl Ingest {
     async fn status(&self, req: &Request, id: &str) -> Result<Response<Body>, Problem> {
         let message = self.own_message(req, id).await?;
         Ok(json(200, &status_view(&message)))
+    }
+
+    /// Answers a refusal that depends on when the request is looked at (its `send_at`
+    /// now past, the app's balance now spent) unless the same request under the same
+    /// `Idempotency-Key` was accepted before: then the first answer again, as a retry
+    /// expects. One GetItem, on refusals of keyed requests only.
+    async fn unless_replay(
+        &self,
+        keyed_pk: Option<&str>,
+        body_hash: &str,
+        now: i64,
+        refusal: Problem,
+    ) -> Result<Response<Body>, Problem> {
+        if let Some(pk) = keyed_pk {
+            if let Ok(Some(old)) = self.store.get(pk, now).await {
+                if old.body_hash == body_hash {
+                    return Ok(accepted(&old, true));
+                }
+            }
+        }
+        Err(refusal)
     }
 
     /// `DELETE /v1/messages/{id}`: cancels a message not yet claimed for sending
