@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::{aws_err, s, Store, StoreError, BY_BATCH_INDEX};
@@ -74,11 +74,7 @@ impl Store {
             let item: serde_dynamo::Item = serde_dynamo::to_item(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let item: HashMap<String, AttributeValue> = item.into();
             super::check_item(&item)?;
-            let put = PutRequest::builder()
-                .set_item(Some(item))
-                .build()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            requests.push(WriteRequest::builder().put_request(put).build());
+            requests.push(super::put_request(item)?);
         }
         super::write_all(&self.client, &self.table, requests, 5, "batch records").await
     }

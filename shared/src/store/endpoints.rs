@@ -266,15 +266,7 @@ impl EndpointStore {
                 ("expires_at".to_string(), n(ev.at / 1000 + EVENT_TTL_DAYS * 86_400)),
             ]
             .into();
-            let put = aws_sdk_dynamodb::types::PutRequest::builder()
-                .set_item(Some(item))
-                .build()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            requests.push(
-                aws_sdk_dynamodb::types::WriteRequest::builder()
-                    .put_request(put)
-                    .build(),
-            );
+            requests.push(super::put_request(item)?);
         }
         super::write_all(&self.client, &self.table, requests, 2, "events").await
     }

@@ -143,6 +143,19 @@ where
     StoreError::Aws(what)
 }
 
+/// One item to put through [`write_all`].
+pub(crate) fn put_request(
+    item: HashMap<String, AttributeValue>,
+) -> Result<aws_sdk_dynamodb::types::WriteRequest, StoreError> {
+    let put = aws_sdk_dynamodb::types::PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(aws_sdk_dynamodb::types::WriteRequest::builder()
+        .put_request(put)
+        .build())
+}
+
 /// Writes `requests` to `table` in `BatchWriteItem`s of 25 (DynamoDB's limit), one after
 /// another; items DynamoDB leaves unprocessed (throttling) are sent again after a short,
 /// doubling pause, up to `rounds` times, then reported as an error naming `what`.

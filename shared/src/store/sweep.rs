@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 
 use super::{applied, aws_err, history, n, s, Store, StoreError};
@@ -51,11 +51,7 @@ impl SweepIndex {
                     let mut item = k;
                     item.insert("id".into(), s(&e.id));
                     item.insert("message_pk".into(), s(&e.pk));
-                    let put = PutRequest::builder()
-                        .set_item(Some(item))
-                        .build()
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    WriteRequest::builder().put_request(put).build()
+                    super::put_request(item)?
                 }
                 IndexOp::Delete(_) => {
                     let del = DeleteRequest::builder()
