@@ -106,6 +106,10 @@ pub struct Scheduling {
     pub group: String,
     pub queue_arn: String,
     pub role_arn: String,
+    /// `PUSHGATE_SCHEDULER_DLQ_ARN` (optional): where Scheduler puts a job it could not
+    /// deliver after its retries, for operators to see (the sweep releases the message
+    /// anyway).
+    pub dead_letter_arn: Option<String>,
 }
 
 impl Ingest {
@@ -127,6 +131,7 @@ impl Ingest {
                     group,
                     queue_arn,
                     role_arn,
+                    dead_letter_arn: var("PUSHGATE_SCHEDULER_DLQ_ARN"),
                 }),
                 (None, None, None) => None,
                 _ => return Err(ConfigError::Missing(

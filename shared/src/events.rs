@@ -56,6 +56,9 @@ pub struct StatusImage {
     pub reason: Option<String>,
     #[serde(default)]
     pub key: Option<String>,
+    /// When a `scheduled` record is due (the sweep's backstop sorts by it).
+    #[serde(default)]
+    pub send_at: Option<i64>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
 }
@@ -328,6 +331,7 @@ mod tests {
             provider: Some("aliyun".into()),
             reason: None,
             key: Some("otp".into()),
+            send_at: None,
             history: (0..history)
                 .map(|i| HistoryEntry {
                     at: i as i64,

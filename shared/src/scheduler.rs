@@ -4,7 +4,7 @@
 //! Scheduler deletes it once it has fired (`ActionAfterCompletion: DELETE`).
 
 use aws_sdk_scheduler::types::{
-    ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target,
+    ActionAfterCompletion, DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target,
 };
 use aws_sdk_scheduler::Client;
 
@@ -31,6 +31,9 @@ pub struct Scheduler {
     pub queue_arn: String,
     /// The role Scheduler assumes to send to the queue (`PUSHGATE_SCHEDULER_ROLE_ARN`).
     pub role_arn: String,
+    /// Where Scheduler puts a job it gave up delivering (`PUSHGATE_SCHEDULER_DLQ_ARN`):
+    /// operators see the failure there; the sweep queues the message regardless.
+    pub dead_letter_arn: Option<String>,
 }
 
 impl Scheduler {
@@ -40,7 +43,14 @@ impl Scheduler {
             group,
             queue_arn,
             role_arn,
+            dead_letter_arn: None,
         }
+    }
+
+    /// The same, with Scheduler's dead-letter queue for jobs it gave up delivering.
+    pub fn with_dead_letter(mut self, arn: Option<String>) -> Self {
+        self.dead_letter_arn = arn;
+        self
     }
 
     /// The schedule name of message `id` (a ULID fits Scheduler's 1-64 `[0-9A-Za-z-_.]`).
@@ -62,6 +72,11 @@ impl Scheduler {
                     .maximum_event_age_in_seconds(86_400)
                     .maximum_retry_attempts(185)
                     .build(),
+            )
+            .set_dead_letter_config(
+                self.dead_letter_arn
+                    .as_ref()
+                    .map(|arn| DeadLetterConfig::builder().arn(arn).build()),
             )
             .build()
             .map_err(|e| SchedulerError(e.to_string()))?;

@@ -2,9 +2,9 @@
 //! on the sweep, and when they are due.
 //!
 //! The sweep index is kept from the messages table's stream (by the events function),
-//! not by the writers: a record that becomes `sent` or `accepted` gets an index entry
-//! (`{kind}.{channel}.{shard}`, sorted by the time it entered that status), and leaving
-//! the status removes it. The sweep then reads only due entries (a Query per partition),
+//! not by the writers: a record that becomes `sent`, `accepted` or `scheduled` gets an
+//! index entry (`{kind}.{channel}.{shard}`, sorted by the time it entered that status, or
+//! for `scheduled` by its `send_at`), and leaving the status removes it. The sweep then reads only due entries (a Query per partition),
 //! never scans, and the hot path pays nothing.
 
 use std::time::Duration;
@@ -22,6 +22,10 @@ pub enum Waiting {
     Receipt,
     /// `accepted`, waiting for the dispatcher.
     Dispatch,
+    /// `scheduled`, waiting for its delayed job or Scheduler schedule to fire (indexed
+    /// by `send_at`): the backstop for a job that never came (an ingest that died before
+    /// its queue or schedule write, a schedule whose deliveries all failed).
+    Schedule,
 }
 
 impl Waiting {
@@ -29,6 +33,7 @@ impl Waiting {
         match self {
             Waiting::Receipt => "receipt",
             Waiting::Dispatch => "dispatch",
+            Waiting::Schedule => "schedule",
         }
     }
 
@@ -36,6 +41,7 @@ impl Waiting {
         match status {
             Status::Sent => Some(Waiting::Receipt),
             Status::Accepted => Some(Waiting::Dispatch),
+            Status::Scheduled => Some(Waiting::Schedule),
             _ => None,
         }
     }
@@ -82,10 +88,16 @@ pub enum IndexOp {
 }
 
 fn entry(image: &StatusImage) -> Option<Entry> {
+    let waiting = Waiting::of(image.status)?;
+    // A scheduled record is due at its send_at, not when it was written.
+    let since = match (waiting, image.send_at) {
+        (Waiting::Schedule, Some(at)) => at,
+        _ => image.updated_at,
+    };
     Some(Entry {
-        waiting: Waiting::of(image.status)?,
+        waiting,
         channel: image.channel,
-        since: image.updated_at,
+        since,
         id: image.id.clone(),
         pk: image.pk.clone(),
     })
@@ -114,7 +126,8 @@ pub fn index_ops(old: Option<&StatusImage>, new: Option<&StatusImage>) -> Vec<In
 pub struct Timeouts {
     /// `sent` without a receipt, per channel (channels not listed are never expired).
     pub receipt: Vec<(Channel, Duration)>,
-    /// `accepted` without a dispatch (an ingest that died before its queue write).
+    /// `accepted` without a dispatch (an ingest that died before its queue write), and
+    /// `scheduled` this long past its `send_at` (its job never came).
     pub dispatch: Duration,
 }
 
@@ -159,7 +172,27 @@ mod tests {
             provider: None,
             reason: None,
             key: None,
+            send_at: None,
             history: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_scheduled_record_waits_from_its_send_at() {
+        let mut scheduled = image(Status::Scheduled, 5);
+        scheduled.send_at = Some(90_000);
+        let ops = index_ops(None, Some(&scheduled));
+        assert!(
+            matches!(&ops[..], [IndexOp::Put(e)] if e.waiting == Waiting::Schedule && e.since == 90_000
+                && e.partition().starts_with("_sweep.schedule.sms."))
+        );
+        // Claimed (or cancelled): the entry leaves.
+        for next in [Status::Sending, Status::Cancelled] {
+            let ops = index_ops(Some(&scheduled), Some(&image(next, 91_000)));
+            assert!(
+                matches!(&ops[..], [IndexOp::Delete(e)] if e.since == 90_000),
+                "{next:?}"
+            );
         }
     }
 

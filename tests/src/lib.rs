@@ -281,12 +281,15 @@ impl Stack {
             },
             clock: pushgate_shared::clock::system(),
             filters: Default::default(),
-            scheduler: Some(pushgate_shared::scheduler::Scheduler::new(
-                aws_sdk_scheduler::Client::new(&sdk),
-                res.schedule_group().to_string(),
-                res.send_queue_arn().to_string(),
-                resources::LOCAL_SCHEDULER_ROLE_ARN.to_string(),
-            )),
+            scheduler: Some(
+                pushgate_shared::scheduler::Scheduler::new(
+                    aws_sdk_scheduler::Client::new(&sdk),
+                    res.schedule_group().to_string(),
+                    res.send_queue_arn().to_string(),
+                    resources::LOCAL_SCHEDULER_ROLE_ARN.to_string(),
+                )
+                .with_dead_letter(Some(res.schedule_dead_letter_queue_arn().to_string())),
+            ),
             endpoints: Some(pushgate_shared::handlers::endpoints::EndpointsApi {
                 store: pushgate_shared::store::endpoints::EndpointStore::new(
                     store_client_for_endpoints.clone(),

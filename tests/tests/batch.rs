@@ -249,3 +249,66 @@ async fn an_atomic_batch_with_an_invalid_recipient_sends_nothing() {
     assert!(stack.all_records().await.is_empty());
     assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0);
 }
+
+/// A keyed batch retried after its own recipients spent the app's balance, or after its
+/// `send_at` passed, gets its first answer again, not a 429 or a 422; a new batch is
+/// refused. The receiver still counts each recipient once.
+#[tokio::test]
+async fn a_keyed_retry_gets_the_first_answer_after_the_batch_spent_the_balance() {
+    let stack = Stack::new().await;
+    stack.ingest.apps.current().await.unwrap();
+    stack.store.set_balance(METERED_APP, 2).await.unwrap();
+    let run = ulid::Ulid::new().to_string().to_lowercase();
+    let hooks = [format!("spent-{run}-0"), format!("spent-{run}-1")];
+    let send_at = pushgate_shared::clock::rfc3339(pushgate_shared::clock::now_ms() + 2_000);
+    let body = json!({
+        "channel": "webhook",
+        "content": {"text": "t"},
+        "send_at": send_at,
+        "recipients": hooks.iter().map(|h| json!({"to": stack.receiver.url(h)})).collect::<Vec<_>>(),
+    });
+    let post = |key: &str| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        signed_v2(
+            "POST",
+            "/v1/messages/batch",
+            &bytes,
+            METERED_APP,
+            OTHER_SECRET,
+            now(),
+            Some(key),
+        )
+    };
+    let (status, _, first) = parts(stack.ingest.handle(post(&format!("k-{run}"))).await);
+    assert_eq!(status, 202, "{first}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(
+        stack.store.balance(METERED_APP).await.unwrap(),
+        Some(0),
+        "spent by the batch"
+    );
+
+    // The retry: balance spent and send_at past, yet the first answer again.
+    let (status, headers, again) = parts(stack.ingest.handle(post(&format!("k-{run}"))).await);
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["accepted"], 2);
+    assert_eq!(
+        headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    // Another key is another batch: refused (past send_at or no balance), nothing sent.
+    let (status, _, body) = parts(stack.ingest.handle(post(&format!("other-{run}"))).await);
+    assert!(status == 422 || status == 429, "{status} {body}");
+    stack.drain(Duration::from_secs(3)).await;
+    for hook in &hooks {
+        let got = stack
+            .receiver
+            .received()
+            .iter()
+            .filter(|r| &r.hook == hook && (200..300).contains(&r.status))
+            .count();
+        assert_eq!(got, 1, "{hook}");
+    }
+}

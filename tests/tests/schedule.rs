@@ -118,6 +118,11 @@ async fn a_later_send_at_becomes_a_one_time_schedule_that_queues_the_job() {
     assert_eq!(s.action_after_completion().map(|a| a.as_str()), Some("DELETE"));
     let target = s.target().unwrap();
     assert_eq!(target.arn(), stack.res.send_queue_arn());
+    assert_eq!(
+        target.dead_letter_config().and_then(|d| d.arn()),
+        Some(stack.res.schedule_dead_letter_queue_arn()),
+        "a job Scheduler gives up on lands where operators look"
+    );
     let job: Value = serde_json::from_str(target.input().unwrap()).unwrap();
     assert_eq!(job, json!({"pk": m.pk, "id": id, "app": APP}));
 

@@ -787,3 +787,74 @@ async fn the_sweep_moves_a_silent_sms_to_unknown_with_its_event_and_requeues_an_
         "dispatched: no longer an orphan"
     );
 }
+
+/// The backstop for scheduled sends: a `scheduled` record whose job never came (its
+/// ingest died before the queue or schedule write, or Scheduler gave up) is queued once
+/// it is 5 minutes past its `send_at`, and is then sent exactly once, counted at SES.
+#[tokio::test]
+async fn the_sweep_releases_a_scheduled_record_whose_job_never_came() {
+    let stack = Stack::new().await;
+    let events = Events::new(&stack);
+    let to = format!("late-{}@example.com", ulid::Ulid::new().to_string().to_lowercase());
+    let mut m = message(
+        pushgate_shared::message::Channel::Email,
+        &to,
+        pushgate_shared::message::Content {
+            subject: Some("Reminder".into()),
+            text: Some("Your appointment is at 10:00".into()),
+            ..Default::default()
+        },
+    );
+    let send_at = m.created_at - 6 * 60_000;
+    m.status = Status::Scheduled;
+    m.status_rank = Status::Scheduled.rank();
+    m.attempts = 0;
+    m.send_at = Some(send_at);
+    m.history = vec![pushgate_shared::message::HistoryEntry {
+        at: m.created_at,
+        status: Status::Scheduled,
+        note: None,
+    }];
+    stack.store.create(&m, m.created_at).await.expect("write");
+    settle(&events).await;
+
+    // Due 5 minutes after its send_at, not before.
+    assert_eq!(sweep_at(&stack, -2 * 60_000).run().await.released, 0, "not yet");
+    let swept = sweep_at(&stack, 0).run().await;
+    assert_eq!((swept.released, swept.requeued), (1, 0), "{swept:?}");
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(stack.record(&m.id).await.status, Status::Sent);
+    assert_eq!(stack.emails_to(&to).await, 1);
+
+    // Sent: its entry left with the status; a later run (or a late job) sends nothing more.
+    settle(&events).await;
+    assert_eq!(sweep_at(&stack, 0).run().await.released, 0);
+    stack.drain(Duration::from_secs(5)).await;
+    assert_eq!(stack.emails_to(&to).await, 1);
+}
+
+/// A cancelled scheduled message leaves the backstop with its status: never released.
+#[tokio::test]
+async fn the_sweep_never_releases_a_cancelled_scheduled_message() {
+    let stack = Stack::new().await;
+    let events = Events::new(&stack);
+    let to = format!("cancel-{}@example.com", ulid::Ulid::new().to_string().to_lowercase());
+    let send_at = pushgate_shared::clock::rfc3339(pushgate_shared::clock::now_ms() + 600_000);
+    let id = stack
+        .accept(json!({"channel":"email","to":to,"content":{"subject":"s","text":"t"},"send_at":send_at}))
+        .await;
+    assert_eq!(stack.record(&id).await.status, Status::Scheduled);
+    let cancel = signed(
+        "DELETE",
+        &format!("/v1/messages/{id}"),
+        b"",
+        APP,
+        APP_SECRETS[0],
+        now(),
+        &[],
+    );
+    let (status, _, body) = parts(stack.ingest.handle(cancel).await);
+    assert_eq!(status, 200, "{body}");
+    settle(&events).await;
+    assert_eq!(sweep_at(&stack, 20 * 60_000).run().await.released, 0);
+}

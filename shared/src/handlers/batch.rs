@@ -75,24 +75,17 @@ impl Ingest {
             }));
         }
         let now = (self.clock)();
-        let when = self.when(accepted[0].1.send_at, now)?;
-        if matches!(when, When::At(_)) {
-            return Err(Problem::unprocessable(vec![FieldError::new(
-                "/send_at",
-                "a batch may be scheduled at most 15 minutes ahead",
-            )]));
-        }
-        if app.limits.balance {
-            let available = self.store.balance(&app.key).await.map_err(unavailable)?;
-            if available.unwrap_or(0) <= 0 {
-                return Err(Problem::new(429, "quota-exhausted", "Too Many Requests")
-                    .detail(format!("app {} has no balance left; top it up to send", app.key))
-                    .retry_after(super::ingest::QUOTA_RETRY_AFTER_SECS));
-            }
-        }
         let batch_pk = match &idem_key {
             Some(k) => format!("{}_bi_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
             None => format!("{}_bs_{}", app.key, creds.signature_hex()),
+        };
+        let body_hash = hex::encode(Sha256::digest(body));
+        let when = match self.when_and_balance(&app, accepted[0].1.send_at, now).await {
+            Ok(when) => when,
+            Err(refusal) if idem_key.is_some() => {
+                return self.unless_batch_replay(&batch_pk, &body_hash, now, refusal).await
+            }
+            Err(refusal) => return Err(refusal),
         };
         let mut record = BatchRecord {
             pk: batch_pk.clone(),
@@ -104,7 +97,7 @@ impl Ingest {
             accepted: accepted.len() as u32,
             rejected: kept_rejections(&rejected),
             rejected_count: rejected.len() as u32,
-            body_hash: hex::encode(Sha256::digest(body)),
+            body_hash,
             created_at: now,
             expires_at: now / 1000 + self.cfg.retention_days * 86_400,
             queued: None,
@@ -153,6 +146,51 @@ impl Ingest {
     /// Validates and renders every recipient. A fault of the batch's own fields (the
     /// same for every recipient) refuses the whole request; a recipient's own fault
     /// rejects that recipient only.
+    /// When the batch goes out, if it may: at most 15 minutes ahead, and while a metered
+    /// app has balance left.
+    async fn when_and_balance(
+        &self,
+        app: &crate::apps::AppConfig,
+        send_at: Option<i64>,
+        now: i64,
+    ) -> Result<When, Problem> {
+        let when = self.when(send_at, now)?;
+        if matches!(when, When::At(_)) {
+            return Err(Problem::unprocessable(vec![FieldError::new(
+                "/send_at",
+                "a batch may be scheduled at most 15 minutes ahead",
+            )]));
+        }
+        if app.limits.balance {
+            let available = self.store.balance(&app.key).await.map_err(unavailable)?;
+            if available.unwrap_or(0) <= 0 {
+                return Err(Problem::new(429, "quota-exhausted", "Too Many Requests")
+                    .detail(format!("app {} has no balance left; top it up to send", app.key))
+                    .retry_after(super::ingest::QUOTA_RETRY_AFTER_SECS));
+            }
+        }
+        Ok(when)
+    }
+
+    /// Answers a refusal that depends on when the request is looked at (its `send_at` now
+    /// past, the balance now spent by its own recipients) with the first answer when the
+    /// same body was accepted and queued under the same `Idempotency-Key`, as a retry
+    /// expects. One GetItem, on refusals of keyed batches only.
+    async fn unless_batch_replay(
+        &self,
+        batch_pk: &str,
+        body_hash: &str,
+        now: i64,
+        refusal: Problem,
+    ) -> Result<Response<Body>, Problem> {
+        match self.store.get_batch(batch_pk, now).await {
+            Ok(Some(old)) if old.body_hash == body_hash && old.queued == Some(true) => {
+                Ok(accepted_batch(&old, &old.rejections(), true))
+            }
+            _ => Err(refusal),
+        }
+    }
+
     async fn check_recipients(
         &self,
         value: &Value,

@@ -1,8 +1,10 @@
 //! The sweep (function `sweep`, on an EventBridge schedule): a `sent` message whose
 //! receipt never came moves to `unknown` (`no_receipt`) after its channel's timeout, and
 //! an `accepted` record nobody queued (an ingest that died between its write and its
-//! queue send) is queued. It reads only the due entries of the sweep index (one Query
-//! per partition), never the table; the status write it makes is a status change like
+//! queue send) is queued, as is a `scheduled` record whose job never came by its
+//! `send_at` (its ingest died before the queue or schedule write, or Scheduler gave
+//! up). It reads only the due entries of the sweep index (one Query per partition),
+//! never the table; the status write it makes is a status change like
 //! any other, so the app gets its `message.unknown` event from the stream.
 
 use serde::Serialize;
@@ -35,6 +37,8 @@ pub struct Swept {
     pub expired: usize,
     /// `accepted` records queued.
     pub requeued: usize,
+    /// `scheduled` records past their `send_at` whose job never came, queued.
+    pub released: usize,
 }
 
 impl Sweep {
@@ -62,8 +66,25 @@ impl Sweep {
             }
         }
         let before = now.saturating_sub(i64::try_from(self.timeouts.dispatch.as_millis()).unwrap_or(i64::MAX));
+        swept.requeued += self.requeue_due(Waiting::Dispatch, before, now).await;
+        swept.released += self.requeue_due(Waiting::Schedule, before, now).await;
+        tracing::info!(
+            expired = swept.expired,
+            requeued = swept.requeued,
+            released = swept.released,
+            "sweep done"
+        );
+        swept
+    }
+
+    /// Queues the records of `waiting` due before `before` (an `accepted` record nobody
+    /// queued; a `scheduled` one whose delayed job or schedule never came) and returns how
+    /// many. A duplicate job is harmless: the dispatcher's claim sends once, and refuses a
+    /// record before its `send_at` or after its cancel.
+    async fn requeue_due(&self, waiting: Waiting, before: i64, now: i64) -> usize {
+        let mut queued = 0;
         for channel in Channel::ALL {
-            let due = match self.index.due(Waiting::Dispatch, channel, before, BATCH).await {
+            let due = match self.index.due(waiting, channel, before, BATCH).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::error!(error = %e, channel = channel.as_str(), "sweep index unreadable");
@@ -74,26 +95,21 @@ impl Sweep {
                 if now.saturating_sub(entry.since) > ORPHAN_GIVE_UP_MS {
                     // Queued every run for a day and never claimed: its record is gone
                     // (or expired); stop queueing it.
-                    tracing::warn!(id = %entry.id, "orphaned record never claimed; dropped from the sweep");
+                    tracing::warn!(id = %entry.id, waiting = waiting.as_str(), "record never claimed; dropped from the sweep");
                     let _ = self.index.apply(&[crate::sweep::IndexOp::Delete(entry)]).await;
                     continue;
                 }
-                // A duplicate job is harmless: the dispatcher's claim sends once.
-                match self
-                    .queue
-                    .send(&Job {
-                        pk: entry.pk,
-                        id: entry.id.clone(),
-                        app: None,
-                    })
-                    .await
-                {
-                    Ok(()) => swept.requeued += 1,
-                    Err(e) => tracing::warn!(error = %e, id = %entry.id, "could not queue an orphaned record"),
+                let job = Job {
+                    pk: entry.pk,
+                    id: entry.id.clone(),
+                    app: None,
+                };
+                match self.queue.send(&job).await {
+                    Ok(()) => queued += 1,
+                    Err(e) => tracing::warn!(error = %e, id = %entry.id, "could not queue a waiting record"),
                 }
             }
         }
-        tracing::info!(expired = swept.expired, requeued = swept.requeued, "sweep done");
-        swept
+        queued
     }
 }

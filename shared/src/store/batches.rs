@@ -41,6 +41,25 @@ impl Store {
         }
     }
 
+    /// A batch's record by its key, if live (one consistent GetItem).
+    pub async fn get_batch(&self, pk: &str, now_ms: i64) -> Result<Option<BatchRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        match out.item {
+            Some(item) => serde_dynamo::from_item::<_, BatchRecord>(item)
+                .map(|r| Some(r).filter(|r| r.expires_at >= now_ms / 1000))
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
     /// Marks a batch's record: every accepted recipient is written and queued.
     pub async fn mark_batch_queued(&self, pk: &str) -> Result<(), StoreError> {
         self.client

@@ -461,6 +461,10 @@ pub fn function_env(local: &Local, endpoint: &str, api: &str) -> Result<Vec<(&'s
             "PUSHGATE_SCHEDULER_ROLE_ARN",
             crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),
         ),
+        (
+            "PUSHGATE_SCHEDULER_DLQ_ARN",
+            res.schedule_dead_letter_queue_arn().to_string(),
+        ),
         ("PUSHGATE_ENDPOINTS_TABLE", res.endpoints_table().to_string()),
         ("PUSHGATE_DELIVERY_QUEUE_URL", res.delivery_queue().to_string()),
         // Seeded routes and circuit state take effect at once locally.

@@ -40,6 +40,10 @@ impl Resources {
     pub fn dead_letter_queue(&self) -> &str {
         &self.queues["SendDeadLetterQueue"]
     }
+    /// Where Scheduler puts a job it gave up delivering.
+    pub fn schedule_dead_letter_queue_arn(&self) -> &str {
+        &self.queue_arns["ScheduleDeadLetterQueue"]
+    }
     pub fn schedule_group(&self) -> &str {
         &self.schedule_groups["ScheduleGroup"]
     }
