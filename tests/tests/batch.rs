@@ -21,7 +21,7 @@ async fn get_batch(stack: &Stack, id: &str, query: &str) -> (u16, Value) {
     (status, body)
 }
 
-/// Recipients in the big batch: 2,000 by default, `PUSHGATE_BATCH_RECIPIENTS` (up to
+/// Recipients in the big batch: 2,000 by default, `PUSHGATE_BATCH_RECIPIENTS` (20 to
 /// 10,000; `bash bench/batch.sh` runs 10,000). moto's SQS counts its whole queue on
 /// every send, so the local run grows with the square of the batch; AWS does not.
 fn big_batch() -> usize {
@@ -29,7 +29,7 @@ fn big_batch() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000)
-        .clamp(10, 10_000)
+        .clamp(20, 10_000)
 }
 
 #[tokio::test]
@@ -90,11 +90,15 @@ async fn a_big_batch_in_one_request_with_three_invalid_recipients_reported() {
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["total"], n);
     assert_eq!(b["counts"], json!({"accepted": n - 3}));
-    assert_eq!(b["messages"].as_array().unwrap().len(), 1000);
+    assert_eq!(b["messages"].as_array().unwrap().len(), (n - 3).min(1000));
     assert_eq!(b["messages"][7]["index"], 8, "the rejected recipient has no message");
-    let next = b["next_cursor"].as_str().unwrap().to_string();
-    let (_, page) = get_batch(&stack, &id, &format!("?cursor={next}")).await;
-    assert_eq!(page["messages"][0]["index"].to_string(), next);
+    if n - 3 > 1000 {
+        let next = b["next_cursor"].as_str().unwrap().to_string();
+        let (_, page) = get_batch(&stack, &id, &format!("?cursor={next}")).await;
+        assert_eq!(page["messages"][0]["index"].to_string(), next);
+    } else {
+        assert!(b["next_cursor"].is_null(), "one page holds them all");
+    }
     // Another app cannot see it; a bad cursor is a 400.
     let req = signed(
         "GET",
