@@ -316,3 +316,73 @@ async fn a_keyed_retry_gets_the_first_answer_after_the_batch_spent_the_balance()
         assert_eq!(got, 1, "{hook}");
     }
 }
+
+/// `limits.per_minute` counts a batch's accepted recipients, all or none: a batch that
+/// could never fit is a 422, one over what is left of the minute a 429 that writes and
+/// queues nothing (its key stays usable), and single sends share the same count.
+#[tokio::test]
+async fn the_per_minute_limit_counts_every_recipient_of_a_batch() {
+    let stack = Stack::new().await;
+    stack.ingest.apps.current().await.unwrap();
+    // RATED_APP may send 5 a minute (calendar minutes): start early in one.
+    let into_minute = pushgate_shared::clock::now_ms() % 60_000;
+    if into_minute > 45_000 {
+        tokio::time::sleep(Duration::from_millis((60_000 - into_minute + 200) as u64)).await;
+    }
+    let run = ulid::Ulid::new().to_string().to_lowercase();
+    let batch = |n: usize, tag: &str| {
+        json!({"channel": "webhook", "content": {"text": "t"},
+               "recipients": (0..n).map(|i| json!({"to": stack.receiver.url(&format!("{tag}-{run}-{i}"))})).collect::<Vec<_>>()})
+    };
+    let post = |body: &Value, key: &str| {
+        let bytes = serde_json::to_vec(body).unwrap();
+        signed_v2(
+            "POST",
+            "/v1/messages/batch",
+            &bytes,
+            RATED_APP,
+            OTHER_SECRET,
+            now(),
+            Some(key),
+        )
+    };
+    let (status, _, body) = parts(stack.ingest.handle(post(&batch(6, "six"), &format!("six-{run}"))).await);
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["pointer"], "/recipients");
+
+    let first = batch(3, "a");
+    let (status, _, body) = parts(stack.ingest.handle(post(&first, &format!("a-{run}"))).await);
+    assert_eq!(status, 202, "{body}");
+    let second = batch(3, "b");
+    for _ in 0..2 {
+        // Over what is left (2): refused, its record withdrawn, so the same key answers
+        // the same again rather than 409 or a replay.
+        let (status, headers, body) = parts(stack.ingest.handle(post(&second, &format!("b-{run}"))).await);
+        assert_eq!(status, 429, "{body}");
+        assert!(headers.contains_key("retry-after"));
+    }
+    // The first batch's retry is a replay: not counted again.
+    let (status, _, body) = parts(stack.ingest.handle(post(&first, &format!("a-{run}"))).await);
+    assert_eq!(status, 202, "{body}");
+    // Single sends share the count: 2 more fit, the third does not.
+    for (i, want) in [202, 202, 429].into_iter().enumerate() {
+        let body = serde_json::to_vec(
+            &json!({"channel":"webhook","to": stack.receiver.url(&format!("one-{run}-{i}")),"content":{"text":"t"}}),
+        )
+        .unwrap();
+        let req = signed("POST", "/v1/messages", &body, RATED_APP, OTHER_SECRET, now(), &[]);
+        assert_eq!(parts(stack.ingest.handle(req).await).0, want, "single send {i}");
+    }
+    stack.drain(Duration::from_secs(10)).await;
+    let got = |prefix: String| {
+        stack
+            .receiver
+            .received()
+            .iter()
+            .filter(|r| r.hook.starts_with(&prefix) && (200..300).contains(&r.status))
+            .count()
+    };
+    assert_eq!(got(format!("a-{run}-")), 3, "the first batch, each once");
+    assert_eq!(got(format!("b-{run}-")), 0, "the refused batch sent nothing");
+    assert_eq!(got(format!("one-{run}-")), 2);
+}

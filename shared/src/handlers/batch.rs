@@ -74,6 +74,15 @@ impl Ingest {
                 false => "the batch is atomic and some recipients are invalid",
             }));
         }
+        if let Some(limit) = app.limits.per_minute {
+            if accepted.len() > limit as usize {
+                // It could never fit in a minute: a 429 would be retried forever.
+                return Err(Problem::unprocessable(vec![FieldError::new(
+                    "/recipients",
+                    format!("more valid recipients than the app's limits.per_minute ({limit}); split the batch"),
+                )]));
+            }
+        }
         let now = (self.clock)();
         let batch_pk = match &idem_key {
             Some(k) => format!("{}_bi_{}", app.key, hex::encode(Sha256::digest(k.as_bytes()))),
@@ -121,6 +130,9 @@ impl Ingest {
                 true
             }
         };
+        if !replayed {
+            self.count_against_limit(&app, &record, now).await?;
+        }
         if replayed && record.queued != Some(true) && now.saturating_sub(record.created_at) < IN_FLIGHT_MS {
             // The first request may still be writing: completing alongside it could
             // race its plain writes.
@@ -170,6 +182,35 @@ impl Ingest {
             }
         }
         Ok(when)
+    }
+
+    /// Counts the batch's accepted recipients against the app's `limits.per_minute`, all
+    /// or none, once its record proved it no replay (a retry of the same batch was
+    /// counted by the first request). Refused: its record is withdrawn, so the same key
+    /// may be retried after `Retry-After`, and nothing was written or queued.
+    async fn count_against_limit(
+        &self,
+        app: &crate::apps::AppConfig,
+        record: &BatchRecord,
+        now: i64,
+    ) -> Result<(), Problem> {
+        let Some(limit) = app.limits.per_minute else {
+            return Ok(());
+        };
+        let refusal = match self.store.hit_rate_limit(&app.key, limit, record.accepted, now).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(retry_after)) => Problem::new(429, "rate-limited", "Too Many Requests")
+                .detail(format!(
+                    "app {} may send {limit} messages per minute; this batch has {}",
+                    app.key, record.accepted
+                ))
+                .retry_after(retry_after),
+            Err(e) => unavailable(e),
+        };
+        if let Err(e) = self.store.delete_batch(&record.pk, &record.batch_id).await {
+            tracing::warn!(error = %e, batch = %record.batch_id, "could not withdraw a refused batch's record");
+        }
+        Err(refusal)
     }
 
     /// Answers a refusal that depends on when the request is looked at (its `send_at` now

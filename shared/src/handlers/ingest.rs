@@ -237,7 +237,7 @@ impl Ingest {
                 // Counted only now, once the write proved this is no replay: a refused
                 // replay costs the app nothing.
                 if let Some(limit) = app.limits.per_minute {
-                    let hit = self.store.hit_rate_limit(&app.key, limit, now).await;
+                    let hit = self.store.hit_rate_limit(&app.key, limit, 1, now).await;
                     let refused = match hit {
                         Ok(None) => None,
                         Ok(Some(retry_after)) => Some(

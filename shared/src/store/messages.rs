@@ -560,10 +560,18 @@ impl Store {
         applied(result)
     }
 
-    /// Counts one request against `app`'s limit for the calendar minute containing
-    /// `now_ms` (one conditional UpdateItem on a counter item that expires with its
-    /// window). Returns `None` when allowed, else how long until the window ends.
-    pub async fn hit_rate_limit(&self, app: &str, limit: u32, now_ms: i64) -> Result<Option<u64>, StoreError> {
+    /// Counts `messages` (1 for a single send, a batch's accepted recipients) against
+    /// `app`'s limit for the calendar minute containing `now_ms`, all or none (one
+    /// conditional UpdateItem on a counter item that expires with its window). Returns
+    /// `None` when allowed, else how long until the window ends. `messages` above `limit`
+    /// can never fit: the caller refuses those before.
+    pub async fn hit_rate_limit(
+        &self,
+        app: &str,
+        limit: u32,
+        messages: u32,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
         let window = now_ms / 60_000;
         let result = self
             .client
@@ -571,11 +579,11 @@ impl Store {
             .table_name(&self.table)
             // '.' never occurs in message keys, so counters cannot collide with them.
             .key("pk", s(format!("_rate.{app}.{window}")))
-            .update_expression("SET expires_at = :ttl ADD hits :one")
-            .condition_expression("attribute_not_exists(hits) OR hits < :limit")
+            .update_expression("SET expires_at = :ttl ADD hits :n")
+            .condition_expression("attribute_not_exists(hits) OR hits <= :room")
             .expression_attribute_values(":ttl", n((window + 2) * 60))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":n", n(messages))
+            .expression_attribute_values(":room", n(i64::from(limit) - i64::from(messages)))
             .send()
             .await;
         match result {
