@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cache::{Bounded, BoundedError, StalePolicy};
+use crate::message::Channel;
 
 /// One client application.
 #[derive(Clone, Deserialize)]
@@ -74,6 +75,32 @@ pub enum WhenExhausted {
     /// Stay queued and try again every minute until the balance is topped up (or the
     /// queue's retention ends and it dead-letters).
     Wait,
+}
+
+impl ProviderAccounts {
+    /// Why `to` cannot be sent on robot `channel` (the app has no robot of that name),
+    /// checked at ingest so the client hears it as a 422 instead of reading `failed`
+    /// later. `None` for a known robot and for other channels.
+    pub fn unknown_robot(&self, channel: Channel, to: &str) -> Option<String> {
+        let (robots, vendor) = match channel {
+            Channel::Dingtalk => (&self.dingtalk, "DingTalk"),
+            Channel::Wecom => (&self.wecom, "WeCom"),
+            Channel::Feishu => (&self.feishu, "Feishu"),
+            _ => return None,
+        };
+        if robots.contains_key(to) {
+            return None;
+        }
+        let mut names: Vec<&str> = robots.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        Some(match names.is_empty() {
+            true => format!("the app has no {vendor} robot configured"),
+            false => format!(
+                "the app has no {vendor} robot named this (it has: {})",
+                names.join(", ")
+            ),
+        })
+    }
 }
 
 /// An app's provider accounts. Robots are named: a message's `to` names the robot.
@@ -351,6 +378,31 @@ pub fn secrets_with(apps: Vec<AppConfig>, callback_token: Option<&str>) -> Servi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_robot_message_must_name_one_of_the_apps_robots() {
+        let accounts: ProviderAccounts = serde_json::from_value(serde_json::json!({
+            "dingtalk": {"ops": {"token": "t", "secret": "s"}, "dev": {"token": "u"}}
+        }))
+        .unwrap();
+        for (channel, to, unknown) in [
+            (Channel::Dingtalk, "ops", None),
+            (
+                Channel::Dingtalk,
+                "qa",
+                Some("the app has no DingTalk robot named this (it has: dev, ops)"),
+            ),
+            (Channel::Feishu, "ops", Some("the app has no Feishu robot configured")),
+            (Channel::Sms, "+8613800138000", None),
+            (Channel::Webhook, "https://example.com/", None),
+        ] {
+            assert_eq!(
+                accounts.unknown_robot(channel, to).as_deref(),
+                unknown,
+                "{channel:?} {to}"
+            );
+        }
+    }
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
 

@@ -759,3 +759,40 @@ async fn a_request_refused_by_the_rate_limit_keeps_its_signature_spent() {
     assert_eq!(status, 401, "{problem}");
     assert_eq!(stack.all_records().await.len(), 2, "no record kept for the refused one");
 }
+
+/// A robot message names one of the app's robots: an unknown name (as the recipient or
+/// in a fallback) is a 422 naming the field at ingest, with nothing stored or queued,
+/// instead of a message that can only end `failed`.
+#[tokio::test]
+async fn an_unknown_robot_is_a_422_naming_the_field() {
+    let stack = Stack::new().await;
+    let (status, _, problem) = stack
+        .submit_as(
+            APP,
+            APP_SECRETS[0],
+            json!({"channel":"dingtalk","to":"nobody","content":{"text":"x"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/to", "{problem}");
+    let (status, _, problem) = stack
+        .submit_as(
+            APP,
+            APP_SECRETS[0],
+            json!({"channel":"dingtalk","to":"ops","content":{"text":"x"},
+                   "fallback":[{"channel":"feishu","to":"ops"},{"channel":"wecom","to":"night-shift"}]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/fallback/1/to", "{problem}");
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0, "nothing queued");
+    // The app's own robot is fine.
+    let (status, _, body) = stack
+        .submit_as(
+            APP,
+            APP_SECRETS[0],
+            json!({"channel":"wecom","to":"ops","content":{"text":"x"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}

@@ -317,6 +317,15 @@ impl Ingest {
         );
         let mut rendered = Vec::with_capacity(legs.len());
         let mut errors = Vec::new();
+        for (i, (channel, to, _)) in legs.iter().enumerate() {
+            if let Some(why) = app.providers.unknown_robot(*channel, to) {
+                let pointer = match i {
+                    0 => "/to".to_string(),
+                    i => format!("/fallback/{}/to", i - 1),
+                };
+                errors.push(FieldError::new(pointer, why));
+            }
+        }
         for (channel, to, at) in legs {
             let content = match &request.body {
                 RequestBody::Inline(c) => {
