@@ -43,16 +43,7 @@ impl Store {
 
     /// A batch's record by its key, if live (one consistent GetItem).
     pub async fn get_batch(&self, pk: &str, now_ms: i64) -> Result<Option<BatchRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(aws_err)?;
-        match out.item {
+        match self.get_item(pk).await? {
             Some(item) => serde_dynamo::from_item::<_, BatchRecord>(item)
                 .map(|r| Some(r).filter(|r| r.expires_at >= now_ms / 1000))
                 .map_err(|e| StoreError::Corrupt(e.to_string())),

@@ -135,8 +135,11 @@ impl Store {
         applied(result).map(|_| ())
     }
 
-    /// Reads a record by key (strongly consistent).
-    pub async fn get(&self, pk: &str, now_ms: i64) -> Result<Option<Message>, StoreError> {
+    /// The item at `pk`, whatever it holds (one strongly consistent GetItem).
+    pub(super) async fn get_item(
+        &self,
+        pk: &str,
+    ) -> Result<Option<std::collections::HashMap<String, AttributeValue>>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -146,7 +149,12 @@ impl Store {
             .send()
             .await
             .map_err(aws_err)?;
-        match out.item {
+        Ok(out.item)
+    }
+
+    /// Reads a record by key (strongly consistent).
+    pub async fn get(&self, pk: &str, now_ms: i64) -> Result<Option<Message>, StoreError> {
+        match self.get_item(pk).await? {
             Some(item) => Ok(Some(decode(item)?).filter(|m| m.expires_at >= now_ms / 1000)),
             None => Ok(None),
         }
