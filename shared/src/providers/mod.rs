@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::apps::{AppConfig, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
-use crate::message::{Channel, Message};
+use crate::message::{Channel, HistoryEntry, Message, Status};
 use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use crate::shaping::Rate;
 
@@ -289,6 +289,18 @@ pub fn key_part(part: &str) -> String {
     percent_encoding::utf8_percent_encode(part, KEY_SAFE).to_string()
 }
 
+/// When the interrupted send of a taken-over message began, at the earliest: the first
+/// of the claims its history ends with (a claim adds a `sending` entry without a note;
+/// takeovers that only reconciled add nothing else), else its creation.
+pub fn interrupted_at(history: &[HistoryEntry], created_at: i64) -> i64 {
+    let claims = history
+        .iter()
+        .rev()
+        .take_while(|h| h.status == Status::Sending && h.note.is_none())
+        .last();
+    claims.map_or(created_at, |h| h.at.max(created_at))
+}
+
 /// Classifies a transport error: refused connections never reached the provider.
 pub fn transport_error(e: &reqwest::Error) -> ProviderError {
     if e.is_connect() {
@@ -450,5 +462,25 @@ mod tests {
         let ses = |app: &AppConfig| account_by_name("ses", app, "r@x").unwrap();
         assert_ne!(ses(&own), ses(&a), "an app's own sender is its own circuit");
         assert_eq!(ses(&own), "news%40tenant%2Eexample");
+    }
+
+    #[test]
+    fn the_interrupted_send_began_with_the_claims_the_history_ends_with() {
+        let entry = |at: i64, status: Status, note: Option<&str>| HistoryEntry {
+            at,
+            status,
+            note: note.map(str::to_string),
+        };
+        assert_eq!(interrupted_at(&[], 5), 5);
+        let history = [
+            entry(5, Status::Accepted, None),
+            entry(10, Status::Sending, None),
+            entry(20, Status::Sending, Some("attempt 1 failed: tencent: http_502")),
+            entry(30, Status::Sending, None),
+            entry(90, Status::Sending, None),
+            entry(150, Status::Sending, None),
+        ];
+        assert_eq!(interrupted_at(&history, 5), 30);
+        assert_eq!(interrupted_at(&history[..3], 5), 5, "the last attempt was closed");
     }
 }
