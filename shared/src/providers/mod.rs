@@ -55,6 +55,21 @@ pub trait Provider: Send + Sync {
             "this provider cannot be asked what it holds",
         ))
     }
+    /// Whether the app has this provider's receipts pulled (`"receipts": "pull"` on its
+    /// account) instead of pushed to the callback.
+    fn pulls_receipts(&self, _app: &AppConfig) -> bool {
+        false
+    }
+    /// Asks the provider for the delivery report of a message it accepted (receipt
+    /// pull): `None` while it has none. The receipt names the message by its record
+    /// key. Only providers that can pull implement it.
+    async fn pull_receipt(&self, _message: &Message, _app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
+        Err(ProviderError::new(
+            ErrorClass::Permanent,
+            "unsupported",
+            "this provider's receipts cannot be pulled",
+        ))
+    }
 }
 
 /// What callbacks are checked against: the service secret (apps' tokens and accounts)
@@ -246,6 +261,25 @@ pub fn standard(
             clock(),
             cfg.provider_timeout,
         )),
+    ]))
+}
+
+/// The providers whose receipts can be pulled (the SMS vendors), for the `pull`
+/// function.
+pub fn receipt_pullers(
+    endpoints: &crate::config::Endpoints,
+    timeout: std::time::Duration,
+) -> Result<Providers, reqwest::Error> {
+    let http = http_client(timeout)?;
+    let clock = crate::clock::system;
+    Ok(Providers::new(vec![
+        Arc::new(aliyun::Aliyun::new(http.clone(), endpoints.aliyun_sms.clone(), clock())),
+        Arc::new(tencent::Tencent::new(
+            http.clone(),
+            endpoints.tencent_sms.clone(),
+            clock(),
+        )),
+        Arc::new(twilio::Twilio::new(http, endpoints.twilio.clone(), None)),
     ]))
 }
 

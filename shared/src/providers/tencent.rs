@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use super::TokenReports;
 use super::{transport_error, Provider};
-use crate::apps::TencentAccount;
 use crate::apps::{AppConfig, ProviderAccounts};
+use crate::apps::{Receipts, TencentAccount};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::Status;
@@ -354,6 +354,45 @@ impl Provider for Tencent {
         let reports = self.pull(account, &message.to, lost_at, now).await?;
         decide(&reports, &message.id, now - lost_at, self.report_wait)
     }
+
+    fn pulls_receipts(&self, app: &AppConfig) -> bool {
+        app.providers
+            .tencent
+            .as_ref()
+            .is_some_and(|a| a.receipts == Receipts::Pull)
+    }
+
+    /// The recipient's reports since the message was created, ours among them.
+    async fn pull_receipt(&self, message: &Message, app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
+        let account = account(app)?;
+        let reports = self
+            .pull(account, &message.to, message.created_at, (self.clock)())
+            .await?;
+        Ok(pulled_receipt(&reports, message))
+    }
+}
+
+/// The receipt of `message` among pulled `reports` (by our id, else its `SerialNo`).
+pub fn pulled_receipt(reports: &[Report], message: &Message) -> Option<Receipt> {
+    let serial = message.provider_message_id.as_deref();
+    let r = find_report(reports, &message.id).or_else(|| {
+        reports
+            .iter()
+            .find(|r| serial.is_some() && r.serial_no.as_deref() == serial)
+    })?;
+    let status = match r.report_status.as_deref() {
+        Some("SUCCESS") => Status::Delivered,
+        Some("FAIL") => Status::Failed,
+        _ => return None,
+    };
+    Some(Receipt {
+        provider: "tencent",
+        pk: Some(message.pk.clone()),
+        id: None,
+        provider_message_id: r.serial_no.clone(),
+        status,
+        note: format!("tencent: {} (pulled)", r.description.as_deref().unwrap_or_default()),
+    })
 }
 
 /// What a pull of `reports` says of message `id`, `waited_ms` after its lost send.

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 use super::ReceiptSource;
 use super::{transport_error, Provider};
 use crate::apps::ServiceSecrets;
-use crate::apps::{AppConfig, ProviderAccounts, TwilioAccount};
+use crate::apps::{AppConfig, ProviderAccounts, Receipts, TwilioAccount};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
@@ -410,6 +410,48 @@ impl Provider for Twilio {
         };
         self.find(account, &wanted).await
     }
+
+    fn pulls_receipts(&self, app: &AppConfig) -> bool {
+        app.providers
+            .twilio
+            .as_ref()
+            .is_some_and(|a| a.receipts == Receipts::Pull)
+    }
+
+    /// Fetches the message by its SID: a final status is its receipt.
+    async fn pull_receipt(&self, message: &Message, app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
+        let account = account(app)?;
+        let Some(sid) = message.provider_message_id.as_deref() else {
+            return Ok(None);
+        };
+        let Some(found) = self.fetch(account, sid).await? else {
+            return Ok(None);
+        };
+        Ok(pulled_receipt(&found, &message.pk))
+    }
+}
+
+/// The receipt a fetched message gives its record `pk`: only final statuses count.
+pub fn pulled_receipt(m: &MessageResource, pk: &str) -> Option<Receipt> {
+    let (status, note) = match m.status.as_deref()? {
+        s @ ("delivered" | "read") => (Status::Delivered, format!("twilio: {s} (pulled)")),
+        s @ ("undelivered" | "failed") => (
+            Status::Failed,
+            format!(
+                "twilio: {s} (error {}) (pulled)",
+                m.error_code.map_or("?".to_string(), |c| c.to_string())
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Receipt {
+        provider: "twilio",
+        pk: Some(pk.to_string()),
+        id: None,
+        provider_message_id: Some(m.sid.clone()),
+        status,
+        note,
+    })
 }
 
 // Receipts: Twilio's StatusCallback posts to `/v1/callbacks/twilio?app={app key}`.
