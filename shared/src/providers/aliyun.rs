@@ -391,12 +391,14 @@ impl Provider for Aliyun {
     /// receipt, waiting (1) is none yet.
     async fn pull_receipt(&self, message: &Message, app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
         let detail = self.detail(account(app)?, message).await?;
-        Ok(detail.and_then(|d| pulled_receipt(&d, message)))
+        let fallback = message.provider_message_id.as_deref();
+        Ok(detail.and_then(|d| pulled_receipt(&d, &message.pk, fallback)))
     }
 }
 
-/// The receipt a send's detail gives `message`, if its status is final.
-fn pulled_receipt(d: &SendDetail, message: &Message) -> Option<Receipt> {
+/// The receipt a send's detail gives record `pk` (sent as `biz_id`), if its status is
+/// final.
+fn pulled_receipt(d: &SendDetail, pk: &str, biz_id: Option<&str>) -> Option<Receipt> {
     let status = match d.send_status? {
         STATUS_DELIVERED => Status::Delivered,
         STATUS_FAILED => Status::Failed,
@@ -404,9 +406,9 @@ fn pulled_receipt(d: &SendDetail, message: &Message) -> Option<Receipt> {
     };
     Some(Receipt {
         provider: "aliyun",
-        pk: Some(message.pk.clone()),
+        pk: Some(pk.to_string()),
         id: None,
-        provider_message_id: d.biz_id.clone().or_else(|| message.provider_message_id.clone()),
+        provider_message_id: d.biz_id.clone().or_else(|| biz_id.map(str::to_string)),
         status,
         note: format!("aliyun: {} (pulled)", d.err_code.as_deref().unwrap_or_default()),
     })
@@ -681,5 +683,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!((a[0].status, a[0].id.as_deref()), (Status::Delivered, Some("01ID")));
+    }
+
+    #[test]
+    fn send_details_with_a_final_status_are_receipts() {
+        let detail = |status: i64, code: &str| SendDetail {
+            out_id: Some("id".into()),
+            send_status: Some(status),
+            err_code: Some(code.into()),
+            biz_id: None,
+        };
+        let r = pulled_receipt(&detail(3, "DELIVERED"), "app_s_1", Some("b^0")).unwrap();
+        assert_eq!(
+            (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
+            (Status::Delivered, Some("app_s_1"), Some("b^0"))
+        );
+        assert_eq!(r.note, "aliyun: DELIVERED (pulled)");
+        let r = pulled_receipt(&detail(2, "MK:0001"), "app_s_1", None).unwrap();
+        assert_eq!(
+            (r.status, r.note.as_str()),
+            (Status::Failed, "aliyun: MK:0001 (pulled)")
+        );
+        assert!(pulled_receipt(&detail(1, ""), "app_s_1", None).is_none(), "waiting");
     }
 }

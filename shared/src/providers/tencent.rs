@@ -368,14 +368,15 @@ impl Provider for Tencent {
         let reports = self
             .pull(account, &message.to, message.created_at, (self.clock)())
             .await?;
-        Ok(pulled_receipt(&reports, message))
+        let serial = message.provider_message_id.as_deref();
+        Ok(pulled_receipt(&reports, &message.id, serial, &message.pk))
     }
 }
 
-/// The receipt of `message` among pulled `reports` (by our id, else its `SerialNo`).
-pub fn pulled_receipt(reports: &[Report], message: &Message) -> Option<Receipt> {
-    let serial = message.provider_message_id.as_deref();
-    let r = find_report(reports, &message.id).or_else(|| {
+/// The receipt, for record `pk`, of message `id` (sent as `serial`) among pulled
+/// `reports`: found by our id, else by its `SerialNo`; only final reports count.
+pub fn pulled_receipt(reports: &[Report], id: &str, serial: Option<&str>, pk: &str) -> Option<Receipt> {
+    let r = find_report(reports, id).or_else(|| {
         reports
             .iter()
             .find(|r| serial.is_some() && r.serial_no.as_deref() == serial)
@@ -387,7 +388,7 @@ pub fn pulled_receipt(reports: &[Report], message: &Message) -> Option<Receipt> 
     };
     Some(Receipt {
         provider: "tencent",
-        pk: Some(message.pk.clone()),
+        pk: Some(pk.to_string()),
         id: None,
         provider_message_id: r.serial_no.clone(),
         status,
@@ -599,5 +600,22 @@ mod tests {
         let full = vec![pulled("other", "s0", "SUCCESS"); PULL_LIMIT];
         let e = decide(&full, "id", 600_000, wait).unwrap_err();
         assert_eq!(e.code, "too_many_reports");
+    }
+
+    #[test]
+    fn pulled_reports_become_receipts_of_the_record() {
+        let reports = [pulled("other", "s0", "FAIL"), pulled("id", "s1", "SUCCESS")];
+        let r = pulled_receipt(&reports, "id", None, "app_s_1").unwrap();
+        assert_eq!(
+            (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
+            (Status::Delivered, Some("app_s_1"), Some("s1"))
+        );
+        assert_eq!(r.note, "tencent: DELIVRD (pulled)");
+        // By SerialNo when the context is not ours (sent before SessionContext was set).
+        let r = pulled_receipt(&reports, "nope", Some("s0"), "app_s_1").unwrap();
+        assert_eq!(r.status, Status::Failed);
+        assert!(pulled_receipt(&reports, "nope", None, "app_s_1").is_none());
+        let odd = [pulled("id", "s1", "PENDING")];
+        assert!(pulled_receipt(&odd, "id", None, "app_s_1").is_none(), "not final");
     }
 }

@@ -716,4 +716,23 @@ mod tests {
             Reconciled::Sent(Sent { delivered: false, .. })
         ));
     }
+
+    #[test]
+    fn only_final_fetched_statuses_are_receipts() {
+        let mut m = listed("hi", "Wed, 02 Dec 2026 16:00:00 +0000");
+        let r = pulled_receipt(&m, "app_s_1").unwrap();
+        assert_eq!(
+            (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
+            (Status::Delivered, Some("app_s_1"), Some("SM1"))
+        );
+        m.status = Some("undelivered".into());
+        m.error_code = Some(30003);
+        let r = pulled_receipt(&m, "app_s_1").unwrap();
+        assert_eq!(r.status, Status::Failed);
+        assert!(r.note.contains("30003"), "{}", r.note);
+        for pending in ["queued", "accepted", "sending", "sent"] {
+            m.status = Some(pending.into());
+            assert!(pulled_receipt(&m, "app_s_1").is_none(), "{pending}");
+        }
+    }
 }

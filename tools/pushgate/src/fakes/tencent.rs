@@ -443,4 +443,60 @@ mod tests {
         assert!(parse_authorization("HMAC Credential=x").is_none());
         assert!(parse_authorization("TC3-HMAC-SHA256 Credential=a/b/c/d/e, SignedHeaders=h, Signature=s").is_none());
     }
+
+    async fn json_body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_pull_answers_from_the_ledger_within_the_documented_limits() {
+        let now = now_ms();
+        let sent = |reference: &str, to: &str, at_ms: i64| Accepted {
+            provider: "tencent",
+            reference: reference.into(),
+            to: to.into(),
+            provider_id: format!("{reference}-serial"),
+            at_ms,
+        };
+        let ledger = vec![
+            sent("old", "+8613800138000", now - 3_600_000),
+            sent("a", "+8613800138000", now - 1_000),
+            sent("b", "+8613900139000", now - 1_000),
+        ];
+        let query = |begin: i64, limit: u64, offset: u64| {
+            json!({"BeginTime": begin, "Offset": offset, "Limit": limit,
+                   "PhoneNumber": "+8613800138000", "SmsSdkAppId": SDK_APP_ID})
+        };
+        let reports = |v: &Value| {
+            v["Response"]["PullSmsSendStatusSet"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let recent = json_body(pull_by_phone_number(&query(now / 1000 - 60, 100, 0), &ledger)).await;
+        let recent = reports(&recent);
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0]["SessionContext"], "a");
+        assert_eq!(recent[0]["SerialNo"], "a-serial");
+        assert_eq!(recent[0]["ReportStatus"], "SUCCESS");
+        assert_eq!(recent[0]["SubscriberNumber"], "13800138000");
+        let day = json_body(pull_by_phone_number(&query(now / 1000 - 7_200, 100, 0), &ledger)).await;
+        assert_eq!(reports(&day).len(), 2);
+        let one = json_body(pull_by_phone_number(&query(now / 1000 - 7_200, 1, 0), &ledger)).await;
+        assert_eq!(reports(&one)[0]["SessionContext"], "old", "oldest first, at most Limit");
+        for bad in [
+            query(now / 1000, 101, 0),
+            query(now / 1000, 0, 0),
+            query(now / 1000, 100, 1),
+            query(now / 1000 - 8 * 86_400, 100, 0),
+        ] {
+            let answer = json_body(pull_by_phone_number(&bad, &ledger)).await;
+            assert!(answer["Response"]["Error"]["Code"].is_string(), "{bad}");
+        }
+        let mut missing = query(now / 1000, 100, 0);
+        missing.as_object_mut().unwrap().remove("PhoneNumber");
+        let answer = json_body(pull_by_phone_number(&missing, &ledger)).await;
+        assert_eq!(answer["Response"]["Error"]["Code"], "MissingParameter");
+    }
 }
