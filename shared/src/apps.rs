@@ -160,12 +160,26 @@ fn default_smtp_security() -> String {
     "starttls".into()
 }
 
+/// How an SMS account's delivery receipts reach us (`"receipts"` in its settings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Receipts {
+    /// The vendor pushes them to `/v1/callbacks/{provider}` (configured at the vendor).
+    #[default]
+    Callback,
+    /// The `pull` function asks the vendor for them on a schedule (for accounts whose
+    /// callback is not configured or not reachable).
+    Pull,
+}
+
 /// Alibaba Cloud SMS (dysmsapi) account.
 #[derive(Clone, Deserialize)]
 pub struct AliyunAccount {
     pub access_key_id: String,
     pub access_key_secret: String,
     pub sign_name: String,
+    #[serde(default)]
+    pub receipts: Receipts,
 }
 
 /// Tencent Cloud SMS account.
@@ -177,6 +191,8 @@ pub struct TencentAccount {
     pub sign_name: String,
     #[serde(default = "default_tencent_region")]
     pub region: String,
+    #[serde(default)]
+    pub receipts: Receipts,
 }
 
 fn default_tencent_region() -> String {
@@ -192,6 +208,8 @@ pub struct TwilioAccount {
     pub from: Option<String>,
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
+    #[serde(default)]
+    pub receipts: Receipts,
 }
 
 /// A chat robot: DingTalk (`token` = access_token, `secret` = signing secret), WeCom

@@ -200,6 +200,40 @@ impl Sweep {
     }
 }
 
+/// Receipt pull settings (function `pull`).
+#[derive(Debug, Clone)]
+pub struct Pull {
+    /// `PUSHGATE_ENDPOINTS_TABLE`: where the sweep index is kept.
+    pub endpoints_table: String,
+    /// `PUSHGATE_PULL_DELAY_SECONDS` (120): how long after its send a message is first
+    /// asked about (receipts usually come within seconds; a push may still beat the pull).
+    pub delay: Duration,
+    /// `PUSHGATE_PULL_WINDOW_HOURS` (24): how long after its send a message is still
+    /// asked about, every run (Tencent keeps 7 days, Aliyun 30; the sweep's receipt
+    /// timeout settles what stays unreported).
+    pub window: Duration,
+    /// `PUSHGATE_PULL_CALLS_PER_ACCOUNT` (100): provider calls per provider account and
+    /// run, at most (calls go one at a time).
+    pub calls_per_account: u32,
+    /// `PUSHGATE_PROVIDER_TIMEOUT_MS` (5000): one provider call.
+    pub provider_timeout: Duration,
+    /// The provider endpoints (as the dispatcher's).
+    pub endpoints: Endpoints,
+}
+
+impl Pull {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            endpoints_table: required("PUSHGATE_ENDPOINTS_TABLE")?,
+            delay: Duration::from_secs(number("PUSHGATE_PULL_DELAY_SECONDS", 120u64)?),
+            window: Duration::from_secs(number("PUSHGATE_PULL_WINDOW_HOURS", 24u64)?.saturating_mul(3_600)),
+            calls_per_account: number("PUSHGATE_PULL_CALLS_PER_ACCOUNT", 100u32)?,
+            provider_timeout: Duration::from_millis(number("PUSHGATE_PROVIDER_TIMEOUT_MS", 5000)?),
+            endpoints: Endpoints::from_env(),
+        })
+    }
+}
+
 /// `PUSHGATE_ENDPOINTS_TABLE` and `PUSHGATE_DELIVERY_QUEUE_URL` (optional for ingest):
 /// without both the endpoints API is off.
 pub fn endpoints_api() -> Option<(String, String)> {

@@ -172,3 +172,22 @@ impl crate::handlers::sweep::Sweep {
         })
     }
 }
+
+impl crate::handlers::pull::Pull {
+    pub async fn from_env() -> Result<Self, WiringError> {
+        let s = shared().await?;
+        let cfg = config::Pull::from_env()?;
+        Ok(Self {
+            index: crate::store::sweep::SweepIndex::new(s.ddb.clone(), cfg.endpoints_table.clone()),
+            store: s.store,
+            apps: s.apps,
+            providers: crate::providers::receipt_pullers(&cfg.endpoints, cfg.provider_timeout)?,
+            settings: crate::handlers::pull::Settings {
+                delay: cfg.delay,
+                window: cfg.window,
+                calls_per_account: cfg.calls_per_account,
+            },
+            clock: crate::clock::system(),
+        })
+    }
+}

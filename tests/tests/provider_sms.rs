@@ -112,7 +112,7 @@ fn providers_describe_themselves() {
     );
     assert_eq!(
         (t.name(), t.channel(), t.on_ambiguous()),
-        ("tencent", Channel::Sms, Ambiguity::MarkUnknown)
+        ("tencent", Channel::Sms, Ambiguity::Reconcile)
     );
 }
 
@@ -426,6 +426,98 @@ async fn tencent_needs_an_account_and_a_template() {
     let e = expect_err(provider.send(&message, &good_app()).await);
     assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_template"));
     assert!(f.log.of("tencent").is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn tencent_reconcile_finds_a_send_by_its_session_context() {
+    let f = fakes().await;
+    let provider = tencent(&f);
+    let message = sms(TO);
+    let sent = provider.send(&message, &good_app()).await.unwrap();
+    // Another message to the same number is not this one.
+    provider.send(&sms(TO), &good_app()).await.unwrap();
+    assert_eq!(
+        provider.reconcile(&message, &good_app()).await.unwrap(),
+        Reconciled::Sent(Sent {
+            provider_message_id: sent.provider_message_id,
+            delivered: true,
+        })
+    );
+    let log = f.log.of("tencent");
+    let pull = log.last().unwrap();
+    assert!(pull.verified, "{:?}", pull.body);
+    assert_eq!(pull.action, "PullSmsSendStatusByPhoneNumber");
+    assert_eq!(pull.body["PhoneNumber"], TO);
+    assert_eq!(pull.body["SmsSdkAppId"], fake_tencent::SDK_APP_ID);
+    assert_eq!((&pull.body["Offset"], &pull.body["Limit"]), (&json!(0), &json!(100)));
+    let begin = pull.body["BeginTime"].as_i64().unwrap();
+    assert!(
+        begin <= message.created_at / 1000 && begin >= message.created_at / 1000 - 120,
+        "{begin}"
+    );
+}
+
+#[tokio::test]
+async fn tencent_reconcile_waits_for_the_carrier_report_before_saying_not_sent() {
+    let f = fakes().await;
+    let never_sent = sms(TO);
+    // Just after the lost send, no report may mean "not reported yet".
+    let e = tencent(&f).reconcile(&never_sent, &good_app()).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Ambiguous, "no_report_yet"));
+    let patient = tencent(&f).with_report_wait(Duration::ZERO);
+    assert_eq!(
+        patient.reconcile(&never_sent, &good_app()).await.unwrap(),
+        Reconciled::NotSent
+    );
+    let e = patient
+        .reconcile(&never_sent, &app(fake_aliyun::ACCESS_KEY_SECRET, "not-the-key"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Permanent, "AuthFailure.SignatureFailure")
+    );
+    let e = patient.reconcile(&never_sent, &no_accounts()).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "no_account"));
+    assert!(f.log.accepted("tencent").is_empty());
+}
+
+/// As for Aliyun: a send whose answer is lost is found and not resent; one whose request
+/// is lost is not found and is resent once. The fake performs each SMS exactly once.
+#[tokio::test]
+async fn tencent_lost_answers_and_lost_requests_are_reconciled() {
+    let f = fakes().await;
+    let impatient = Tencent::new(
+        http_client(Duration::from_millis(300)).unwrap(),
+        f.endpoints().tencent_sms,
+        pushgate_shared::clock::system(),
+    )
+    .with_report_wait(Duration::ZERO);
+
+    f.log.script(TO, vec![Fault::HangAfter(Duration::from_secs(1))]);
+    let answer_lost = sms(TO);
+    let e = expect_err(impatient.send(&answer_lost, &good_app()).await);
+    assert_eq!(e.class, ErrorClass::Ambiguous, "{e}");
+    let found = impatient.reconcile(&answer_lost, &good_app()).await.unwrap();
+    assert!(
+        matches!(found, Reconciled::Sent(Sent { delivered: true, .. })),
+        "{found:?}"
+    );
+
+    f.log.script(TO, vec![Fault::HangBefore(Duration::from_secs(1))]);
+    let request_lost = sms(TO);
+    let e = expect_err(impatient.send(&request_lost, &good_app()).await);
+    assert_eq!(e.class, ErrorClass::Ambiguous, "{e}");
+    assert_eq!(
+        impatient.reconcile(&request_lost, &good_app()).await.unwrap(),
+        Reconciled::NotSent
+    );
+    impatient.send(&request_lost, &good_app()).await.unwrap();
+
+    // Past both hangs, the provider performed each SMS exactly once.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let references: Vec<String> = f.log.accepted("tencent").into_iter().map(|a| a.reference).collect();
+    assert_eq!(references, vec![answer_lost.id.clone(), request_lost.id.clone()]);
 }
 
 #[tokio::test]

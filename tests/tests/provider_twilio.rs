@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use pushgate_shared::apps::AppConfig;
-use pushgate_shared::delivery::{Ambiguity, ErrorClass};
+use pushgate_shared::delivery::{Ambiguity, ErrorClass, Reconciled, Sent};
 use pushgate_shared::message::{Channel, Content};
 use pushgate_shared::providers::twilio::Twilio;
 use pushgate_shared::providers::{http_client, Provider};
 use pushgate_tests::message;
-use pushgate_tool::fakes::{twilio as fake, Fakes};
+use pushgate_tool::fakes::{twilio as fake, Fakes, Fault};
 use serde_json::json;
 
 const PUBLIC_URL: &str = "https://push.example.com";
@@ -54,7 +54,7 @@ async fn sends_the_documented_form_and_returns_the_sid() {
     let p = provider(&f, Some(PUBLIC_URL));
     assert_eq!(
         (p.name(), p.channel(), p.on_ambiguous()),
-        ("twilio", Channel::Sms, Ambiguity::MarkUnknown)
+        ("twilio", Channel::Sms, Ambiguity::Reconcile)
     );
     let sent = p
         .send(&sms("+14155550100", "Your code is 1234"), &account())
@@ -168,4 +168,87 @@ async fn a_refused_connection_is_retryable() {
     );
     let e = p.send(&sms("+14155550100", "hi"), &account()).await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Retryable);
+}
+
+/// A send whose answer is lost is found in the recipient's list and not resent; one whose
+/// request is lost is not found and is resent once. Twilio creates each SMS exactly once.
+#[tokio::test]
+async fn lost_answers_and_lost_requests_are_reconciled_from_the_list() {
+    let f = fakes().await;
+    let impatient = Twilio::new(
+        http_client(Duration::from_millis(300)).unwrap(),
+        f.endpoints().twilio,
+        Some(PUBLIC_URL.into()),
+    );
+    let to = "+14155550123";
+
+    // Another text to the same number is not this message.
+    impatient.send(&sms(to, "Your code is 9999"), &account()).await.unwrap();
+    f.log.script(to, vec![Fault::HangAfter(Duration::from_secs(1))]);
+    let answer_lost = sms(to, "Your code is 1234");
+    let e = impatient.send(&answer_lost, &account()).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Ambiguous, "{e}");
+    let found = impatient.reconcile(&answer_lost, &account()).await.unwrap();
+    let created = f.log.accepted("twilio");
+    assert_eq!(
+        found,
+        Reconciled::Sent(Sent {
+            provider_message_id: Some(created[1].provider_id.clone()),
+            delivered: true,
+        })
+    );
+    let list = f
+        .log
+        .of("twilio")
+        .into_iter()
+        .find(|r| r.action == "ListMessages")
+        .unwrap();
+    assert!(list.verified);
+    assert_eq!(list.body["To"], to);
+    assert_eq!(list.body["From"], fake::FROM);
+    assert_eq!(list.body["PageSize"], "50");
+
+    f.log.script(to, vec![Fault::HangBefore(Duration::from_secs(1))]);
+    let request_lost = sms(to, "Your code is 5678");
+    let e = impatient.send(&request_lost, &account()).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Ambiguous, "{e}");
+    assert_eq!(
+        impatient.reconcile(&request_lost, &account()).await.unwrap(),
+        Reconciled::NotSent
+    );
+    impatient.send(&request_lost, &account()).await.unwrap();
+
+    // Past both hangs: three messages created, each once.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let bodies: Vec<String> = f
+        .log
+        .of("twilio")
+        .into_iter()
+        .filter(|r| r.action == "CreateMessage")
+        .map(|r| r.body["Body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(f.log.accepted("twilio").len(), 3, "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_known_sid_is_fetched() {
+    let f = fakes().await;
+    let p = provider(&f, None);
+    let mut message = sms("+14155550100", "hi");
+    let sent = p.send(&message, &account()).await.unwrap();
+    message.provider_message_id = sent.provider_message_id.clone();
+    assert_eq!(
+        p.reconcile(&message, &account()).await.unwrap(),
+        Reconciled::Sent(Sent {
+            provider_message_id: sent.provider_message_id,
+            delivered: true,
+        })
+    );
+    let fetch = f.log.of("twilio").pop().unwrap();
+    assert_eq!((fetch.action.as_str(), fetch.verified), ("FetchMessage", true));
+    message.provider_message_id = Some(format!("SM{:032x}", 7));
+    assert_eq!(p.reconcile(&message, &account()).await.unwrap(), Reconciled::NotSent);
+    let wrong = app(json!({"account_sid": fake::ACCOUNT_SID, "auth_token": "nope", "from": fake::FROM}));
+    let e = p.reconcile(&message, &wrong).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Permanent, "20003"));
 }

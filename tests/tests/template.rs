@@ -178,6 +178,54 @@ fn internet_facing_functions_touch_only_message_items() {
     );
 }
 
+/// The receipt pull reads the sweep index only, and reads and writes message items only
+/// (it applies receipts as the callback does), on its own schedule.
+#[test]
+fn the_receipt_pull_reads_the_index_and_touches_message_items_only() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    let messages_only = |action: &str| {
+        (
+            format!("dynamodb:{action}"),
+            "ForAllValues:StringNotLike".to_string(),
+            vec!["*.*".to_string()],
+        )
+    };
+    let pull: BTreeSet<_> = [messages_only("GetItem"), messages_only("UpdateItem")].into();
+    assert_eq!(table_grants(&template, "PullFunction"), pull);
+    let on_index: Vec<String> = statements(&template, "PullFunction")
+        .iter()
+        .filter(|s| is_get_att(&s["Resource"], "EndpointsTable.Arn"))
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    assert_eq!(on_index, ["dynamodb:Query"]);
+    let all: Vec<String> = statements(&template, "PullFunction")
+        .iter()
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "secretsmanager:GetSecretValue"
+        ]
+    );
+    let function = &template["Resources"]["PullFunction"];
+    assert_eq!(function["Metadata"]["BuildProperties"]["Binary"].as_str(), Some("pull"));
+    assert!(root().join("functions/pull/src/main.rs").exists());
+    let schedule = function["Properties"]["Events"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .find(|e| e["Type"].as_str() == Some("ScheduleV2"))
+        .expect("a schedule");
+    assert!(schedule["Properties"]["ScheduleExpression"]
+        .as_str()
+        .unwrap()
+        .starts_with("rate("));
+}
+
 #[test]
 fn ses_sends_only_from_the_configured_senders() {
     let template = pushgate_tool::resources::load_template().unwrap();

@@ -173,88 +173,83 @@ impl Callback {
     async fn apply_all(&self, receipts: &[Receipt], scope: &Scope, now: i64) -> Result<usize, Problem> {
         let mut applied = 0;
         for r in receipts {
-            applied += usize::from(self.apply(r, scope, now).await?);
+            applied += usize::from(apply_receipt(&self.store, r, scope, now).await?);
         }
         Ok(applied)
     }
+}
 
-    /// Finds the record (by our key, our id, or the provider's id) and moves its status
-    /// forward, if the message is in the callback's scope. Unknown messages are
-    /// acknowledged, so providers stop retrying, except those named by a provider id the
-    /// dispatcher may not have recorded yet: those are held until it does.
-    async fn apply(&self, receipt: &Receipt, scope: &Scope, now: i64) -> Result<bool, Problem> {
-        let provider = receipt.provider;
-        // The ids in a body are the vendor's word: one no message of ours could have is an
-        // unknown message, never a key DynamoDB would refuse (a 5xx the vendor retries).
-        let impossible = receipt
-            .id
+/// Applies one receipt, pushed (the callback) or pulled (`handlers::pull`): finds the
+/// record (by our key, our id, or the provider's id) and moves its status forward, if
+/// the message is in `scope`. Unknown messages are acknowledged, so providers stop
+/// retrying, except those named by a provider id the dispatcher may not have recorded
+/// yet: those are held until it does. `Ok(true)` if it changed the message.
+pub async fn apply_receipt(store: &Store, receipt: &Receipt, scope: &Scope, now: i64) -> Result<bool, Problem> {
+    let provider = receipt.provider;
+    // The ids in a body are the vendor's word: one no message of ours could have is an
+    // unknown message, never a key DynamoDB would refuse (a 5xx the vendor retries).
+    let impossible = receipt
+        .id
+        .as_deref()
+        .is_some_and(|id| ulid::Ulid::from_string(id).is_err())
+        || receipt
+            .pk
             .as_deref()
-            .is_some_and(|id| ulid::Ulid::from_string(id).is_err())
-            || receipt
-                .pk
-                .as_deref()
-                .is_some_and(|pk| pk.is_empty() || pk.len() > MAX_ID_LEN)
-            || receipt
-                .provider_message_id
-                .as_deref()
-                .is_some_and(|p| p.is_empty() || p.len() > MAX_ID_LEN);
-        if impossible {
-            tracing::warn!(provider, "receipt naming no possible message ignored");
-            return Ok(false);
-        }
-        // A vendor's note (an error message) is kept in the history: bounded.
-        let note: String = receipt.note.chars().take(MAX_NOTE_CHARS).collect();
-        let pk = match (&receipt.pk, &receipt.id, &receipt.provider_message_id) {
-            (Some(pk), _, _) => Some(pk.clone()),
-            (None, Some(id), _) => self.store.get_by_id(id, now).await.map_err(unavailable)?.map(|m| m.pk),
-            (None, None, Some(pid)) => self
-                .store
-                .key_by_provider_ref(provider, pid)
+            .is_some_and(|pk| pk.is_empty() || pk.len() > MAX_ID_LEN)
+        || receipt
+            .provider_message_id
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.len() > MAX_ID_LEN);
+    if impossible {
+        tracing::warn!(provider, "receipt naming no possible message ignored");
+        return Ok(false);
+    }
+    // A vendor's note (an error message) is kept in the history: bounded.
+    let note: String = receipt.note.chars().take(MAX_NOTE_CHARS).collect();
+    let pk = match (&receipt.pk, &receipt.id, &receipt.provider_message_id) {
+        (Some(pk), _, _) => Some(pk.clone()),
+        (None, Some(id), _) => store.get_by_id(id, now).await.map_err(unavailable)?.map(|m| m.pk),
+        (None, None, Some(pid)) => store.key_by_provider_ref(provider, pid).await.map_err(unavailable)?,
+        (None, None, None) => None,
+    };
+    let pk = match (pk, &receipt.provider_message_id) {
+        (Some(pk), _) => pk,
+        (None, Some(pid)) if receipt_source(provider).is_some_and(|s| s.early()) => {
+            let held = HeldReceipt {
+                status: receipt.status,
+                note: note.clone(),
+                scope: scope.clone(),
+            };
+            match store
+                .hold_receipt(provider, pid, &held, now)
                 .await
-                .map_err(unavailable)?,
-            (None, None, None) => None,
-        };
-        let pk = match (pk, &receipt.provider_message_id) {
-            (Some(pk), _) => pk,
-            (None, Some(pid)) if receipt_source(provider).is_some_and(|s| s.early()) => {
-                let held = HeldReceipt {
-                    status: receipt.status,
-                    note: note.clone(),
-                    scope: scope.clone(),
-                };
-                match self
-                    .store
-                    .hold_receipt(provider, pid, &held, now)
-                    .await
-                    .map_err(unavailable)?
-                {
-                    Some(pk) => pk,
-                    None => {
-                        tracing::info!(provider, "receipt held until its send is recorded");
-                        return Ok(false);
-                    }
+                .map_err(unavailable)?
+            {
+                Some(pk) => pk,
+                None => {
+                    tracing::info!(provider, "receipt held until its send is recorded");
+                    return Ok(false);
                 }
             }
-            (None, _) => {
-                tracing::warn!(provider, "receipt for an unknown message ignored");
-                return Ok(false);
-            }
-        };
-        let outcome = self
-            .store
-            .apply_receipt_scoped(&pk, receipt.status, Some(note), now, scope)
-            .await
-            .map_err(unavailable)?;
-        match &outcome {
-            ReceiptOutcome::OutOfScope { app } => tracing::warn!(
-                provider,
-                message_app = app.as_str(),
-                "receipt for another app's message ignored: nothing written"
-            ),
-            _ => tracing::info!(provider, status = receipt.status.as_str(), ?outcome, "receipt"),
         }
-        Ok(outcome == ReceiptOutcome::Applied)
+        (None, _) => {
+            tracing::warn!(provider, "receipt for an unknown message ignored");
+            return Ok(false);
+        }
+    };
+    let outcome = store
+        .apply_receipt_scoped(&pk, receipt.status, Some(note), now, scope)
+        .await
+        .map_err(unavailable)?;
+    match &outcome {
+        ReceiptOutcome::OutOfScope { app } => tracing::warn!(
+            provider,
+            message_app = app.as_str(),
+            "receipt for another app's message ignored: nothing written"
+        ),
+        _ => tracing::info!(provider, status = receipt.status.as_str(), ?outcome, "receipt"),
     }
+    Ok(outcome == ReceiptOutcome::Applied)
 }
 
 /// The caller's address as API Gateway saw it (none for a request without that context).

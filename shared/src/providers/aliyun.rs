@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::TokenReports;
 use super::{transport_error, Provider};
-use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts};
+use crate::apps::{AliyunAccount, AppConfig, ProviderAccounts, Receipts};
 use crate::clock::Clock;
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::Status;
@@ -184,19 +184,23 @@ struct SendDetails {
 }
 
 /// One send in a QuerySendDetails answer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct SendDetail {
     /// Our message id, as given to SendSms.
     out_id: Option<String>,
     /// 1 waiting for a receipt, 2 failed, 3 delivered.
     send_status: Option<i64>,
+    /// The carrier's code (`DELIVERED` on success).
+    err_code: Option<String>,
     /// Not documented in the DTO; used when present.
     biz_id: Option<String>,
 }
 
 /// `SendStatus` of a delivered SMS.
 const STATUS_DELIVERED: i64 = 3;
+/// `SendStatus` of an SMS the carrier failed.
+const STATUS_FAILED: i64 = 2;
 
 /// QuerySendDetails' largest page.
 const QUERY_PAGE_SIZE: u64 = 50;
@@ -365,10 +369,55 @@ impl Provider for Aliyun {
         })
     }
 
+    /// Looks for our id among the sends QuerySendDetails lists (see [`Aliyun::detail`]).
+    async fn reconcile(&self, message: &Message, app: &AppConfig) -> Result<Reconciled, ProviderError> {
+        Ok(match self.detail(account(app)?, message).await? {
+            Some(found) => Reconciled::Sent(Sent {
+                provider_message_id: found.biz_id.clone(),
+                delivered: found.send_status == Some(STATUS_DELIVERED),
+            }),
+            None => Reconciled::NotSent,
+        })
+    }
+
+    fn pulls_receipts(&self, app: &AppConfig) -> bool {
+        app.providers
+            .aliyun
+            .as_ref()
+            .is_some_and(|a| a.receipts == Receipts::Pull)
+    }
+
+    /// The send's `SendStatus` as QuerySendDetails tells it: delivered or failed is its
+    /// receipt, waiting (1) is none yet.
+    async fn pull_receipt(&self, message: &Message, app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
+        let detail = self.detail(account(app)?, message).await?;
+        let fallback = message.provider_message_id.as_deref();
+        Ok(detail.and_then(|d| pulled_receipt(&d, &message.pk, fallback)))
+    }
+}
+
+/// The receipt a send's detail gives record `pk` (sent as `biz_id`), if its status is
+/// final.
+fn pulled_receipt(d: &SendDetail, pk: &str, biz_id: Option<&str>) -> Option<Receipt> {
+    let status = match d.send_status? {
+        STATUS_DELIVERED => Status::Delivered,
+        STATUS_FAILED => Status::Failed,
+        _ => return None,
+    };
+    Some(Receipt {
+        provider: "aliyun",
+        pk: Some(pk.to_string()),
+        id: None,
+        provider_message_id: d.biz_id.clone().or_else(|| biz_id.map(str::to_string)),
+        status,
+        note: format!("aliyun: {} (pulled)", d.err_code.as_deref().unwrap_or_default()),
+    })
+}
+
+impl Aliyun {
     /// Pages through QuerySendDetails for the recipient on the day(s) the message may
     /// have been sent, looking for our id as `OutId`.
-    async fn reconcile(&self, message: &Message, app: &AppConfig) -> Result<Reconciled, ProviderError> {
-        let account = account(app)?;
+    async fn detail(&self, account: &AliyunAccount, message: &Message) -> Result<Option<SendDetail>, ProviderError> {
         let days = send_dates(message.created_at, (self.clock)()).ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Ambiguous,
@@ -392,17 +441,14 @@ impl Provider for Aliyun {
                     .iter()
                     .find(|d| d.out_id.as_deref() == Some(message.id.as_str()))
                 {
-                    return Ok(Reconciled::Sent(Sent {
-                        provider_message_id: found.biz_id.clone(),
-                        delivered: found.send_status == Some(STATUS_DELIVERED),
-                    }));
+                    return Ok(Some(found.clone()));
                 }
                 if details.is_empty() || page * QUERY_PAGE_SIZE >= answer.total_count() {
                     break;
                 }
             }
         }
-        Ok(Reconciled::NotSent)
+        Ok(None)
     }
 }
 
@@ -637,5 +683,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!((a[0].status, a[0].id.as_deref()), (Status::Delivered, Some("01ID")));
+    }
+
+    #[test]
+    fn send_details_with_a_final_status_are_receipts() {
+        let detail = |status: i64, code: &str| SendDetail {
+            out_id: Some("id".into()),
+            send_status: Some(status),
+            err_code: Some(code.into()),
+            biz_id: None,
+        };
+        let r = pulled_receipt(&detail(3, "DELIVERED"), "app_s_1", Some("b^0")).unwrap();
+        assert_eq!(
+            (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
+            (Status::Delivered, Some("app_s_1"), Some("b^0"))
+        );
+        assert_eq!(r.note, "aliyun: DELIVERED (pulled)");
+        let r = pulled_receipt(&detail(2, "MK:0001"), "app_s_1", None).unwrap();
+        assert_eq!(
+            (r.status, r.note.as_str()),
+            (Status::Failed, "aliyun: MK:0001 (pulled)")
+        );
+        assert!(pulled_receipt(&detail(1, ""), "app_s_1", None).is_none(), "waiting");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::apps::{AppConfig, ServiceSecrets};
 use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
-use crate::message::{Channel, Message};
+use crate::message::{Channel, HistoryEntry, Message, Status};
 use crate::receipts::{parse_reports, Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
 use crate::shaping::Rate;
 
@@ -53,6 +53,21 @@ pub trait Provider: Send + Sync {
             ErrorClass::Ambiguous,
             "unsupported",
             "this provider cannot be asked what it holds",
+        ))
+    }
+    /// Whether the app has this provider's receipts pulled (`"receipts": "pull"` on its
+    /// account) instead of pushed to the callback.
+    fn pulls_receipts(&self, _app: &AppConfig) -> bool {
+        false
+    }
+    /// Asks the provider for the delivery report of a message it accepted (receipt
+    /// pull): `None` while it has none. The receipt names the message by its record
+    /// key. Only providers that can pull implement it.
+    async fn pull_receipt(&self, _message: &Message, _app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
+        Err(ProviderError::new(
+            ErrorClass::Permanent,
+            "unsupported",
+            "this provider's receipts cannot be pulled",
         ))
     }
 }
@@ -249,6 +264,25 @@ pub fn standard(
     ]))
 }
 
+/// The providers whose receipts can be pulled (the SMS vendors), for the `pull`
+/// function.
+pub fn receipt_pullers(
+    endpoints: &crate::config::Endpoints,
+    timeout: std::time::Duration,
+) -> Result<Providers, reqwest::Error> {
+    let http = http_client(timeout)?;
+    let clock = crate::clock::system;
+    Ok(Providers::new(vec![
+        Arc::new(aliyun::Aliyun::new(http.clone(), endpoints.aliyun_sms.clone(), clock())),
+        Arc::new(tencent::Tencent::new(
+            http.clone(),
+            endpoints.tencent_sms.clone(),
+            clock(),
+        )),
+        Arc::new(twilio::Twilio::new(http, endpoints.twilio.clone(), None)),
+    ]))
+}
+
 /// A provider HTTP client: fixed endpoints from configuration, no redirects, bounded time.
 pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
     crate::tls::http_client_builder()
@@ -287,6 +321,18 @@ const KEY_SAFE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERI
 /// neither collide with another tenant's key nor forge a part of the key format.
 pub fn key_part(part: &str) -> String {
     percent_encoding::utf8_percent_encode(part, KEY_SAFE).to_string()
+}
+
+/// When the interrupted send of a taken-over message began, at the earliest: the first
+/// of the claims its history ends with (a claim adds a `sending` entry without a note;
+/// takeovers that only reconciled add nothing else), else its creation.
+pub fn interrupted_at(history: &[HistoryEntry], created_at: i64) -> i64 {
+    let claims = history
+        .iter()
+        .rev()
+        .take_while(|h| h.status == Status::Sending && h.note.is_none())
+        .last();
+    claims.map_or(created_at, |h| h.at.max(created_at))
 }
 
 /// Classifies a transport error: refused connections never reached the provider.
@@ -450,5 +496,25 @@ mod tests {
         let ses = |app: &AppConfig| account_by_name("ses", app, "r@x").unwrap();
         assert_ne!(ses(&own), ses(&a), "an app's own sender is its own circuit");
         assert_eq!(ses(&own), "news%40tenant%2Eexample");
+    }
+
+    #[test]
+    fn the_interrupted_send_began_with_the_claims_the_history_ends_with() {
+        let entry = |at: i64, status: Status, note: Option<&str>| HistoryEntry {
+            at,
+            status,
+            note: note.map(str::to_string),
+        };
+        assert_eq!(interrupted_at(&[], 5), 5);
+        let history = [
+            entry(5, Status::Accepted, None),
+            entry(10, Status::Sending, None),
+            entry(20, Status::Sending, Some("attempt 1 failed: tencent: http_502")),
+            entry(30, Status::Sending, None),
+            entry(90, Status::Sending, None),
+            entry(150, Status::Sending, None),
+        ];
+        assert_eq!(interrupted_at(&history, 5), 30);
+        assert_eq!(interrupted_at(&history[..3], 5), 5, "the last attempt was closed");
     }
 }

@@ -1,6 +1,13 @@
 //! SMS through Twilio Programmable Messaging: a form POST to `Messages.json` with Basic
 //! auth. Twilio answers with the message `sid`, which its status callbacks carry as
-//! `MessageSid`; delivery is only known from those callbacks.
+//! `MessageSid`; delivery is known from those callbacks, or by fetching the message.
+//!
+//! After a lost answer there is no SID to fetch: the account's messages to the
+//! recipient are listed (`GET Messages.json?To=&From=`, newest first, [`LIST_PAGE_SIZE`]
+//! a page, at most [`LIST_PAGES`] pages) and ours is the outbound one with our exact
+//! text from our sender created since the interrupted send (see [`is_ours`]). Twilio
+//! creates the Message resource before it answers the POST, so a send that reached it
+//! is listed from then on.
 
 use std::time::Duration;
 
@@ -11,8 +18,8 @@ use subtle::ConstantTimeEq;
 use super::ReceiptSource;
 use super::{transport_error, Provider};
 use crate::apps::ServiceSecrets;
-use crate::apps::{AppConfig, ProviderAccounts};
-use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Sent};
+use crate::apps::{AppConfig, ProviderAccounts, Receipts, TwilioAccount};
+use crate::delivery::{Ambiguity, ErrorClass, ProviderError, Reconciled, Sent};
 use crate::message::Status;
 use crate::message::{Channel, Message};
 use crate::receipts::{Batch, Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
@@ -75,6 +82,103 @@ fn url_variants(url: &str) -> Vec<String> {
     out
 }
 
+/// Messages per page of a reconcile's list (Twilio's default page; the largest is 1,000).
+pub const LIST_PAGE_SIZE: usize = 50;
+/// Pages a reconcile reads at most before it gives up telling.
+pub const LIST_PAGES: usize = 3;
+/// Slack before the interrupted send within which our message may have been created.
+const CREATED_SKEW_MS: i64 = 60_000;
+/// The list is ordered by the time sent, not created: a page is "older than ours" only
+/// when everything on it was created this long before the interrupted send.
+const LIST_ORDER_SLACK_MS: i64 = 3_600_000;
+
+/// One Message resource as Twilio fetches or lists it (the fields used here).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MessageResource {
+    pub sid: String,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `queued`, `sending`, `sent`, `delivered`, `undelivered`, `failed`, …
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub direction: Option<String>,
+    /// RFC 2822, e.g. `Wed, 02 Dec 2026 16:00:00 +0000`.
+    #[serde(default)]
+    pub date_created: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<i64>,
+}
+
+impl MessageResource {
+    /// `date_created` in Unix ms.
+    pub fn created_ms(&self) -> Option<i64> {
+        let t = time::OffsetDateTime::parse(
+            self.date_created.as_deref()?,
+            &time::format_description::well_known::Rfc2822,
+        )
+        .ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    }
+
+    fn found(&self) -> Reconciled {
+        Reconciled::Sent(Sent {
+            provider_message_id: Some(self.sid.clone()),
+            delivered: matches!(self.status.as_deref(), Some("delivered" | "read")),
+        })
+    }
+}
+
+/// A page of the Messages list.
+#[derive(Debug, Default, serde::Deserialize)]
+struct MessagePage {
+    #[serde(default)]
+    messages: Vec<MessageResource>,
+    next_page_uri: Option<String>,
+}
+
+/// What a reconcile looks for in the list.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub to: &'a str,
+    pub body: &'a str,
+    /// The sender asked for: a Messaging Service, else a `From` number.
+    pub service: Option<&'a str>,
+    pub from: Option<&'a str>,
+    /// Created no earlier than this (Unix ms).
+    pub not_before_ms: i64,
+}
+
+/// Whether a listed message is the one a lost send created: outbound through the API,
+/// to our recipient, from our sender, with exactly our text, created since the
+/// interrupted send. Twilio keeps no id of ours, so two identical texts to one number
+/// within that window would be taken for one (never sent twice, possibly one lost).
+pub fn is_ours(m: &MessageResource, wanted: &Wanted<'_>) -> bool {
+    let sender = match wanted.service {
+        Some(service) => m.messaging_service_sid.as_deref() == Some(service),
+        None => m.from.as_deref() == wanted.from,
+    };
+    m.direction.as_deref() == Some("outbound-api")
+        && m.to.as_deref() == Some(wanted.to)
+        && m.body.as_deref() == Some(wanted.body)
+        && sender
+        && m.created_ms().is_some_and(|t| t >= wanted.not_before_ms)
+}
+
+/// The app's Twilio account, or a permanent error.
+fn account(app: &AppConfig) -> Result<&TwilioAccount, ProviderError> {
+    app.providers
+        .twilio
+        .as_ref()
+        .ok_or_else(|| ProviderError::new(ErrorClass::Permanent, "no_account", "the app has no Twilio account"))
+}
+
 /// The app's Twilio account: its account SID.
 pub fn account_id(accounts: &ProviderAccounts, _to: &str) -> Option<String> {
     Some(accounts.twilio.as_ref()?.account_sid.clone())
@@ -96,6 +200,101 @@ impl Twilio {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             status_callback_base: status_callback_base.map(|b| b.trim_end_matches('/').to_string()),
         }
+    }
+}
+
+impl Twilio {
+    /// `{endpoint}/2010-04-01/Accounts/{sid}` for `account`.
+    fn account_url(&self, account: &TwilioAccount) -> String {
+        let sid = percent_encoding::utf8_percent_encode(&account.account_sid, percent_encoding::NON_ALPHANUMERIC);
+        format!("{}/2010-04-01/Accounts/{sid}", self.endpoint)
+    }
+
+    /// A GET under Basic auth: the JSON answer, `None` for a 404, else the error the
+    /// answer means (classified as a send's).
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        account: &TwilioAccount,
+        url: &str,
+    ) -> Result<Option<T>, ProviderError> {
+        let response = self
+            .http
+            .get(url)
+            .basic_auth(&account.account_sid, Some(&account.auth_token))
+            .send()
+            .await
+            .map_err(|e| transport_error(&e.without_url()))?;
+        let status = response.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| super::unreadable_answer("Twilio", status, "a readable answer"));
+        }
+        Err(answer_error(status, &headers, serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// The message `sid` (`GET Messages/{sid}.json`), `None` if Twilio has none.
+    pub async fn fetch(&self, account: &TwilioAccount, sid: &str) -> Result<Option<MessageResource>, ProviderError> {
+        let sid = percent_encoding::utf8_percent_encode(sid, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("{}/Messages/{sid}.json", self.account_url(account));
+        self.get(account, &url).await
+    }
+
+    /// Lists the account's messages to `wanted.to` from its sender, page by page, for
+    /// the one [`is_ours`]. `Err` (ambiguous) if [`LIST_PAGES`] pages did not settle it.
+    async fn find(&self, account: &TwilioAccount, wanted: &Wanted<'_>) -> Result<Reconciled, ProviderError> {
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("To", wanted.to);
+            if let (None, Some(from)) = (wanted.service, wanted.from) {
+                query.append_pair("From", from);
+            }
+            query.append_pair("PageSize", &LIST_PAGE_SIZE.to_string());
+            query.finish()
+        };
+        let mut url = format!("{}/Messages.json?{query}", self.account_url(account));
+        for _ in 0..LIST_PAGES {
+            let page: MessagePage = self.get(account, &url).await?.unwrap_or_default();
+            if let Some(m) = page.messages.iter().find(|m| is_ours(m, wanted)) {
+                return Ok(m.found());
+            }
+            let older = |m: &MessageResource| {
+                m.created_ms()
+                    .is_some_and(|t| t < wanted.not_before_ms - LIST_ORDER_SLACK_MS)
+            };
+            match page.next_page_uri {
+                Some(next) if !page.messages.iter().all(older) => url = format!("{}{next}", self.endpoint),
+                _ => return Ok(Reconciled::NotSent),
+            }
+        }
+        Err(ProviderError::new(
+            ErrorClass::Ambiguous,
+            "too_many_messages",
+            "too many messages to the recipient to tell whether ours went out",
+        ))
+    }
+}
+
+/// The error a non-2xx Twilio answer means, from its status, `code` and `message`.
+fn answer_error(status: u16, headers: &reqwest::header::HeaderMap, body: Option<serde_json::Value>) -> ProviderError {
+    let field = |name: &str| body.as_ref().and_then(|b| b.get(name));
+    let code = field("code").and_then(|v| v.as_i64());
+    let class = classify(status, code);
+    let text = field("message")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("Twilio answered HTTP {status}"));
+    let code = code.map(|c| c.to_string()).unwrap_or_else(|| format!("http_{status}"));
+    let error = ProviderError::new(class, code, text);
+    if class == ErrorClass::Deferrable {
+        error.retry_after(retry_after(headers))
+    } else {
+        error
     }
 }
 
@@ -136,16 +335,13 @@ impl Provider for Twilio {
     }
 
     fn on_ambiguous(&self) -> Ambiguity {
-        // Message creation is not idempotent: a second POST is a second SMS. The status
-        // callback may still settle an unknown outcome.
-        Ambiguity::MarkUnknown
+        // Message creation is not idempotent (a second POST is a second SMS): after a
+        // lost answer, look the message up before any resend.
+        Ambiguity::Reconcile
     }
 
     async fn send(&self, message: &Message, app: &AppConfig) -> Result<Sent, ProviderError> {
-        let account =
-            app.providers.twilio.as_ref().ok_or_else(|| {
-                ProviderError::new(ErrorClass::Permanent, "no_account", "the app has no Twilio account")
-            })?;
+        let account = account(app)?;
         let text = message
             .content
             .text
@@ -172,9 +368,7 @@ impl Provider for Twilio {
         if let Some(cb) = &callback {
             form.push(("StatusCallback", cb));
         }
-        let sid_segment =
-            percent_encoding::utf8_percent_encode(&account.account_sid, percent_encoding::NON_ALPHANUMERIC);
-        let url = format!("{}/2010-04-01/Accounts/{sid_segment}/Messages.json", self.endpoint);
+        let url = format!("{}/Messages.json", self.account_url(account));
         let response = self
             .http
             .post(url)
@@ -186,27 +380,78 @@ impl Provider for Twilio {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body: Option<serde_json::Value> = response.json().await.ok();
-        let field = |name: &str| body.as_ref().and_then(|b| b.get(name));
         if (200..300).contains(&status) {
+            let sid = body.as_ref().and_then(|b| b.get("sid")).and_then(|v| v.as_str());
             return Ok(Sent {
-                provider_message_id: field("sid").and_then(|v| v.as_str()).map(str::to_string),
+                provider_message_id: sid.map(str::to_string),
                 delivered: false,
             });
         }
-        let code = field("code").and_then(|v| v.as_i64());
-        let class = classify(status, code);
-        let text = field("message")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("Twilio answered HTTP {status}"));
-        let code = code.map(|c| c.to_string()).unwrap_or_else(|| format!("http_{status}"));
-        let error = ProviderError::new(class, code, text);
-        Err(if class == ErrorClass::Deferrable {
-            error.retry_after(retry_after(&headers))
-        } else {
-            error
-        })
+        Err(answer_error(status, &headers, body))
     }
+
+    /// Fetches the message by its SID if we have one, else looks for it in the list of
+    /// the recipient's messages (see [`is_ours`]).
+    async fn reconcile(&self, message: &Message, app: &AppConfig) -> Result<Reconciled, ProviderError> {
+        let account = account(app)?;
+        if let Some(sid) = message.provider_message_id.as_deref() {
+            return Ok(match self.fetch(account, sid).await? {
+                Some(m) => m.found(),
+                None => Reconciled::NotSent,
+            });
+        }
+        let body = message.content.text.as_deref().unwrap_or_default();
+        let wanted = Wanted {
+            to: &message.to,
+            body,
+            service: account.messaging_service_sid.as_deref(),
+            from: account.from.as_deref(),
+            not_before_ms: super::interrupted_at(&message.history, message.created_at) - CREATED_SKEW_MS,
+        };
+        self.find(account, &wanted).await
+    }
+
+    fn pulls_receipts(&self, app: &AppConfig) -> bool {
+        app.providers
+            .twilio
+            .as_ref()
+            .is_some_and(|a| a.receipts == Receipts::Pull)
+    }
+
+    /// Fetches the message by its SID: a final status is its receipt.
+    async fn pull_receipt(&self, message: &Message, app: &AppConfig) -> Result<Option<Receipt>, ProviderError> {
+        let account = account(app)?;
+        let Some(sid) = message.provider_message_id.as_deref() else {
+            return Ok(None);
+        };
+        let Some(found) = self.fetch(account, sid).await? else {
+            return Ok(None);
+        };
+        Ok(pulled_receipt(&found, &message.pk))
+    }
+}
+
+/// The receipt a fetched message gives its record `pk`: only final statuses count.
+pub fn pulled_receipt(m: &MessageResource, pk: &str) -> Option<Receipt> {
+    let (status, note) = match m.status.as_deref()? {
+        s @ ("delivered" | "read") => (Status::Delivered, format!("twilio: {s} (pulled)")),
+        s @ ("undelivered" | "failed") => (
+            Status::Failed,
+            format!(
+                "twilio: {s} (error {}) (pulled)",
+                m.error_code.map_or("?".to_string(), |c| c.to_string())
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Receipt {
+        provider: "twilio",
+        pk: Some(pk.to_string()),
+        id: None,
+        provider_message_id: Some(m.sid.clone()),
+        status,
+        note,
+    })
 }
 
 // Receipts: Twilio's StatusCallback posts to `/v1/callbacks/twilio?app={app key}`.
@@ -385,5 +630,109 @@ mod tests {
             ("MessageStatus".to_string(), "queued".to_string()),
         ];
         assert_eq!(parse(&queued).unwrap(), None);
+    }
+
+    fn listed(body: &str, created: &str) -> MessageResource {
+        serde_json::from_value(serde_json::json!({
+            "sid": "SM1", "to": "+14155550100", "from": "+15005550006", "messaging_service_sid": null,
+            "body": body, "status": "delivered", "direction": "outbound-api", "date_created": created,
+            "date_sent": null, "error_code": null, "num_segments": "1",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ours_is_the_outbound_message_with_our_text_from_our_sender_since_the_send() {
+        // Wed, 02 Dec 2026 16:00:00 +0000
+        let at = 1_796_227_200_000;
+        let m = listed("Your code is 1234", "Wed, 02 Dec 2026 16:00:00 +0000");
+        assert_eq!(m.created_ms(), Some(at));
+        let wanted = Wanted {
+            to: "+14155550100",
+            body: "Your code is 1234",
+            service: None,
+            from: Some("+15005550006"),
+            not_before_ms: at,
+        };
+        assert!(is_ours(&m, &wanted));
+        assert!(
+            !is_ours(
+                &m,
+                &Wanted {
+                    not_before_ms: at + 1000,
+                    ..wanted
+                }
+            ),
+            "created before"
+        );
+        assert!(!is_ours(
+            &m,
+            &Wanted {
+                body: "Your code is 1235",
+                ..wanted
+            }
+        ));
+        assert!(!is_ours(
+            &m,
+            &Wanted {
+                to: "+14155550101",
+                ..wanted
+            }
+        ));
+        assert!(!is_ours(
+            &m,
+            &Wanted {
+                from: Some("+15005550007"),
+                ..wanted
+            }
+        ));
+        assert!(!is_ours(
+            &m,
+            &Wanted {
+                service: Some("MG1"),
+                ..wanted
+            }
+        ));
+        let mut inbound = m.clone();
+        inbound.direction = Some("inbound".into());
+        assert!(!is_ours(&inbound, &wanted));
+        let mut undated = m.clone();
+        undated.date_created = None;
+        assert!(!is_ours(&undated, &wanted));
+        assert_eq!(
+            m.found(),
+            Reconciled::Sent(Sent {
+                provider_message_id: Some("SM1".into()),
+                delivered: true
+            })
+        );
+        let queued = listed("x", "Wed, 02 Dec 2026 16:00:00 +0000");
+        let queued = MessageResource {
+            status: Some("queued".into()),
+            ..queued
+        };
+        assert!(matches!(
+            queued.found(),
+            Reconciled::Sent(Sent { delivered: false, .. })
+        ));
+    }
+
+    #[test]
+    fn only_final_fetched_statuses_are_receipts() {
+        let mut m = listed("hi", "Wed, 02 Dec 2026 16:00:00 +0000");
+        let r = pulled_receipt(&m, "app_s_1").unwrap();
+        assert_eq!(
+            (r.status, r.pk.as_deref(), r.provider_message_id.as_deref()),
+            (Status::Delivered, Some("app_s_1"), Some("SM1"))
+        );
+        m.status = Some("undelivered".into());
+        m.error_code = Some(30003);
+        let r = pulled_receipt(&m, "app_s_1").unwrap();
+        assert_eq!(r.status, Status::Failed);
+        assert!(r.note.contains("30003"), "{}", r.note);
+        for pending in ["queued", "accepted", "sending", "sent"] {
+            m.status = Some(pending.into());
+            assert!(pulled_receipt(&m, "app_s_1").is_none(), "{pending}");
+        }
     }
 }

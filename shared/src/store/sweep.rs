@@ -74,14 +74,30 @@ impl SweepIndex {
         before_ms: i64,
         limit: i32,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.due_between(waiting, channel, 0, before_ms, limit).await
+    }
+
+    /// Entries waiting since `after_ms` or later but before `before_ms`, oldest first per
+    /// shard, at most `limit` per shard: one Query per shard (the receipt pull reads the
+    /// recent ones only).
+    pub async fn due_between(
+        &self,
+        waiting: Waiting,
+        channel: Channel,
+        after_ms: i64,
+        before_ms: i64,
+        limit: i32,
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         for shard in 0..SHARDS {
             let page = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :p AND sk < :before")
+                .key_condition_expression("pk = :p AND sk BETWEEN :after AND :before")
                 .expression_attribute_values(":p", s(partition(waiting, channel, shard)))
+                .expression_attribute_values(":after", s(format!("{:015}#", after_ms.max(0))))
+                // '#' sorts before every id character: entries of `before_ms` itself are out.
                 .expression_attribute_values(":before", s(format!("{:015}#", before_ms.max(0))))
                 .limit(limit)
                 .send()

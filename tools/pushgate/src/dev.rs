@@ -176,6 +176,18 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         }
     });
 
+    // The receipt pull's schedule, likewise: every minute.
+    let pull_url = format!("{api}/2015-03-31/functions/pull/invocations");
+    let pull_task = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Err(e) = http.post(&pull_url).json(&serde_json::json!({})).send().await {
+                tracing::warn!(error = %e, "receipt pull invocation failed");
+            }
+        }
+    });
+
     // moto keeps schedules but never fires them: deliver the due ones as Scheduler would.
     let local_scheduler = crate::schedules::LocalScheduler::new(&sdk, res.schedule_group());
     let scheduler_task = tokio::spawn(async move {
@@ -262,6 +274,7 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     let _ = poll_task.await;
     stream_task.abort();
     sweep_task.abort();
+    pull_task.abort();
     delivery_task.abort();
     sandbox_task.abort();
     scheduler_task.abort();
@@ -327,7 +340,7 @@ async fn warm_up(api: &str) {
         .unwrap_or_default();
     let _ = http.get(format!("{api}/v1/messages/warm-up")).send().await;
     let _ = http.post(format!("{api}/v1/callbacks/warm-up")).send().await;
-    for function in ["dispatcher", "events", "deliver", "sweep"] {
+    for function in ["dispatcher", "events", "deliver", "sweep", "pull"] {
         let _ = http
             .post(format!("{api}/2015-03-31/functions/{function}/invocations"))
             .json(&serde_json::json!({"Records": []}))

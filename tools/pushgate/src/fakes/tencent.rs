@@ -15,6 +15,17 @@
 //! - [`SUFFIX_PERMANENT`] `0003` → that number's status `InvalidParameterValue.IncorrectPhoneNumber`
 //! - [`SUFFIX_SERVER_ERROR`] `0004` → HTTP 502 with a plain-text body (a gateway failure)
 //! - [`SUFFIX_AMBIGUOUS`] `0005` → request error `InternalError.SendAndRecvFail`
+//!
+//! Every number a `SendSms` sent to is recorded in the [`FakeLog::accepted`] ledger
+//! (reference = `SessionContext`, provider id = `SerialNo`), and
+//! `PullSmsSendStatusByPhoneNumber` answers from that ledger: the sends to `PhoneNumber`
+//! between `BeginTime` and `EndTime` (seconds), oldest first, at most `Limit` (≤ 100;
+//! `Offset` must be 0, `BeginTime` at most 7 days back), each reported delivered
+//! (`SUCCESS`, `DELIVRD`) as the carrier would. Faults scripted with [`FakeLog::script`]
+//! for the first number of `PhoneNumberSet` play on authenticated `SendSms` requests, as
+//! for the Aliyun fake: [`Fault::ServerError`] (HTTP 502), [`Fault::Throttle`],
+//! [`Fault::Quota`] without sending, [`Fault::HangBefore`] before sending and
+//! [`Fault::HangAfter`] after (the answer is lost).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -27,7 +38,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::sms::{request_id, Magic};
-use super::{FakeLog, Recorded};
+use super::{Accepted, FakeLog, Fault, Recorded};
 
 /// The only SecretId the fake knows.
 pub const SECRET_ID: &str = "fake-tencent-id";
@@ -42,6 +53,11 @@ pub const SUFFIX_AMBIGUOUS: &str = "0005";
 
 /// Allowed clock skew of `X-TC-Timestamp`.
 const MAX_SKEW_SECS: i64 = 300;
+
+/// How far back `PullSmsSendStatusByPhoneNumber` reaches.
+const PULL_DAYS: i64 = 7;
+/// Its largest `Limit`.
+const PULL_LIMIT: u64 = 100;
 
 /// The fake's routes (mounted under its prefix).
 pub fn router(log: FakeLog) -> Router {
@@ -172,11 +188,8 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> Result<(), Box<Response>> {
     Ok(())
 }
 
-/// What SendSms answers once the request is authenticated.
-fn send_sms(headers: &HeaderMap, body: &Value) -> Response {
-    if header(headers, "x-tc-action") != Some("SendSms") {
-        return error("InvalidAction", "The action does not exist.");
-    }
+/// The answer to an authenticated request, by its `X-TC-Action`.
+async fn respond(log: &FakeLog, headers: &HeaderMap, body: &Value) -> Response {
     if header(headers, "x-tc-version") != Some("2021-01-11") {
         return error("NoSuchVersion", "The API version does not exist.");
     }
@@ -186,6 +199,107 @@ fn send_sms(headers: &HeaderMap, body: &Value) -> Response {
     if !header(headers, "content-type").is_some_and(|c| c.starts_with("application/json")) {
         return error("InvalidParameter", "Content-Type must be application/json.");
     }
+    match header(headers, "x-tc-action") {
+        Some("SendSms") => send_with_faults(log, body).await,
+        Some("PullSmsSendStatusByPhoneNumber") => pull_by_phone_number(body, &log.accepted("tencent")),
+        _ => error("InvalidAction", "The action does not exist."),
+    }
+}
+
+/// SendSms: the fault scripted for the first number, if any, around the send itself.
+async fn send_with_faults(log: &FakeLog, body: &Value) -> Response {
+    let first = body["PhoneNumberSet"][0].as_str().unwrap_or_default();
+    let fault = log.next_fault(first);
+    match fault {
+        Some(Fault::ServerError) => return (StatusCode::BAD_GATEWAY, "502 Bad Gateway").into_response(),
+        Some(Fault::Throttle) => {
+            return error(
+                "LimitExceeded.PhoneNumberThirtySecondLimit",
+                "the number of sms messages sent from a single mobile number within 30 seconds exceeds the upper limit",
+            )
+        }
+        Some(Fault::Quota) => {
+            return error(
+                "FailedOperation.InsufficientBalanceInSmsPackage",
+                "Insufficient balance in SMS package.",
+            )
+        }
+        // Dropped here by hyper if the client gives up: nothing is sent.
+        Some(Fault::HangBefore(wait)) => tokio::time::sleep(wait).await,
+        Some(Fault::HangAfter(_)) | None => {}
+    }
+    let response = send_sms(log, body);
+    if let Some(Fault::HangAfter(wait)) = fault {
+        // The send is recorded already: only the answer is late.
+        tokio::time::sleep(wait).await;
+    }
+    response
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or_default()
+}
+
+/// PullSmsSendStatusByPhoneNumber: the ledger's sends to `PhoneNumber` in the window,
+/// every one reported delivered.
+fn pull_by_phone_number(body: &Value, accepted: &[Accepted]) -> Response {
+    for name in ["BeginTime", "Offset", "Limit", "PhoneNumber", "SmsSdkAppId"] {
+        if body[name].is_null() {
+            return error("MissingParameter", &format!("The request is missing {name}."));
+        }
+    }
+    if body["SmsSdkAppId"].as_str() != Some(SDK_APP_ID) {
+        return error("InvalidParameterValue.SdkAppIdNotExist", "SmsSdkAppId does not exist.");
+    }
+    let now = now_ms() / 1000;
+    let (Some(begin), Some(limit), Some(phone)) = (
+        body["BeginTime"].as_i64(),
+        body["Limit"].as_u64(),
+        body["PhoneNumber"].as_str(),
+    ) else {
+        return error(
+            "InvalidParameter",
+            "BeginTime, Limit and PhoneNumber must be given as documented.",
+        );
+    };
+    if body["Offset"].as_u64() != Some(0) {
+        return error("InvalidParameterValue", "Offset is currently fixed at 0.");
+    }
+    if !(1..=PULL_LIMIT).contains(&limit) {
+        return error("InvalidParameterValue", "Limit is 1 to 100.");
+    }
+    if begin < now - PULL_DAYS * 86_400 {
+        return error("InvalidParameterValue", "Only the last 7 days can be pulled.");
+    }
+    let end = body["EndTime"].as_i64().unwrap_or(now);
+    let reports: Vec<Value> = accepted
+        .iter()
+        .filter(|a| a.to == phone && (begin..=end).contains(&(a.at_ms / 1000)))
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map(|a| {
+            let (country, subscriber) = match phone.strip_prefix("+86") {
+                Some(rest) => ("86", rest),
+                None => ("", phone.trim_start_matches('+')),
+            };
+            json!({
+                "UserReceiveTime": a.at_ms / 1000,
+                "CountryCode": country,
+                "SubscriberNumber": subscriber,
+                "PhoneNumber": phone,
+                "SerialNo": a.provider_id,
+                "ReportStatus": "SUCCESS",
+                "Description": "DELIVRD",
+                "SessionContext": a.reference,
+            })
+        })
+        .collect();
+    let answer = json!({"Response": {"PullSmsSendStatusSet": reports, "RequestId": request_id()}});
+    (StatusCode::OK, Json(answer)).into_response()
+}
+
+/// What SendSms answers once the request is authenticated; every number sent to is
+/// recorded in the ledger.
+fn send_sms(log: &FakeLog, body: &Value) -> Response {
     let Some(numbers) = body["PhoneNumberSet"].as_array() else {
         return error("MissingParameter", "The request is missing PhoneNumberSet.");
     };
@@ -248,8 +362,18 @@ fn send_sms(headers: &HeaderMap, body: &Value) -> Response {
                 _ => ("Ok", "send success"),
             };
             let ok = code == "Ok";
+            let serial = if ok { format!("2640:{}", ulid::Ulid::new()) } else { String::new() };
+            if ok {
+                log.accept(Accepted {
+                    provider: "tencent",
+                    reference: session.to_string(),
+                    to: n.to_string(),
+                    provider_id: serial.clone(),
+                    at_ms: now_ms(),
+                });
+            }
             json!({
-                "SerialNo": if ok { format!("2640:{}", ulid::Ulid::new()) } else { String::new() },
+                "SerialNo": serial,
                 "PhoneNumber": n,
                 "Fee": u8::from(ok),
                 "SessionContext": session,
@@ -265,24 +389,23 @@ fn send_sms(headers: &HeaderMap, body: &Value) -> Response {
 
 async fn handle(State(log): State<FakeLog>, headers: HeaderMap, body: Bytes) -> Response {
     let verdict = verify(&headers, &body);
-    let verified = verdict.is_ok();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let response = match verdict {
-        Ok(()) => send_sms(&headers, &parsed),
-        Err(refusal) => *refusal,
+    let to = match parsed["PhoneNumberSet"].as_array() {
+        Some(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        None => parsed["PhoneNumber"].as_str().unwrap_or_default().to_string(),
     };
-    let to = parsed["PhoneNumberSet"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
-        .unwrap_or_default();
+    // Recorded on arrival: a request whose client gave up during a fault counts too.
     log.push(Recorded {
         provider: "tencent",
         action: header(&headers, "x-tc-action").unwrap_or_default().to_string(),
-        verified,
+        verified: verdict.is_ok(),
         to,
-        body: parsed,
+        body: parsed.clone(),
     });
-    response
+    match verdict {
+        Ok(()) => respond(&log, &headers, &parsed).await,
+        Err(refusal) => *refusal,
+    }
 }
 
 #[cfg(test)]
@@ -319,5 +442,61 @@ mod tests {
         assert_eq!((a.signed_headers, a.signature), ("content-type;host", "ab"));
         assert!(parse_authorization("HMAC Credential=x").is_none());
         assert!(parse_authorization("TC3-HMAC-SHA256 Credential=a/b/c/d/e, SignedHeaders=h, Signature=s").is_none());
+    }
+
+    async fn json_body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_pull_answers_from_the_ledger_within_the_documented_limits() {
+        let now = now_ms();
+        let sent = |reference: &str, to: &str, at_ms: i64| Accepted {
+            provider: "tencent",
+            reference: reference.into(),
+            to: to.into(),
+            provider_id: format!("{reference}-serial"),
+            at_ms,
+        };
+        let ledger = vec![
+            sent("old", "+8613800138000", now - 3_600_000),
+            sent("a", "+8613800138000", now - 1_000),
+            sent("b", "+8613900139000", now - 1_000),
+        ];
+        let query = |begin: i64, limit: u64, offset: u64| {
+            json!({"BeginTime": begin, "Offset": offset, "Limit": limit,
+                   "PhoneNumber": "+8613800138000", "SmsSdkAppId": SDK_APP_ID})
+        };
+        let reports = |v: &Value| {
+            v["Response"]["PullSmsSendStatusSet"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let recent = json_body(pull_by_phone_number(&query(now / 1000 - 60, 100, 0), &ledger)).await;
+        let recent = reports(&recent);
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0]["SessionContext"], "a");
+        assert_eq!(recent[0]["SerialNo"], "a-serial");
+        assert_eq!(recent[0]["ReportStatus"], "SUCCESS");
+        assert_eq!(recent[0]["SubscriberNumber"], "13800138000");
+        let day = json_body(pull_by_phone_number(&query(now / 1000 - 7_200, 100, 0), &ledger)).await;
+        assert_eq!(reports(&day).len(), 2);
+        let one = json_body(pull_by_phone_number(&query(now / 1000 - 7_200, 1, 0), &ledger)).await;
+        assert_eq!(reports(&one)[0]["SessionContext"], "old", "oldest first, at most Limit");
+        for bad in [
+            query(now / 1000, 101, 0),
+            query(now / 1000, 0, 0),
+            query(now / 1000, 100, 1),
+            query(now / 1000 - 8 * 86_400, 100, 0),
+        ] {
+            let answer = json_body(pull_by_phone_number(&bad, &ledger)).await;
+            assert!(answer["Response"]["Error"]["Code"].is_string(), "{bad}");
+        }
+        let mut missing = query(now / 1000, 100, 0);
+        missing.as_object_mut().unwrap().remove("PhoneNumber");
+        let answer = json_body(pull_by_phone_number(&missing, &ledger)).await;
+        assert_eq!(answer["Response"]["Error"]["Code"], "MissingParameter");
     }
 }
