@@ -8,9 +8,21 @@ use std::time::Duration;
 use pushgate_tests::*;
 use serde_json::json;
 
+/// A stack whose dispatcher trusts the circuit state it read for a minute, as a warm
+/// instance at steady load does between refreshes: the counts below are the per-message
+/// budget, not how slow a loaded test machine happens to be (with the 1 s default, a
+/// drain that took longer than a second added a circuit read).
+async fn budget_stack() -> Stack {
+    Stack::with(StackOptions {
+        breaker_cache_ms: 60_000,
+        ..Default::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn ingest_and_dispatch_stay_within_the_call_budget() {
-    let stack = Stack::new().await;
+    let stack = budget_stack().await;
     // Warm the service-secret cache, as a warm Lambda has it.
     stack.ingest.apps.current().await.unwrap();
     stack.calls.reset();
@@ -66,7 +78,7 @@ async fn ingest_and_dispatch_stay_within_the_call_budget() {
 
 #[tokio::test]
 async fn an_idempotency_key_costs_one_more_write_to_close_its_in_flight_window() {
-    let stack = Stack::new().await;
+    let stack = budget_stack().await;
     stack.ingest.apps.current().await.unwrap();
     stack.calls.reset();
     let body =
@@ -84,7 +96,7 @@ async fn an_idempotency_key_costs_one_more_write_to_close_its_in_flight_window()
 
 #[tokio::test]
 async fn per_message_ingest_calls_by_signature_version_and_key() {
-    let stack = Stack::new().await;
+    let stack = budget_stack().await;
     stack.ingest.apps.current().await.unwrap();
     // (name, v2?, key) → (PutItem, UpdateItem, SendMessage)
     let cases: [(&str, bool, Option<&str>, [usize; 3]); 4] = [
@@ -124,7 +136,7 @@ async fn per_message_ingest_calls_by_signature_version_and_key() {
 
 #[tokio::test]
 async fn a_refused_replay_costs_one_failed_write_and_no_rate_limit_hit() {
-    let stack = Stack::new().await;
+    let stack = budget_stack().await;
     stack.ingest.apps.current().await.unwrap();
     let body =
         serde_json::to_vec(&json!({"channel":"webhook","to": stack.receiver.url("r"),"content":{"text":"t"}})).unwrap();
@@ -147,7 +159,7 @@ async fn a_refused_replay_costs_one_failed_write_and_no_rate_limit_hit() {
 
 #[tokio::test]
 async fn a_metered_app_pays_one_transaction_per_delivered_message() {
-    let stack = Stack::new().await;
+    let stack = budget_stack().await;
     stack.ingest.apps.current().await.unwrap();
     stack.store.set_balance(METERED_APP, 10).await.unwrap();
     const N: usize = 3;
@@ -194,7 +206,7 @@ async fn a_metered_app_pays_one_transaction_per_delivered_message() {
 #[tokio::test]
 async fn early_receipt_providers_finish_in_one_round_trip() {
     for provider in ["twilio", "tencent"] {
-        let stack = Stack::new().await;
+        let stack = budget_stack().await;
         stack.set_app_providers(json!({"sms_order": [provider]})).await;
         stack.ingest.apps.current().await.unwrap();
         let id = stack
