@@ -117,9 +117,16 @@ impl Dispatcher {
 impl Callback {
     pub async fn from_env() -> Result<Self, WiringError> {
         let s = shared().await?;
+        let fallback = config::receipt_fallback()?.map(|(table, queue, ttl)| crate::handlers::receipt::Fallback {
+            routes: crate::store::routes::RouteStore::table(s.ddb.clone(), table, ttl),
+            queue: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), queue),
+        });
         Ok(Self {
-            store: s.store,
-            apps: s.apps,
+            receipts: crate::handlers::receipt::Receipts {
+                store: s.store,
+                apps: s.apps,
+                fallback,
+            },
             clock: crate::clock::system(),
             public_url: config::public_url(),
             sns: Arc::new(crate::providers::sns::SnsTrust::from_env().map_err(WiringError::Sns)?),

@@ -178,6 +178,28 @@ fn internet_facing_functions_touch_only_message_items() {
     );
 }
 
+/// The callback reads the routes and queues a message again only for a fallback on a
+/// failed receipt: a Scan of the routes table and SendMessage to the send queue, nothing
+/// wider.
+#[test]
+fn the_callback_reads_routes_and_queues_only_to_the_send_queue() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    let statements = statements(&template, "CallbackFunction");
+    let on = |action: &str| -> Vec<Value> {
+        statements
+            .iter()
+            .filter(|s| strings(&s["Action"]).contains(&action.to_string()))
+            .map(|s| s["Resource"].clone())
+            .collect()
+    };
+    let scan = on("dynamodb:Scan");
+    assert_eq!(scan.len(), 1);
+    assert!(is_get_att(&scan[0], "RoutesTable.Arn"));
+    let send = on("sqs:SendMessage");
+    assert_eq!(send.len(), 1);
+    assert!(is_get_att(&send[0], "SendQueue.Arn"));
+}
+
 #[test]
 fn ses_sends_only_from_the_configured_senders() {
     let template = pushgate_tool::resources::load_template().unwrap();

@@ -422,6 +422,10 @@ fn report(r: &Value) -> Result<Receipt, ReceiptError> {
         provider_message_id: text("biz_id"),
         status: if success { Status::Delivered } else { Status::Failed },
         note: format!("aliyun: {}", text("err_code").unwrap_or_default()),
+        code: match success {
+            true => String::new(),
+            false => text("err_code").unwrap_or_default(),
+        },
     })
 }
 
@@ -429,6 +433,7 @@ fn report(r: &Value) -> Result<Receipt, ReceiptError> {
 /// no signature); Aliyun pushes again unless it reads `{"code": 0, "msg": "success"}`.
 pub static RECEIPTS: TokenReports = TokenReports {
     name: "aliyun",
+    channel: Channel::Sms,
     report,
     ack: || serde_json::json!({"code": 0, "msg": "success"}),
     // Aliyun's reports carry our OutId: they never wait for the send's record.

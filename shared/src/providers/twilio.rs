@@ -220,13 +220,14 @@ pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptErro
     let status = get("MessageStatus")
         .or_else(|| get("SmsStatus"))
         .ok_or(ReceiptError::Unrecognised("no MessageStatus"))?;
-    let (status, note) = match status {
-        "delivered" | "read" => (Status::Delivered, format!("twilio: {status}")),
+    let (status, note, code) = match status {
+        "delivered" | "read" => (Status::Delivered, format!("twilio: {status}"), String::new()),
         "undelivered" | "failed" => (
             Status::Failed,
             format!("twilio: {status} (error {})", get("ErrorCode").unwrap_or("?")),
+            get("ErrorCode").unwrap_or_default().to_string(),
         ),
-        "sent" => (Status::Sent, "twilio: sent".to_string()),
+        "sent" => (Status::Sent, "twilio: sent".to_string(), String::new()),
         _ => return Ok(None),
     };
     Ok(Some(Receipt {
@@ -236,6 +237,7 @@ pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptErro
         provider_message_id: Some(sid.to_string()),
         status,
         note,
+        code,
     }))
 }
 
@@ -247,6 +249,10 @@ pub struct TwilioReceipts;
 impl ReceiptSource for TwilioReceipts {
     fn name(&self) -> &'static str {
         "twilio"
+    }
+
+    fn channel(&self) -> crate::message::Channel {
+        crate::message::Channel::Sms
     }
 
     /// Status callbacks name the message by its SID only and may beat the send's record.
