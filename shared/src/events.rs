@@ -9,10 +9,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::batch::BatchRecord;
 use crate::message::{Channel, HistoryEntry, Status};
 
 /// Every event type an endpoint may subscribe to (`sending` is internal: no event).
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "message.accepted",
     "message.scheduled",
     "message.sent",
@@ -22,6 +23,7 @@ pub const EVENT_TYPES: [&str; 9] = [
     "message.cancelled",
     "message.suppressed",
     "endpoint.disabled",
+    "batch.completed",
 ];
 
 /// An endpoint whose deliveries have failed for this long (every attempt since its last
@@ -107,6 +109,30 @@ pub fn from_change(old: Option<&StatusImage>, new: &StatusImage) -> Option<Event
         kind: format!("message.{}", new.status.as_str()),
         at: new.updated_at,
         data,
+    })
+}
+
+/// The `batch.completed` event a write of a batch's record makes: the one write that set
+/// its `completed_at` (conditional, made once by the sweep). A stream record read twice
+/// makes the same event id.
+pub fn batch_completed(old: Option<&BatchRecord>, new: &BatchRecord) -> Option<Event> {
+    let at = new.completed_at?;
+    if old.is_some_and(|o| o.completed_at.is_some()) {
+        return None;
+    }
+    Some(Event {
+        id: format!("evt_{}_completed", new.batch_id),
+        app: new.app.clone(),
+        kind: "batch.completed".into(),
+        at,
+        data: json!({
+            "id": new.batch_id,
+            "channel": new.channel,
+            "total": new.total,
+            "accepted": new.accepted,
+            "rejected": new.rejected_count,
+            "counts": new.counts.clone().unwrap_or_default(),
+        }),
     })
 }
 
@@ -316,6 +342,35 @@ pub fn check_events(events: &Value) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_completes_with_one_event_from_the_write_that_completed_it() {
+        let open: BatchRecord = serde_json::from_value(json!({
+            "pk": "app_bi_x", "batch_id": "01B", "batch_index": -1, "app": "app", "channel": "sms",
+            "total": 3, "accepted": 2, "rejected": "[]", "rejected_count": 1, "body_hash": "h",
+            "created_at": 5, "expires_at": 9, "queued": true
+        }))
+        .unwrap();
+        let done = BatchRecord {
+            completed_at: Some(1_767_225_600_000),
+            counts: Some([("delivered".to_string(), 2)].into()),
+            ..open.clone()
+        };
+        assert_eq!(batch_completed(None, &open), None);
+        assert_eq!(batch_completed(Some(&open), &open), None);
+        let ev = batch_completed(Some(&open), &done).unwrap();
+        assert_eq!(
+            (ev.id.as_str(), ev.kind.as_str(), ev.app.as_str()),
+            ("evt_01B_completed", "batch.completed", "app")
+        );
+        assert_eq!(
+            ev.payload(),
+            json!({"type": "batch.completed", "timestamp": "2026-01-01T00:00:00Z",
+                   "data": {"id": "01B", "channel": "sms", "total": 3, "accepted": 2, "rejected": 1,
+                            "counts": {"delivered": 2}}})
+        );
+        assert_eq!(batch_completed(Some(&done), &done), None, "a later write of it: none");
+    }
 
     fn image(status: Status, history: usize) -> StatusImage {
         StatusImage {

@@ -787,3 +787,54 @@ async fn the_sweep_moves_a_silent_sms_to_unknown_with_its_event_and_requeues_an_
         "dispatched: no longer an orphan"
     );
 }
+
+/// `batch.completed`: the sweep finds every message of an open batch settled and marks
+/// the batch's record completed once; that write's stream record is the one event, which
+/// overlapping sweeps and a stream record read twice do not double.
+#[tokio::test]
+async fn a_batch_completes_once_every_message_is_settled_with_one_event() {
+    let stack = Stack::new().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (_, secret) = create_endpoint(&stack, &url, json!(["batch.completed"])).await;
+    let body = json!({"channel": "webhook", "content": {"text": "hi"},
+                      "recipients": [{"to": stack.receiver.url("b1")}, {"to": stack.receiver.url("b2")},
+                                     {"to": "not a url"}]});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let req = signed_v2(
+        "POST",
+        "/v1/messages/batch",
+        &bytes,
+        APP,
+        APP_SECRETS[0],
+        now(),
+        Some("batch-done-1"),
+    );
+    let (status, _, answer) = parts(stack.ingest.handle(req).await);
+    assert_eq!((status, answer["accepted"].as_u64()), (202, Some(2)), "{answer}");
+    let batch = answer["id"].as_str().unwrap().to_string();
+    settle(&events).await;
+
+    // Queued, not sent: open, not complete.
+    assert_eq!(sweep_at(&stack, 0).run().await.batches_completed, 0);
+    stack.drain(Duration::from_secs(10)).await;
+    settle(&events).await;
+    let swept = sweep_at(&stack, 0).run().await;
+    assert_eq!(swept.batches_completed, 1, "{swept:?}");
+    assert_eq!(sweep_at(&stack, 0).run().await.batches_completed, 0, "once");
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    settle(&events).await;
+    assert_eq!(sweep_at(&stack, 0).run().await.batches_completed, 0, "no longer open");
+    events.pump(&server, 2, Duration::from_secs(2)).await;
+
+    let hits = server.hits();
+    assert_eq!(types_of(&hits), ["batch.completed"], "one event");
+    assert!(verifies(&secret, &hits[0]));
+    assert_eq!(hits[0].id, format!("evt_{batch}_completed"));
+    let ev: Value = serde_json::from_str(&hits[0].body).unwrap();
+    assert_eq!(
+        ev["data"],
+        json!({"id": batch, "channel": "webhook", "total": 3, "accepted": 2, "rejected": 1,
+               "counts": {"delivered": 2}})
+    );
+}

@@ -18,6 +18,7 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::batch::BatchRecord;
 use crate::clock::Clock;
 use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, Streak, Verdict};
 use crate::net::{guarded_client, is_blocked};
@@ -42,21 +43,41 @@ fn image(item: &serde_dynamo::Item) -> Option<StatusImage> {
     serde_dynamo::from_item(item.clone()).ok()
 }
 
-/// The event a stream record carries, if any. A removed record (expiry, rollback) is none.
+/// The batch record in a stream record's item, if it is one (`batch_index` -1).
+fn batch_image(item: &serde_dynamo::Item) -> Option<BatchRecord> {
+    if item.is_empty() {
+        return None;
+    }
+    serde_dynamo::from_item::<_, BatchRecord>(item.clone())
+        .ok()
+        .filter(|r| r.batch_index == -1)
+}
+
+/// The event a stream record carries, if any: a message's status change, or a batch
+/// completed. A removed record (expiry, rollback) is none.
 pub fn event_of(record: &EventRecord) -> Option<Event> {
     if record.event_name == "REMOVE" {
         return None;
+    }
+    if let Some(new) = batch_image(&record.change.new_image) {
+        let old = batch_image(&record.change.old_image);
+        return events::batch_completed(old.as_ref(), &new);
     }
     let new = image(&record.change.new_image)?;
     let old = image(&record.change.old_image);
     events::from_change(old.as_ref(), &new)
 }
 
-/// The sweep index changes a stream record makes (removals included).
+/// The sweep index changes a stream record makes (removals included): messages waiting
+/// on the sweep, and batches waiting to complete.
 fn sweep_ops(record: &EventRecord) -> Vec<crate::sweep::IndexOp> {
     let new = image(&record.change.new_image);
     let old = image(&record.change.old_image);
-    crate::sweep::index_ops(old.as_ref(), new.as_ref())
+    let mut ops = crate::sweep::index_ops(old.as_ref(), new.as_ref());
+    let new = batch_image(&record.change.new_image);
+    let old = batch_image(&record.change.old_image);
+    ops.extend(crate::sweep::batch_index_ops(old.as_ref(), new.as_ref()));
+    ops
 }
 
 impl EventSource {
