@@ -838,3 +838,73 @@ async fn a_batch_completes_once_every_message_is_settled_with_one_event() {
                "counts": {"delivered": 2}})
     );
 }
+
+/// Events carry the recipient and content only to an endpoint that opted in
+/// (`include`), never to the others.
+#[tokio::test]
+async fn recipient_and_content_go_only_to_the_endpoint_that_opts_in() {
+    let stack = Stack::new().await;
+    let events = Events::new(&stack);
+    let (open, open_url) = EndpointServer::start(&[]).await;
+    let (plain, plain_url) = EndpointServer::start(&[]).await;
+    let (status, b) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        "/v1/endpoints",
+        json!({"url": open_url, "events": ["message.delivered"], "include": ["recipient", "content"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, b["include"].clone()),
+        (201, json!(["recipient", "content"])),
+        "{b}"
+    );
+    let (open_id, open_secret) = (
+        b["id"].as_str().unwrap().to_string(),
+        b["secret"].as_str().unwrap().to_string(),
+    );
+    create_endpoint(&stack, &plain_url, json!(["message.delivered"])).await;
+    // Only the two known fields; the others are named.
+    let path = format!("/v1/endpoints/{open_id}");
+    let (status, b) = api(&stack, APP, APP_SECRETS[0], "PATCH", &path, json!({"include": ["to"]})).await;
+    assert_eq!(
+        (status, b["errors"][0]["pointer"].as_str()),
+        (422, Some("/include")),
+        "{b}"
+    );
+
+    let to = stack.receiver.url("opt-in");
+    let id = stack
+        .accept(json!({"channel": "webhook", "to": to, "content": {"text": "secret text"}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    events.pump(&open, 1, Duration::from_secs(20)).await;
+    events.pump(&plain, 1, Duration::from_secs(20)).await;
+    let (o, p) = (open.hits(), plain.hits());
+    assert_eq!((o.len(), p.len()), (1, 1));
+    assert!(verifies(&open_secret, &o[0]));
+    let od: Value = serde_json::from_str(&o[0].body).unwrap();
+    let pd: Value = serde_json::from_str(&p[0].body).unwrap();
+    assert_eq!(od["data"]["id"], id.as_str());
+    assert_eq!(od["data"]["recipient"], to.as_str());
+    assert_eq!(od["data"]["content"], json!({"text": "secret text"}));
+    assert!(
+        pd["data"].get("recipient").is_none() && pd["data"].get("content").is_none(),
+        "{pd}"
+    );
+    assert!(!p[0].body.contains("secret text") && !p[0].body.contains("opt-in"));
+
+    // Opting out again (`null`): nothing more than the status.
+    let (status, b) = api(&stack, APP, APP_SECRETS[0], "PATCH", &path, json!({"include": null})).await;
+    assert_eq!((status, b["include"].clone()), (200, json!([])), "{b}");
+    stack
+        .accept(json!({"channel": "webhook", "to": to, "content": {"text": "secret text"}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    events.pump(&open, 2, Duration::from_secs(20)).await;
+    let o = open.hits();
+    assert_eq!(o.len(), 2);
+    assert!(!o[1].body.contains("secret text"), "{}", o[1].body);
+}
