@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::message::Channel;
+use std::collections::BTreeMap;
+
+use crate::message::{Channel, Status};
 use crate::problem::FieldError;
 
 /// The most recipients one batch may name.
@@ -68,12 +70,45 @@ pub struct BatchRecord {
     /// Every accepted recipient's record is written and its job queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<bool>,
+    /// When the sweep found every message of the batch settled (Unix ms): written once,
+    /// and the write itself is the source of the `batch.completed` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
+    /// The messages per final status, as counted when it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<BTreeMap<String, u32>>,
 }
 
 impl BatchRecord {
     pub fn rejections(&self) -> Vec<Rejection> {
         serde_json::from_str(&self.rejected).unwrap_or_default()
     }
+
+    /// Waiting for its messages to settle: all written and queued, not yet completed.
+    pub fn open(&self) -> bool {
+        self.queued == Some(true) && self.completed_at.is_none()
+    }
+}
+
+/// Whether a message in `status` is settled for its batch: terminal (`delivered`,
+/// `failed`, `cancelled`), or `unknown` (nothing more will happen to it unless a late
+/// receipt comes; a batch would otherwise never complete).
+pub fn settled(status: Status) -> bool {
+    status.is_terminal() || status == Status::Unknown
+}
+
+/// The counts per status of a batch whose every message is settled, else `None`. The
+/// batch index may lag the records (it is eventually consistent): a batch whose index
+/// lists fewer messages than it accepted is not complete yet.
+pub fn completion(record: &BatchRecord, statuses: &[Status]) -> Option<BTreeMap<String, u32>> {
+    if !record.open() || statuses.len() < record.accepted as usize || !statuses.iter().all(|s| settled(*s)) {
+        return None;
+    }
+    let mut counts = BTreeMap::new();
+    for s in statuses {
+        *counts.entry(s.as_str().to_string()).or_insert(0) += 1;
+    }
+    Some(counts)
 }
 
 /// The key of recipient `index`'s message record in the batch `batch_pk`.
@@ -222,6 +257,69 @@ fn unescape(key: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn record(accepted: u32) -> BatchRecord {
+        BatchRecord {
+            pk: "app_bi_x".into(),
+            batch_id: "01B".into(),
+            batch_index: -1,
+            app: "app".into(),
+            channel: Channel::Sms,
+            total: accepted + 1,
+            accepted,
+            rejected: "[]".into(),
+            rejected_count: 1,
+            body_hash: "h".into(),
+            created_at: 5,
+            expires_at: 9,
+            queued: Some(true),
+            completed_at: None,
+            counts: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_completes_when_every_message_it_accepted_is_settled() {
+        use Status::*;
+        let counts = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let not_queued = BatchRecord {
+            queued: None,
+            ..record(2)
+        };
+        let done = BatchRecord {
+            completed_at: Some(7),
+            ..record(2)
+        };
+        type Row = (&'static str, BatchRecord, Vec<Status>, Option<BTreeMap<String, u32>>);
+        let rows: [Row; 6] = [
+            (
+                "all settled",
+                record(3),
+                vec![Delivered, Failed, Unknown],
+                Some(counts(&[("delivered", 1), ("failed", 1), ("unknown", 1)])),
+            ),
+            ("one still sent", record(2), vec![Delivered, Sent], None),
+            (
+                "the index lags the records",
+                record(3),
+                vec![Delivered, Cancelled],
+                None,
+            ),
+            (
+                "not all written and queued yet",
+                not_queued,
+                vec![Delivered, Delivered],
+                None,
+            ),
+            ("completed already", done, vec![Delivered, Delivered], None),
+            ("one accepted", record(2), vec![Delivered, Accepted], None),
+        ];
+        for (name, r, statuses, want) in rows {
+            assert_eq!(completion(&r, &statuses), want, "{name}");
+        }
+    }
 
     #[test]
     fn a_batch_splits_into_single_messages_with_merged_data() {

@@ -234,6 +234,25 @@ impl Pull {
     }
 }
 
+/// What the receipt path needs to fall back on failed receipts (the callback function):
+/// `PUSHGATE_ROUTES_TABLE` and `PUSHGATE_QUEUE_URL`, both or neither (without them failed
+/// receipts never fall back), and `PUSHGATE_ROUTES_TTL_SECONDS`.
+pub fn receipt_fallback() -> Result<Option<(String, String, Duration)>, ConfigError> {
+    match (var("PUSHGATE_ROUTES_TABLE"), var("PUSHGATE_QUEUE_URL")) {
+        (Some(table), Some(queue)) => Ok(Some((
+            table,
+            queue,
+            Duration::from_secs(number("PUSHGATE_ROUTES_TTL_SECONDS", 60)?),
+        ))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Invalid(
+            "PUSHGATE_QUEUE_URL",
+            "required with PUSHGATE_ROUTES_TABLE (receipt fallback)".into(),
+        )),
+        (None, Some(_)) => Ok(None),
+    }
+}
+
 /// `PUSHGATE_ENDPOINTS_TABLE` and `PUSHGATE_DELIVERY_QUEUE_URL` (optional for ingest):
 /// without both the endpoints API is off.
 pub fn endpoints_api() -> Option<(String, String)> {

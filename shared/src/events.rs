@@ -9,10 +9,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::batch::BatchRecord;
 use crate::message::{Channel, HistoryEntry, Status};
 
 /// Every event type an endpoint may subscribe to (`sending` is internal: no event).
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "message.accepted",
     "message.scheduled",
     "message.sent",
@@ -22,6 +23,7 @@ pub const EVENT_TYPES: [&str; 9] = [
     "message.cancelled",
     "message.suppressed",
     "endpoint.disabled",
+    "batch.completed",
 ];
 
 /// An endpoint whose deliveries have failed for this long (every attempt since its last
@@ -113,6 +115,86 @@ pub fn from_change(old: Option<&StatusImage>, new: &StatusImage) -> Option<Event
     })
 }
 
+/// The `batch.completed` event a write of a batch's record makes: the one write that set
+/// its `completed_at` (conditional, made once by the sweep). A stream record read twice
+/// makes the same event id.
+pub fn batch_completed(old: Option<&BatchRecord>, new: &BatchRecord) -> Option<Event> {
+    let at = new.completed_at?;
+    if old.is_some_and(|o| o.completed_at.is_some()) {
+        return None;
+    }
+    Some(Event {
+        id: format!("evt_{}_completed", new.batch_id),
+        app: new.app.clone(),
+        kind: "batch.completed".into(),
+        at,
+        data: json!({
+            "id": new.batch_id,
+            "channel": new.channel,
+            "total": new.total,
+            "accepted": new.accepted,
+            "rejected": new.rejected_count,
+            "counts": new.counts.clone().unwrap_or_default(),
+        }),
+    })
+}
+
+/// What an endpoint may opt in to receive in its message events.
+pub const INCLUDABLE: [&str; 2] = ["recipient", "content"];
+
+/// The largest content an event carries (its rendered JSON); larger content is left
+/// out (`"content": null, "content_omitted": "too large"`), so a job always fits an SQS
+/// message (256 KB) beside its recipient and status.
+pub const MAX_EVENT_CONTENT_BYTES: usize = 128 * 1024;
+
+/// The part of a message record only opted-in endpoints see.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PrivateImage {
+    pub to: String,
+    pub content: crate::message::Content,
+}
+
+/// The event body `endpoint` receives: `ev`'s, plus the recipient and content of the
+/// message (`private`) where the endpoint opted in to them ([`Endpoint::include`]).
+pub fn payload_for(ev: &Event, endpoint: &Endpoint, private: Option<&PrivateImage>) -> Value {
+    let mut body = ev.payload();
+    let Some(private) = private.filter(|_| !endpoint.include.is_empty()) else {
+        return body;
+    };
+    if endpoint.include.iter().any(|i| i == "recipient") {
+        body["data"]["recipient"] = json!(private.to);
+    }
+    if endpoint.include.iter().any(|i| i == "content") {
+        let content = serde_json::to_value(&private.content).unwrap_or(Value::Null);
+        if content.to_string().len() <= MAX_EVENT_CONTENT_BYTES {
+            body["data"]["content"] = content;
+        } else {
+            body["data"]["content"] = Value::Null;
+            body["data"]["content_omitted"] = json!("too large");
+        }
+    }
+    body
+}
+
+/// Checks an endpoint's `include` (any of [`INCLUDABLE`], no repeats kept).
+pub fn check_include(include: &Value) -> Result<Vec<String>, String> {
+    let Some(list) = include.as_array() else {
+        return Err(format!("must be an array of: {}", INCLUDABLE.join(", ")));
+    };
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for i in list {
+        match i.as_str() {
+            Some(f) if INCLUDABLE.contains(&f) => {
+                if !out.iter().any(|o| o == f) {
+                    out.push(f.to_string());
+                }
+            }
+            _ => return Err(format!("unknown field {i}; known: {}", INCLUDABLE.join(", "))),
+        }
+    }
+    Ok(out)
+}
+
 /// One signing secret of an endpoint; a rotated-out one carries when it stops signing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Secret {
@@ -130,6 +212,10 @@ pub struct Endpoint {
     /// Subscribed types; empty means all.
     #[serde(default)]
     pub events: Vec<String>,
+    /// What its message events carry beyond the status ([`INCLUDABLE`]: `recipient`,
+    /// `content`): nothing unless the app opts in for this endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Newest first.
@@ -167,6 +253,7 @@ impl Endpoint {
             "id": self.id,
             "url": self.url,
             "events": self.events,
+            "include": self.include,
             "description": self.description,
             "disabled": self.disabled,
             "disabled_reason": self.disabled_reason,
@@ -320,6 +407,87 @@ pub fn check_events(events: &Value) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn recipient_and_content_go_only_to_endpoints_that_opt_in() {
+        let ev = from_change(None, &image(Status::Delivered, 3)).unwrap();
+        let private = PrivateImage {
+            to: "+8613800138000".into(),
+            content: crate::message::Content {
+                text: Some("your code is 1234".into()),
+                ..Default::default()
+            },
+        };
+        let endpoint = |include: &[&str]| Endpoint {
+            id: "ep_1".into(),
+            app: "app".into(),
+            url: "https://example.com/h".into(),
+            events: Vec::new(),
+            include: include.iter().map(|s| s.to_string()).collect(),
+            description: None,
+            secrets: Vec::new(),
+            disabled: false,
+            disabled_reason: None,
+            failing_since: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let plain = payload_for(&ev, &endpoint(&[]), Some(&private));
+        assert_eq!(plain, ev.payload(), "no opt-in: the status only");
+        let data = |include: &[&str]| payload_for(&ev, &endpoint(include), Some(&private))["data"].clone();
+        assert_eq!(data(&["recipient"])["recipient"], "+8613800138000");
+        assert!(data(&["recipient"]).get("content").is_none());
+        assert_eq!(data(&["content"])["content"], json!({"text": "your code is 1234"}));
+        assert!(data(&["content"]).get("recipient").is_none());
+        // Not a message event (a notice, a batch): nothing to add.
+        assert_eq!(payload_for(&ev, &endpoint(&["recipient"]), None), ev.payload());
+        let huge = PrivateImage {
+            content: crate::message::Content {
+                text: Some("x".repeat(MAX_EVENT_CONTENT_BYTES)),
+                ..Default::default()
+            },
+            ..private.clone()
+        };
+        let d = payload_for(&ev, &endpoint(&["content"]), Some(&huge))["data"].clone();
+        assert_eq!(
+            (d["content"].clone(), d["content_omitted"].clone()),
+            (Value::Null, json!("too large"))
+        );
+        assert_eq!(
+            check_include(&json!(["content", "recipient", "content"])).unwrap(),
+            ["content", "recipient"]
+        );
+        assert!(check_include(&json!(["to"])).is_err() && check_include(&json!("content")).is_err());
+    }
+
+    #[test]
+    fn a_batch_completes_with_one_event_from_the_write_that_completed_it() {
+        let open: BatchRecord = serde_json::from_value(json!({
+            "pk": "app_bi_x", "batch_id": "01B", "batch_index": -1, "app": "app", "channel": "sms",
+            "total": 3, "accepted": 2, "rejected": "[]", "rejected_count": 1, "body_hash": "h",
+            "created_at": 5, "expires_at": 9, "queued": true
+        }))
+        .unwrap();
+        let done = BatchRecord {
+            completed_at: Some(1_767_225_600_000),
+            counts: Some([("delivered".to_string(), 2)].into()),
+            ..open.clone()
+        };
+        assert_eq!(batch_completed(None, &open), None);
+        assert_eq!(batch_completed(Some(&open), &open), None);
+        let ev = batch_completed(Some(&open), &done).unwrap();
+        assert_eq!(
+            (ev.id.as_str(), ev.kind.as_str(), ev.app.as_str()),
+            ("evt_01B_completed", "batch.completed", "app")
+        );
+        assert_eq!(
+            ev.payload(),
+            json!({"type": "batch.completed", "timestamp": "2026-01-01T00:00:00Z",
+                   "data": {"id": "01B", "channel": "sms", "total": 3, "accepted": 2, "rejected": 1,
+                            "counts": {"delivered": 2}}})
+        );
+        assert_eq!(batch_completed(Some(&done), &done), None, "a later write of it: none");
+    }
+
     fn image(status: Status, history: usize) -> StatusImage {
         StatusImage {
             pk: "app_s_x".into(),
@@ -395,6 +563,7 @@ mod tests {
             app: "app".into(),
             url: "https://example.com/h".into(),
             events: vec!["message.delivered".into()],
+            include: Vec::new(),
             description: None,
             secrets: vec![
                 Secret {

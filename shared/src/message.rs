@@ -269,6 +269,11 @@ pub struct Message {
     /// so a takeover after a crash knows which provider may already hold the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// The provider whose failed receipt sent the message on to its next leg (a route's
+    /// receipt rule): set once, so a duplicated receipt never falls back twice, and a
+    /// later receipt from that provider changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fell_back_from: Option<String>,
     /// When the client asked for it to be sent (unix ms), if not at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<i64>,

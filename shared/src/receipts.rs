@@ -21,6 +21,9 @@ pub struct Receipt {
     pub provider_message_id: Option<String>,
     pub status: Status,
     pub note: String,
+    /// The vendor's error code of a failed report (empty otherwise), which a route's
+    /// receipt rules match (`"when": {"scene": "receipt", "code": …}`).
+    pub code: String,
 }
 
 /// Whose messages an authenticated callback may change. A callback proves who sent it

@@ -43,10 +43,25 @@ pub enum Action {
     Fail,
 }
 
+/// When a rule applies: to a send's answer (the default), or to a delivery receipt that
+/// reported the message failed after it was sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scene {
+    #[default]
+    Send,
+    /// A failed receipt: the provider accepted the message, then reported it undelivered.
+    /// Such a failure is of class `permanent` with the vendor's code (Aliyun `err_code`,
+    /// Twilio `ErrorCode`, …); only `switch_provider`, `switch_channel` and `fail` apply.
+    Receipt,
+}
+
 /// Conditions of a rule; every one given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
+    #[serde(default)]
+    pub scene: Scene,
     #[serde(default)]
     pub class: Option<ErrorClass>,
     #[serde(default)]
@@ -103,13 +118,31 @@ pub fn default_action(class: ErrorClass) -> Action {
 }
 
 impl Route {
-    /// What to do after `provider` failed with `e`.
+    /// What to do after `provider` failed with `e` when sending.
     pub fn decide(&self, provider: &str, e: &ProviderError) -> Action {
         self.rules
             .iter()
+            .filter(|r| r.when.scene == Scene::Send)
             .find(|r| r.when.matches(provider, e))
             .map(|r| r.action)
             .unwrap_or_else(|| default_action(e.class))
+    }
+
+    /// What to do after `provider`'s receipt reported the message failed with the
+    /// vendor's `code`: the first receipt rule that matches, else nothing (the message
+    /// stays `failed`).
+    pub fn on_failed_receipt(&self, provider: &str, code: &str) -> Option<Action> {
+        let e = ProviderError::new(ErrorClass::Permanent, code, "failed receipt");
+        self.rules
+            .iter()
+            .filter(|r| r.when.scene == Scene::Receipt)
+            .find(|r| r.when.matches(provider, &e))
+            .map(|r| r.action)
+    }
+
+    /// Whether any rule acts on failed receipts (else a failed receipt costs nothing more).
+    pub fn has_receipt_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.when.scene == Scene::Receipt)
     }
 
     /// The channels to try, in order: `primary` first, then the fallback channels the
@@ -150,8 +183,28 @@ pub struct Routes(HashMap<(String, String), Arc<Route>>);
 
 impl Routes {
     /// Parses a routes file (a JSON array of `{app, key, providers, channels, rules}`).
+    /// A receipt rule (`"scene": "receipt"`) that could never match (a class other than
+    /// `permanent`) or asks for what a receipt cannot do (`retry`) is refused.
     pub fn parse(json: &str) -> Result<Routes, RoutingError> {
         let docs: Vec<RouteDoc> = serde_json::from_str(json).map_err(|e| RoutingError::Invalid(e.to_string()))?;
+        for d in &docs {
+            for (i, r) in d.rules.iter().enumerate() {
+                if r.when.scene != Scene::Receipt {
+                    continue;
+                }
+                let at = format!("{}/{} rule {i}", d.app, d.key);
+                if r.when.class.is_some_and(|c| c != ErrorClass::Permanent) {
+                    return Err(RoutingError::Invalid(format!(
+                        "{at}: a failed receipt is of class permanent"
+                    )));
+                }
+                if r.action == Action::Retry {
+                    return Err(RoutingError::Invalid(format!(
+                        "{at}: a failed receipt cannot be retried on the provider that reported it"
+                    )));
+                }
+            }
+        }
         Ok(Routes(
             docs.into_iter()
                 .map(|d| {
@@ -175,6 +228,13 @@ impl Routes {
             .collect();
         all.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
         all.into_iter()
+    }
+
+    /// Whether any route of `app` (any app's, for `None`) acts on failed receipts.
+    pub fn any_receipt_rules(&self, app: Option<&str>) -> bool {
+        self.0
+            .iter()
+            .any(|((a, _), r)| app.is_none_or(|app| a == app) && r.has_receipt_rules())
     }
 
     /// The route for `app` and business `key`: the key's own, else the app's `*`.
@@ -245,6 +305,49 @@ mod tests {
             Route::default().legs(Channel::Sms, &[Channel::Email, Channel::Webhook]),
             vec![Channel::Sms, Channel::Email, Channel::Webhook]
         );
+    }
+
+    #[test]
+    fn receipt_rules_apply_to_failed_receipts_only_and_send_rules_only_to_sends() {
+        let routes = Routes::parse(
+            r#"[{"app":"a","key":"*","rules":[
+                {"when":{"scene":"receipt","provider":"aliyun","code":"MN:0001"},"action":"fail"},
+                {"when":{"scene":"receipt","class":"permanent"},"action":"switch_channel"},
+                {"when":{"class":"permanent"},"action":"switch_provider"}]},
+                {"app":"b","key":"*","rules":[{"when":{"class":"permanent"},"action":"switch_channel"}]}]"#,
+        )
+        .unwrap();
+        let a = routes.find("a", None).unwrap();
+        let cases = [
+            ("aliyun", "MN:0001", Some(Action::Fail)),
+            ("aliyun", "DELIVRD", Some(Action::SwitchChannel)),
+            ("twilio", "30003", Some(Action::SwitchChannel)),
+        ];
+        for (provider, code, want) in cases {
+            assert_eq!(a.on_failed_receipt(provider, code), want, "{provider} {code}");
+        }
+        // A send's permanent error ignores the receipt rules.
+        assert_eq!(
+            a.decide("aliyun", &err(ErrorClass::Permanent, "MN:0001")),
+            Action::SwitchProvider
+        );
+        // Send rules never act on receipts.
+        let b = routes.find("b", None).unwrap();
+        assert_eq!(b.on_failed_receipt("aliyun", "x"), None);
+        assert!(routes.any_receipt_rules(Some("a")) && routes.any_receipt_rules(None));
+        assert!(!routes.any_receipt_rules(Some("b")) && !routes.any_receipt_rules(Some("c")));
+    }
+
+    #[test]
+    fn receipt_rules_that_could_never_act_are_refused() {
+        for rule in [
+            r#"{"when":{"scene":"receipt","class":"retryable"},"action":"switch_channel"}"#,
+            r#"{"when":{"scene":"receipt"},"action":"retry"}"#,
+            r#"{"when":{"scene":"later"},"action":"fail"}"#,
+        ] {
+            let json = format!(r#"[{{"app":"a","key":"*","rules":[{rule}]}}]"#);
+            assert!(Routes::parse(&json).is_err(), "{rule}");
+        }
     }
 
     #[test]

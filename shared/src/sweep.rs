@@ -4,11 +4,13 @@
 //! The sweep index is kept from the messages table's stream (by the events function),
 //! not by the writers: a record that becomes `sent`, `accepted` or `scheduled` gets an
 //! index entry (`{kind}.{channel}.{shard}`, sorted by the time it entered that status, or
-//! for `scheduled` by its `send_at`), and leaving the status removes it. The sweep then reads only due entries (a Query per partition),
-//! never scans, and the hot path pays nothing.
+//! for `scheduled` by its `send_at`), and leaving the status removes it. The sweep then
+//! reads only due entries (a Query per partition), never scans, and the hot path pays
+//! nothing.
 
 use std::time::Duration;
 
+use crate::batch::BatchRecord;
 use crate::events::StatusImage;
 use crate::message::{Channel, Status};
 
@@ -26,6 +28,8 @@ pub enum Waiting {
     /// by `send_at`): the backstop for a job that never came (an ingest that died before
     /// its queue or schedule write, a schedule whose deliveries all failed).
     Schedule,
+    /// A batch (its record), waiting for every message of it to settle.
+    Batch,
 }
 
 impl Waiting {
@@ -34,6 +38,7 @@ impl Waiting {
             Waiting::Receipt => "receipt",
             Waiting::Dispatch => "dispatch",
             Waiting::Schedule => "schedule",
+            Waiting::Batch => "batch",
         }
     }
 
@@ -121,6 +126,27 @@ pub fn index_ops(old: Option<&StatusImage>, new: Option<&StatusImage>) -> Vec<In
     ops
 }
 
+fn batch_entry(record: &BatchRecord) -> Entry {
+    Entry {
+        waiting: Waiting::Batch,
+        channel: record.channel,
+        // Fixed for the batch's life, so the entry put and the one deleted are one item.
+        since: record.created_at,
+        id: record.batch_id.clone(),
+        pk: record.pk.clone(),
+    }
+}
+
+/// The index changes a write of a batch's record makes: an entry while the batch is
+/// open (queued, not completed), so the sweep looks at open batches only.
+pub fn batch_index_ops(old: Option<&BatchRecord>, new: Option<&BatchRecord>) -> Vec<IndexOp> {
+    match (old.filter(|r| r.open()), new.filter(|r| r.open())) {
+        (Some(o), None) => vec![IndexOp::Delete(batch_entry(o))],
+        (None, Some(n)) => vec![IndexOp::Put(batch_entry(n))],
+        _ => Vec::new(),
+    }
+}
+
 /// How long a record may wait before the sweep acts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
@@ -194,6 +220,34 @@ mod tests {
                 "{next:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_batch_is_in_the_index_from_queued_to_completed() {
+        let written: BatchRecord = serde_json::from_value(serde_json::json!({
+            "pk": "app_bi_x", "batch_id": "01B", "batch_index": -1, "app": "app", "channel": "sms",
+            "total": 2, "accepted": 2, "rejected": "[]", "rejected_count": 0, "body_hash": "h",
+            "created_at": 5, "expires_at": 9
+        }))
+        .unwrap();
+        let queued = BatchRecord {
+            queued: Some(true),
+            ..written.clone()
+        };
+        let completed = BatchRecord {
+            completed_at: Some(8),
+            ..queued.clone()
+        };
+        assert!(batch_index_ops(None, Some(&written)).is_empty());
+        let put = batch_index_ops(Some(&written), Some(&queued));
+        assert!(matches!(&put[..], [IndexOp::Put(e)] if e.waiting == Waiting::Batch && e.id == "01B" && e.since == 5));
+        assert!(batch_index_ops(Some(&queued), Some(&queued)).is_empty());
+        let del = batch_index_ops(Some(&queued), Some(&completed));
+        assert!(matches!((&put[..], &del[..]), ([IndexOp::Put(p)], [IndexOp::Delete(d)]) if p == d));
+        assert!(matches!(
+            &batch_index_ops(Some(&queued), None)[..],
+            [IndexOp::Delete(_)]
+        ));
     }
 
     #[test]

@@ -115,12 +115,25 @@ impl Dispatcher {
     }
 }
 
+/// The receipt path, with its fallback on failed receipts when configured: what the
+/// callback and the pull apply receipts through.
+fn receipts(s: &Shared) -> Result<crate::handlers::receipt::Receipts, WiringError> {
+    let fallback = config::receipt_fallback()?.map(|(table, queue, ttl)| crate::handlers::receipt::Fallback {
+        routes: crate::store::routes::RouteStore::table(s.ddb.clone(), table, ttl),
+        queue: Queue::new(aws_sdk_sqs::Client::new(&s.sdk), queue),
+    });
+    Ok(crate::handlers::receipt::Receipts {
+        store: s.store.clone(),
+        apps: s.apps.clone(),
+        fallback,
+    })
+}
+
 impl Callback {
     pub async fn from_env() -> Result<Self, WiringError> {
         let s = shared().await?;
         Ok(Self {
-            store: s.store,
-            apps: s.apps,
+            receipts: receipts(&s)?,
             clock: crate::clock::system(),
             public_url: config::public_url(),
             sns: Arc::new(crate::providers::sns::SnsTrust::from_env().map_err(WiringError::Sns)?),
@@ -179,8 +192,7 @@ impl crate::handlers::pull::Pull {
         let cfg = config::Pull::from_env()?;
         Ok(Self {
             index: crate::store::sweep::SweepIndex::new(s.ddb.clone(), cfg.endpoints_table.clone()),
-            store: s.store,
-            apps: s.apps,
+            receipts: receipts(&s)?,
             providers: crate::providers::receipt_pullers(&cfg.endpoints, cfg.provider_timeout)?,
             settings: crate::handlers::pull::Settings {
                 delay: cfg.delay,

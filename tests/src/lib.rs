@@ -342,8 +342,19 @@ impl Stack {
         });
         let sns_confirmations = Arc::new(SnsConfirmations::default());
         let callback = Arc::new(Callback {
-            store: store.clone(),
-            apps,
+            receipts: pushgate_shared::handlers::receipt::Receipts {
+                store: store.clone(),
+                apps,
+                fallback: Some(pushgate_shared::handlers::receipt::Fallback {
+                    // Cached like the dispatcher's (loaded at the first failed receipt).
+                    routes: pushgate_shared::store::routes::RouteStore::table(
+                        aws_sdk_dynamodb::Client::new(&sdk),
+                        res.tables["RoutesTable"].clone(),
+                        Duration::from_secs(3600),
+                    ),
+                    queue: Queue::new(sqs.clone(), res.send_queue()),
+                }),
+            },
             clock: pushgate_shared::clock::system(),
             public_url: Some(PUBLIC_URL.into()),
             sns: Arc::new(
@@ -660,6 +671,7 @@ pub fn message(
         schedule: None,
         batch_id: None,
         batch_index: None,
+        fell_back_from: None,
         history: Vec::new(),
     }
 }

@@ -473,8 +473,11 @@ async fn an_aliyun_allow_list_refuses_other_addresses() {
     let stack = stack("aliyun").await;
     let (id, biz) = sent_sms(&stack, "+8613800138000").await;
     let callback = pushgate_shared::handlers::callback::Callback {
-        store: stack.callback.store.clone(),
-        apps: stack.callback.apps.clone(),
+        receipts: pushgate_shared::handlers::receipt::Receipts {
+            store: stack.callback.receipts.store.clone(),
+            apps: stack.callback.receipts.apps.clone(),
+            fallback: None,
+        },
         clock: pushgate_shared::clock::system(),
         public_url: Some(PUBLIC_URL.into()),
         sns: stack.callback.sns.clone(),

@@ -60,8 +60,11 @@ fn pull_at(stack: &Stack, ahead_ms: i64, calls_per_account: u32) -> (Pull, CallC
     );
     let pull = Pull {
         index: pushgate_shared::store::sweep::SweepIndex::new(ddb.clone(), stack.res.endpoints_table()),
-        store: pushgate_shared::store::Store::new(ddb, stack.res.messages_table()),
-        apps: stack.dispatcher.apps.clone(),
+        receipts: pushgate_shared::handlers::receipt::Receipts {
+            store: pushgate_shared::store::Store::new(ddb, stack.res.messages_table()),
+            apps: stack.dispatcher.apps.clone(),
+            fallback: None,
+        },
         providers: pushgate_shared::providers::receipt_pullers(&stack.fakes.endpoints(), Duration::from_secs(2))
             .unwrap(),
         settings: Settings {

@@ -584,6 +584,159 @@ async fn ingest_names_the_fallback_a_template_cannot_render() {
     assert_eq!(stack.queue_count(stack.res.send_queue()).await, 0, "nothing queued");
 }
 
+// 4b. Fallback on a failed receipt.
+
+/// Aliyun's SmsReport saying message `id` (its `biz_id`) failed with `code`, posted to
+/// the callback as the app's receipt URL would be.
+async fn aliyun_failed_receipt(stack: &Stack, id: &str, biz: &str, code: &str) -> u16 {
+    let body = json!([{"phone_number": "8613912340050", "success": false, "err_code": code,
+                       "err_msg": "user unreachable", "biz_id": biz, "out_id": id}])
+    .to_string();
+    let path = format!("/v1/callbacks/aliyun?app={APP}&token={APP_CALLBACK_TOKEN}");
+    parts(
+        stack
+            .callback
+            .handle(post(&path, "application/json", body.as_bytes(), &[]))
+            .await,
+    )
+    .0
+}
+
+/// An SMS with an email fallback recipient, sent through Aliyun: its id and Aliyun's id.
+async fn sms_sent_with_email_fallback(stack: &Stack, phone: &str, email: &str) -> (String, String) {
+    let id = stack
+        .accept(json!({"channel": "sms", "to": phone, "template": "order_shipped",
+                       "data": {"name": "Ann", "order_id": "A-50"},
+                       "fallback": [{"channel": "email", "to": email}]}))
+        .await;
+    assert_eq!(dispatch_one(stack, &id).await, 0);
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("aliyun")));
+    (id, m.provider_message_id.expect("Aliyun's BizId"))
+}
+
+/// The message as its app reads it (`GET /v1/messages/{id}`).
+async fn view(stack: &Stack, id: &str) -> Value {
+    let path = format!("/v1/messages/{id}");
+    let (status, _, view) = parts(
+        stack
+            .ingest
+            .handle(signed("GET", &path, b"", APP, APP_SECRETS[0], now(), &[]))
+            .await,
+    );
+    assert_eq!(status, 200, "{view}");
+    view
+}
+
+const RECEIPT_TO_EMAIL: &str = "switch_channel";
+
+fn route_with_receipt_rule(action: &str) -> Value {
+    json!([{"app": APP, "key": "*", "channels": ["sms", "email"],
+            "rules": [{"when": {"scene": "receipt", "class": "permanent"}, "action": action}]}])
+}
+
+#[tokio::test]
+async fn a_failed_sms_receipt_falls_back_to_email_once() {
+    let stack = Stack::new().await;
+    seed_routes(&stack, route_with_receipt_rule(RECEIPT_TO_EMAIL)).await;
+    let (phone, email) = ("+8613912340050", "receipt-50@example.com");
+    let (id, biz) = sms_sent_with_email_fallback(&stack, phone, email).await;
+
+    stack.calls.reset();
+    assert_eq!(aliyun_failed_receipt(&stack, &id, &biz, "MN:0001").await, 200);
+    let calls = stack.calls.snapshot();
+    // Aliyun's lookup (by_id Query + GetItem) already reads the record: falling back is
+    // one conditional UpdateItem (instead of the `failed` write) and one SendMessage.
+    assert_eq!(calls.get("DynamoDB.Query"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("DynamoDB.GetItem"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("DynamoDB.UpdateItem"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("SQS.SendMessage"), Some(&1), "{calls:?}");
+    assert_eq!(calls.values().sum::<usize>(), 4, "{calls:?}");
+    let m = stack.record(&id).await;
+    assert_eq!(m.status, Status::Accepted);
+    assert_eq!(m.fell_back_from.as_deref(), Some("aliyun"));
+    assert_eq!(m.tried, vec!["sms:aliyun", "sms:*"]);
+
+    // The same report again (the vendor pushes twice; a redelivery): nothing changes.
+    assert_eq!(aliyun_failed_receipt(&stack, &id, &biz, "MN:0001").await, 200);
+    assert_eq!(stack.record(&id).await.history.len(), m.history.len());
+    assert_eq!(stack.queue_count(stack.res.send_queue()).await, 1, "one job queued");
+
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!(aliyun_sends(&stack, phone), 1, "SMS sent once");
+    assert_eq!(stack.emails_to(email).await, 1, "email sent once");
+    assert_eq!(
+        (requests(&stack, "tencent"), requests(&stack, "twilio")),
+        (0, 0),
+        "SMS was left whole"
+    );
+    // A duplicate failed report after the email went out changes nothing either.
+    assert_eq!(aliyun_failed_receipt(&stack, &id, &biz, "MN:0001").await, 200);
+    stack.drain(Duration::from_secs(5)).await;
+    assert_eq!(stack.emails_to(email).await, 1, "still one email");
+
+    let v = view(&stack, &id).await;
+    assert_eq!(
+        (v["status"].as_str(), v["provider"].as_str()),
+        (Some("sent"), Some("ses")),
+        "{v}"
+    );
+    let notes: Vec<&str> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["note"].as_str())
+        .collect();
+    assert!(notes.contains(&"aliyun: MN:0001"), "{notes:?}");
+    assert!(
+        notes.contains(&"falling back to email after a failed receipt from aliyun (MN:0001)"),
+        "{notes:?}"
+    );
+    assert_eq!(notes.last(), Some(&"sent via ses (email fallback)"), "{notes:?}");
+}
+
+#[tokio::test]
+async fn without_a_receipt_rule_a_failed_receipt_stays_failed() {
+    let stack = Stack::new().await;
+    // The send-time rule alone says nothing about receipts.
+    seed_routes(&stack, route_with_channel_fallback(&["sms", "email"])).await;
+    let (phone, email) = ("+8613912340051", "receipt-51@example.com");
+    let (id, biz) = sms_sent_with_email_fallback(&stack, phone, email).await;
+
+    assert_eq!(aliyun_failed_receipt(&stack, &id, &biz, "MN:0001").await, 200);
+    stack.drain(Duration::from_secs(3)).await;
+    let m = stack.record(&id).await;
+    assert_eq!(
+        (m.status, m.reason.as_deref()),
+        (Status::Failed, Some("aliyun: MN:0001"))
+    );
+    assert_eq!(m.fell_back_from, None);
+    assert_eq!(stack.emails_to(email).await, 0);
+}
+
+#[tokio::test]
+async fn a_failed_receipt_switches_provider_never_back_to_one_tried() {
+    let stack = Stack::new().await;
+    seed_routes(
+        &stack,
+        json!([{"app": APP, "key": "*", "providers": {"sms": ["aliyun", "tencent"]},
+                "rules": [{"when": {"scene": "receipt", "provider": "aliyun", "code": "MN:*"},
+                           "action": "switch_provider"}]}]),
+    )
+    .await;
+    let phone = "+8613912340052";
+    let id = stack.accept(sms(phone)).await;
+    assert_eq!(dispatch_one(&stack, &id).await, 0);
+    let biz = stack.record(&id).await.provider_message_id.unwrap();
+
+    assert_eq!(aliyun_failed_receipt(&stack, &id, &biz, "MN:0009").await, 200);
+    stack.drain(Duration::from_secs(10)).await;
+    assert_eq!((aliyun_sends(&stack, phone), tencent_sends(&stack, phone)), (1, 1));
+    let m = stack.record(&id).await;
+    assert_eq!((m.status, m.provider.as_deref()), (Status::Sent, Some("tencent")));
+    assert_eq!(m.tried, vec!["sms:aliyun"]);
+}
+
 // 5. Circuit breaker.
 
 /// Sleeps past the end of the current fixed window of `window_ms` if less than `margin_ms`

@@ -858,3 +858,124 @@ async fn the_sweep_never_releases_a_cancelled_scheduled_message() {
     settle(&events).await;
     assert_eq!(sweep_at(&stack, 20 * 60_000).run().await.released, 0);
 }
+
+/// `batch.completed`: the sweep finds every message of an open batch settled and marks
+/// the batch's record completed once; that write's stream record is the one event, which
+/// overlapping sweeps and a stream record read twice do not double.
+#[tokio::test]
+async fn a_batch_completes_once_every_message_is_settled_with_one_event() {
+    let stack = Stack::new().await;
+    let events = Events::new(&stack);
+    let (server, url) = EndpointServer::start(&[]).await;
+    let (_, secret) = create_endpoint(&stack, &url, json!(["batch.completed"])).await;
+    let body = json!({"channel": "webhook", "content": {"text": "hi"},
+                      "recipients": [{"to": stack.receiver.url("b1")}, {"to": stack.receiver.url("b2")},
+                                     {"to": "not a url"}]});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let req = signed_v2(
+        "POST",
+        "/v1/messages/batch",
+        &bytes,
+        APP,
+        APP_SECRETS[0],
+        now(),
+        Some("batch-done-1"),
+    );
+    let (status, _, answer) = parts(stack.ingest.handle(req).await);
+    assert_eq!((status, answer["accepted"].as_u64()), (202, Some(2)), "{answer}");
+    let batch = answer["id"].as_str().unwrap().to_string();
+    settle(&events).await;
+
+    // Queued, not sent: open, not complete.
+    assert_eq!(sweep_at(&stack, 0).run().await.batches_completed, 0);
+    stack.drain(Duration::from_secs(10)).await;
+    settle(&events).await;
+    let swept = sweep_at(&stack, 0).run().await;
+    assert_eq!(swept.batches_completed, 1, "{swept:?}");
+    assert_eq!(sweep_at(&stack, 0).run().await.batches_completed, 0, "once");
+    events.pump(&server, 1, Duration::from_secs(20)).await;
+    settle(&events).await;
+    assert_eq!(sweep_at(&stack, 0).run().await.batches_completed, 0, "no longer open");
+    events.pump(&server, 2, Duration::from_secs(2)).await;
+
+    let hits = server.hits();
+    assert_eq!(types_of(&hits), ["batch.completed"], "one event");
+    assert!(verifies(&secret, &hits[0]));
+    assert_eq!(hits[0].id, format!("evt_{batch}_completed"));
+    let ev: Value = serde_json::from_str(&hits[0].body).unwrap();
+    assert_eq!(
+        ev["data"],
+        json!({"id": batch, "channel": "webhook", "total": 3, "accepted": 2, "rejected": 1,
+               "counts": {"delivered": 2}})
+    );
+}
+
+/// Events carry the recipient and content only to an endpoint that opted in
+/// (`include`), never to the others.
+#[tokio::test]
+async fn recipient_and_content_go_only_to_the_endpoint_that_opts_in() {
+    let stack = Stack::new().await;
+    let events = Events::new(&stack);
+    let (open, open_url) = EndpointServer::start(&[]).await;
+    let (plain, plain_url) = EndpointServer::start(&[]).await;
+    let (status, b) = api(
+        &stack,
+        APP,
+        APP_SECRETS[0],
+        "POST",
+        "/v1/endpoints",
+        json!({"url": open_url, "events": ["message.delivered"], "include": ["recipient", "content"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, b["include"].clone()),
+        (201, json!(["recipient", "content"])),
+        "{b}"
+    );
+    let (open_id, open_secret) = (
+        b["id"].as_str().unwrap().to_string(),
+        b["secret"].as_str().unwrap().to_string(),
+    );
+    create_endpoint(&stack, &plain_url, json!(["message.delivered"])).await;
+    // Only the two known fields; the others are named.
+    let path = format!("/v1/endpoints/{open_id}");
+    let (status, b) = api(&stack, APP, APP_SECRETS[0], "PATCH", &path, json!({"include": ["to"]})).await;
+    assert_eq!(
+        (status, b["errors"][0]["pointer"].as_str()),
+        (422, Some("/include")),
+        "{b}"
+    );
+
+    let to = stack.receiver.url("opt-in");
+    let id = stack
+        .accept(json!({"channel": "webhook", "to": to, "content": {"text": "secret text"}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    events.pump(&open, 1, Duration::from_secs(20)).await;
+    events.pump(&plain, 1, Duration::from_secs(20)).await;
+    let (o, p) = (open.hits(), plain.hits());
+    assert_eq!((o.len(), p.len()), (1, 1));
+    assert!(verifies(&open_secret, &o[0]));
+    let od: Value = serde_json::from_str(&o[0].body).unwrap();
+    let pd: Value = serde_json::from_str(&p[0].body).unwrap();
+    assert_eq!(od["data"]["id"], id.as_str());
+    assert_eq!(od["data"]["recipient"], to.as_str());
+    assert_eq!(od["data"]["content"], json!({"text": "secret text"}));
+    assert!(
+        pd["data"].get("recipient").is_none() && pd["data"].get("content").is_none(),
+        "{pd}"
+    );
+    assert!(!p[0].body.contains("secret text") && !p[0].body.contains("opt-in"));
+
+    // Opting out again (`null`): nothing more than the status.
+    let (status, b) = api(&stack, APP, APP_SECRETS[0], "PATCH", &path, json!({"include": null})).await;
+    assert_eq!((status, b["include"].clone()), (200, json!([])), "{b}");
+    stack
+        .accept(json!({"channel": "webhook", "to": to, "content": {"text": "secret text"}}))
+        .await;
+    stack.drain(Duration::from_secs(10)).await;
+    events.pump(&open, 2, Duration::from_secs(20)).await;
+    let o = open.hits();
+    assert_eq!(o.len(), 2);
+    assert!(!o[1].body.contains("secret text"), "{}", o[1].body);
+}

@@ -208,6 +208,8 @@ fn the_receipt_pull_reads_the_index_and_touches_message_items_only() {
             "dynamodb:Query",
             "dynamodb:GetItem",
             "dynamodb:UpdateItem",
+            "dynamodb:Scan",
+            "sqs:SendMessage",
             "secretsmanager:GetSecretValue"
         ]
     );
@@ -224,6 +226,31 @@ fn the_receipt_pull_reads_the_index_and_touches_message_items_only() {
         .as_str()
         .unwrap()
         .starts_with("rate("));
+}
+
+/// The callback reads the routes and queues a message again only for a fallback on a
+/// failed receipt: a Scan of the routes table and SendMessage to the send queue, nothing
+/// wider.
+#[test]
+fn the_callback_reads_routes_and_queues_only_to_the_send_queue() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    // The pull applies receipts through the same path, fallback included.
+    for function in ["CallbackFunction", "PullFunction"] {
+        let statements = statements(&template, function);
+        let on = |action: &str| -> Vec<Value> {
+            statements
+                .iter()
+                .filter(|s| strings(&s["Action"]).contains(&action.to_string()))
+                .map(|s| s["Resource"].clone())
+                .collect()
+        };
+        let scan = on("dynamodb:Scan");
+        assert_eq!(scan.len(), 1, "{function}");
+        assert!(is_get_att(&scan[0], "RoutesTable.Arn"), "{function}");
+        let send = on("sqs:SendMessage");
+        assert_eq!(send.len(), 1, "{function}");
+        assert!(is_get_att(&send[0], "SendQueue.Arn"), "{function}");
+    }
 }
 
 #[test]

@@ -51,9 +51,16 @@ pub struct Candidate<P> {
     pub handle: P,
 }
 
+/// The entry of a message's `tried` (and `spent`) that gives up a whole channel, whatever
+/// providers serve it (`sms:*`): written when a failed receipt leaves the channel.
+pub fn whole_channel(channel: Channel) -> String {
+    format!("{}:*", channel.as_str())
+}
+
 /// The (channel, provider) steps to try, in order: the message's channel first, then
 /// the route's fallback channels it has recipients for; per channel the providers
-/// `candidates` names (the route's list, else the app's order); minus those in `tried`.
+/// `candidates` names (the route's list, else the app's order); minus those in `tried`
+/// and the channels given up whole.
 pub fn build<P>(
     message: &Message,
     route: &Route,
@@ -62,6 +69,9 @@ pub fn build<P>(
     let available: Vec<Channel> = message.alternates.iter().map(|a| a.channel).collect();
     let mut steps = Vec::new();
     for channel in route.legs(message.channel, &available) {
+        if message.tried.contains(&whole_channel(channel)) {
+            continue;
+        }
         let leg = if channel == message.channel {
             Alternate {
                 channel,

@@ -110,6 +110,8 @@ impl Ingest {
             created_at: now,
             expires_at: now / 1000 + self.cfg.retention_days * 86_400,
             queued: None,
+            completed_at: None,
+            counts: None,
         };
         let replayed = match self.store.put_batch(&record, now).await.map_err(|e| match e {
             StoreError::Unstorable(why) => unstorable(why, "/recipients"),

@@ -15,21 +15,22 @@
 //! logged. A receipt that names a message by a provider id not yet recorded (the send's
 //! answer and its receipt race) is held until the dispatcher records it.
 //!
-//! This handler only routes, authenticates through the source, applies and answers.
+//! This handler only routes, authenticates through the source, applies (through
+//! [`Receipts`], the path every receipt takes, with its fallback on failed receipts) and
+//! answers.
 
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
 
+use super::receipt::Receipts;
 use super::{body_bytes, header, json};
 use crate::allowlist::AllowLists;
-use crate::apps::Apps;
 use crate::clock::Clock;
 use crate::problem::Problem;
 use crate::providers::sns::SnsTrust;
 use crate::providers::{receipt_source, ReceiptSource, Trust};
 use crate::receipts::{Inbound, Receipt, ReceiptError, Refusal, Reply, Scope};
-use crate::store::{HeldReceipt, ReceiptOutcome, Store};
 
 /// How long a callback nonce is remembered: past the whole window in which its
 /// timestamp is accepted (±5 minutes), so a replay inside the window is always caught.
@@ -40,8 +41,8 @@ pub use crate::providers::wechat::server_signature as wechat_signature;
 
 /// Everything the callback function needs; built once per cold start.
 pub struct Callback {
-    pub store: Store,
-    pub apps: Arc<Apps>,
+    /// Where receipts are applied (and fall back): the path pulled receipts take too.
+    pub receipts: Receipts,
     pub clock: Clock,
     /// `PUSHGATE_PUBLIC_URL`: this API's public base URL, which providers sign over
     /// (Twilio); without it, `https://{Host}` is assumed.
@@ -88,7 +89,7 @@ impl Callback {
             .filter(|p| !p.is_empty() && !p.contains('/'))
             .ok_or_else(|| Problem::not_found("no such route"))?
             .to_string();
-        let secrets = self.apps.current().await.map_err(|e| {
+        let secrets = self.receipts.apps.current().await.map_err(|e| {
             tracing::error!(error = %e, "service secret unavailable");
             Problem::unavailable("configuration temporarily unavailable")
         })?;
@@ -145,6 +146,7 @@ impl Callback {
                 let nonce = source.replay_key(&call);
                 if let Some(key) = &nonce {
                     if !self
+                        .receipts
                         .store
                         .claim_nonce(key, now, NONCE_TTL_SECS)
                         .await
@@ -158,7 +160,7 @@ impl Callback {
                     Err(problem) => {
                         // The vendor will retry this very call: it must not look replayed.
                         if let Some(key) = &nonce {
-                            if let Err(e) = self.store.release_nonce(key).await {
+                            if let Err(e) = self.receipts.store.release_nonce(key).await {
                                 tracing::error!(error = %e, "releasing a callback nonce failed");
                             }
                         }
@@ -173,83 +175,10 @@ impl Callback {
     async fn apply_all(&self, receipts: &[Receipt], scope: &Scope, now: i64) -> Result<usize, Problem> {
         let mut applied = 0;
         for r in receipts {
-            applied += usize::from(apply_receipt(&self.store, r, scope, now).await?);
+            applied += usize::from(self.receipts.apply(r, scope, now).await.map_err(unavailable)?);
         }
         Ok(applied)
     }
-}
-
-/// Applies one receipt, pushed (the callback) or pulled (`handlers::pull`): finds the
-/// record (by our key, our id, or the provider's id) and moves its status forward, if
-/// the message is in `scope`. Unknown messages are acknowledged, so providers stop
-/// retrying, except those named by a provider id the dispatcher may not have recorded
-/// yet: those are held until it does. `Ok(true)` if it changed the message.
-pub async fn apply_receipt(store: &Store, receipt: &Receipt, scope: &Scope, now: i64) -> Result<bool, Problem> {
-    let provider = receipt.provider;
-    // The ids in a body are the vendor's word: one no message of ours could have is an
-    // unknown message, never a key DynamoDB would refuse (a 5xx the vendor retries).
-    let impossible = receipt
-        .id
-        .as_deref()
-        .is_some_and(|id| ulid::Ulid::from_string(id).is_err())
-        || receipt
-            .pk
-            .as_deref()
-            .is_some_and(|pk| pk.is_empty() || pk.len() > MAX_ID_LEN)
-        || receipt
-            .provider_message_id
-            .as_deref()
-            .is_some_and(|p| p.is_empty() || p.len() > MAX_ID_LEN);
-    if impossible {
-        tracing::warn!(provider, "receipt naming no possible message ignored");
-        return Ok(false);
-    }
-    // A vendor's note (an error message) is kept in the history: bounded.
-    let note: String = receipt.note.chars().take(MAX_NOTE_CHARS).collect();
-    let pk = match (&receipt.pk, &receipt.id, &receipt.provider_message_id) {
-        (Some(pk), _, _) => Some(pk.clone()),
-        (None, Some(id), _) => store.get_by_id(id, now).await.map_err(unavailable)?.map(|m| m.pk),
-        (None, None, Some(pid)) => store.key_by_provider_ref(provider, pid).await.map_err(unavailable)?,
-        (None, None, None) => None,
-    };
-    let pk = match (pk, &receipt.provider_message_id) {
-        (Some(pk), _) => pk,
-        (None, Some(pid)) if receipt_source(provider).is_some_and(|s| s.early()) => {
-            let held = HeldReceipt {
-                status: receipt.status,
-                note: note.clone(),
-                scope: scope.clone(),
-            };
-            match store
-                .hold_receipt(provider, pid, &held, now)
-                .await
-                .map_err(unavailable)?
-            {
-                Some(pk) => pk,
-                None => {
-                    tracing::info!(provider, "receipt held until its send is recorded");
-                    return Ok(false);
-                }
-            }
-        }
-        (None, _) => {
-            tracing::warn!(provider, "receipt for an unknown message ignored");
-            return Ok(false);
-        }
-    };
-    let outcome = store
-        .apply_receipt_scoped(&pk, receipt.status, Some(note), now, scope)
-        .await
-        .map_err(unavailable)?;
-    match &outcome {
-        ReceiptOutcome::OutOfScope { app } => tracing::warn!(
-            provider,
-            message_app = app.as_str(),
-            "receipt for another app's message ignored: nothing written"
-        ),
-        _ => tracing::info!(provider, status = receipt.status.as_str(), ?outcome, "receipt"),
-    }
-    Ok(outcome == ReceiptOutcome::Applied)
 }
 
 /// The caller's address as API Gateway saw it (none for a request without that context).
@@ -272,12 +201,6 @@ fn respond(reply: Reply) -> Response<Body> {
 fn method_not_allowed() -> Problem {
     Problem::new(405, "method-not-allowed", "Method Not Allowed")
 }
-
-/// The longest id (ours or a vendor's) a receipt may name: far above any real one, far
-/// below DynamoDB's key limits.
-const MAX_ID_LEN: usize = 256;
-/// How much of a vendor's note a receipt keeps.
-const MAX_NOTE_CHARS: usize = 256;
 
 /// A refused callback: 401, nothing written, the reason logged (never the payload).
 fn refused(provider: &str, reason: &Refusal) -> Problem {
@@ -317,11 +240,14 @@ mod offline_tests {
             .unwrap()
         };
         Callback {
-            store: offline::store(),
-            apps: Arc::new(Apps::fixed(ServiceSecrets {
-                apps: vec![app("a", "tok-a"), app("b", "tok-b")],
-                callback_token: Some("tok".into()),
-            })),
+            receipts: Receipts {
+                store: offline::store(),
+                apps: Arc::new(Apps::fixed(ServiceSecrets {
+                    apps: vec![app("a", "tok-a"), app("b", "tok-b")],
+                    callback_token: Some("tok".into()),
+                })),
+                fallback: None,
+            },
             clock: crate::clock::fixed(NOW_S * 1000),
             public_url: None,
             sns: Arc::new(SnsTrust::new(Vec::new(), Default::default(), reqwest::Client::new())),

@@ -81,6 +81,7 @@ impl EndpointsApi {
             app: call.app.to_string(),
             url: patch.url.unwrap_or_default(),
             events: patch.events.unwrap_or_default(),
+            include: patch.include.unwrap_or_default(),
             description: patch.description.flatten(),
             secrets: vec![Secret {
                 secret: secret.clone(),
@@ -222,7 +223,7 @@ impl EndpointsApi {
         subscribed.disabled = false;
         let jobs: Vec<_> = events
             .iter()
-            .flat_map(|ev| super::events::jobs_for(ev, std::slice::from_ref(&subscribed), Some(now)))
+            .flat_map(|ev| super::events::jobs_for(ev, std::slice::from_ref(&subscribed), Some(now), None))
             .collect();
         self.delivery.send_fifo(&jobs).await.map_err(unavailable)?;
         tracing::info!(app, endpoint = id, events = jobs.len(), "events replayed");
@@ -299,6 +300,12 @@ fn parse_fields(body: &Map<String, Value>, create: bool, allow_private: bool) ->
             "events" => match events::check_events(value) {
                 Ok(list) => patch.events = Some(list),
                 Err(why) => errors.push(FieldError::new("/events", why)),
+            },
+            // `null` (like omitting it at creation) includes nothing.
+            "include" if value.is_null() => patch.include = Some(Vec::new()),
+            "include" => match events::check_include(value) {
+                Ok(list) => patch.include = Some(list),
+                Err(why) => errors.push(FieldError::new("/include", why)),
             },
             "description" => match value {
                 Value::Null => patch.description = Some(None),

@@ -18,8 +18,9 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::batch::BatchRecord;
 use crate::clock::Clock;
-use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, StatusImage, Streak, Verdict};
+use crate::events::{self, Attempt, DeliveryJob, Endpoint, Event, PrivateImage, StatusImage, Streak, Verdict};
 use crate::net::{guarded_client, is_blocked};
 use crate::queue::{FifoBody, Queue};
 use crate::store::endpoints::EndpointStore;
@@ -42,21 +43,41 @@ fn image(item: &serde_dynamo::Item) -> Option<StatusImage> {
     serde_dynamo::from_item(item.clone()).ok()
 }
 
-/// The event a stream record carries, if any. A removed record (expiry, rollback) is none.
+/// The batch record in a stream record's item, if it is one (`batch_index` -1).
+fn batch_image(item: &serde_dynamo::Item) -> Option<BatchRecord> {
+    if item.is_empty() {
+        return None;
+    }
+    serde_dynamo::from_item::<_, BatchRecord>(item.clone())
+        .ok()
+        .filter(|r| r.batch_index == -1)
+}
+
+/// The event a stream record carries, if any: a message's status change, or a batch
+/// completed. A removed record (expiry, rollback) is none.
 pub fn event_of(record: &EventRecord) -> Option<Event> {
     if record.event_name == "REMOVE" {
         return None;
+    }
+    if let Some(new) = batch_image(&record.change.new_image) {
+        let old = batch_image(&record.change.old_image);
+        return events::batch_completed(old.as_ref(), &new);
     }
     let new = image(&record.change.new_image)?;
     let old = image(&record.change.old_image);
     events::from_change(old.as_ref(), &new)
 }
 
-/// The sweep index changes a stream record makes (removals included).
+/// The sweep index changes a stream record makes (removals included): messages waiting
+/// on the sweep, and batches waiting to complete.
 fn sweep_ops(record: &EventRecord) -> Vec<crate::sweep::IndexOp> {
     let new = image(&record.change.new_image);
     let old = image(&record.change.old_image);
-    crate::sweep::index_ops(old.as_ref(), new.as_ref())
+    let mut ops = crate::sweep::index_ops(old.as_ref(), new.as_ref());
+    let new = batch_image(&record.change.new_image);
+    let old = batch_image(&record.change.old_image);
+    ops.extend(crate::sweep::batch_index_ops(old.as_ref(), new.as_ref()));
+    ops
 }
 
 impl EventSource {
@@ -80,7 +101,7 @@ impl EventSource {
         let mut kept = Vec::new();
         for record in &event.records {
             let Some(ev) = event_of(record) else { continue };
-            let result = self.fan_out(&ev, &mut endpoints).await;
+            let result = self.fan_out(&ev, record, &mut endpoints).await;
             // Kept for replay only for apps that have endpoints.
             if endpoints.get(&ev.app).is_some_and(|l| !l.is_empty()) {
                 kept.push(ev.clone());
@@ -102,12 +123,25 @@ impl EventSource {
 
     /// Queues `ev` for each endpoint of its app that wants it; the app's endpoints are
     /// read once per batch.
-    async fn fan_out(&self, ev: &Event, cache: &mut HashMap<String, Vec<Endpoint>>) -> Result<(), EventsError> {
+    async fn fan_out(
+        &self,
+        ev: &Event,
+        record: &EventRecord,
+        cache: &mut HashMap<String, Vec<Endpoint>>,
+    ) -> Result<(), EventsError> {
         if !cache.contains_key(&ev.app) {
             let list = self.endpoints.list(&ev.app).await?;
             cache.insert(ev.app.clone(), list);
         }
-        let jobs = jobs_for(ev, &cache[&ev.app], None);
+        let list = &cache[&ev.app];
+        // The recipient and content are read from the record only for an endpoint that
+        // opted in to them.
+        let private = list
+            .iter()
+            .any(|ep| !ep.include.is_empty() && ep.wants(&ev.kind))
+            .then(|| private_image(&record.change.new_image))
+            .flatten();
+        let jobs = jobs_for(ev, list, None, private.as_ref());
         if jobs.is_empty() {
             return Ok(());
         }
@@ -117,11 +151,25 @@ impl EventSource {
     }
 }
 
+/// The recipient and content of the message record in a stream record's item.
+fn private_image(item: &serde_dynamo::Item) -> Option<PrivateImage> {
+    if item.is_empty() {
+        return None;
+    }
+    serde_dynamo::from_item(item.clone()).ok()
+}
+
 /// One delivery job per endpoint of `endpoints` that wants `ev`. `replay` makes the
 /// jobs distinct from the first ones for SQS's de-duplication (same event id for the
-/// receiver).
-pub fn jobs_for(ev: &Event, endpoints: &[Endpoint], replay: Option<i64>) -> Vec<FifoBody> {
-    let body = ev.payload().to_string();
+/// receiver). `private`: the message's recipient and content, for the endpoints that
+/// opted in to them ([`events::payload_for`]); replays and notices have none.
+pub fn jobs_for(
+    ev: &Event,
+    endpoints: &[Endpoint],
+    replay: Option<i64>,
+    private: Option<&PrivateImage>,
+) -> Vec<FifoBody> {
+    let shared = ev.payload().to_string();
     // One message's events to one endpoint go out in order; a failing delivery holds
     // back only that message's later events there (notices are grouped by their id).
     let subject = ev.data["id"].as_str().unwrap_or(&ev.id);
@@ -134,7 +182,10 @@ pub fn jobs_for(ev: &Event, endpoints: &[Endpoint], replay: Option<i64>) -> Vec<
                 endpoint: ep.id.clone(),
                 event_id: ev.id.clone(),
                 kind: ev.kind.clone(),
-                body: body.clone(),
+                body: match (private, ep.include.is_empty()) {
+                    (Some(p), false) => events::payload_for(ev, ep, Some(p)).to_string(),
+                    _ => shared.clone(),
+                },
             })
             .unwrap_or_default(),
             group: format!("{}.{subject}", ep.id),
@@ -344,7 +395,7 @@ impl Deliver {
     async fn notify(&self, notice: &Event) {
         let queued: Result<(), EventsError> = async {
             let list = self.endpoints.list(&notice.app).await?;
-            Ok(self.delivery.send_fifo(&jobs_for(notice, &list, None)).await?)
+            Ok(self.delivery.send_fifo(&jobs_for(notice, &list, None, None)).await?)
         }
         .await;
         if let Err(e) = queued {

@@ -610,6 +610,7 @@ pub(super) fn new_message(m: NewMessage<'_>, now: i64, retention_days: i64) -> M
         via: None,
         batch_id: None,
         batch_index: None,
+        fell_back_from: None,
         history: vec![HistoryEntry {
             at: now,
             status: initial,

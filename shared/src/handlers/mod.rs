@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod events;
 pub mod ingest;
 pub mod pull;
+pub mod receipt;
 pub mod sweep;
 
 use lambda_http::{Body, Request, Response};

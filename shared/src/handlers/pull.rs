@@ -3,7 +3,7 @@
 //! `"receipts": "pull"`, are asked about at the provider (Tencent
 //! `PullSmsSendStatusByPhoneNumber`, Twilio fetch by SID, Aliyun `QuerySendDetails`:
 //! [`crate::providers::Provider::pull_receipt`]), and a final report is applied through
-//! the callback's own path ([`super::callback::apply_receipt`]), so status events, their
+//! the callback's own path ([`Receipts::apply`]), so status events, their
 //! sequence and whatever follows a receipt happen exactly as for a pushed one.
 //!
 //! It reads the sweep index's `sent` SMS entries of the window (one Query per shard),
@@ -12,18 +12,17 @@
 //! calls go one at a time, at most `calls_per_account` per provider account and run.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::apps::{AppConfig, Apps};
+use super::receipt::Receipts;
+use crate::apps::AppConfig;
 use crate::clock::Clock;
 use crate::message::{Channel, Status};
 use crate::providers::Providers;
 use crate::receipts::Scope;
 use crate::store::sweep::SweepIndex;
-use crate::store::Store;
 use crate::sweep::Waiting;
 
 /// Entries read per sweep-index shard and run: a backlog drains over several runs.
@@ -42,8 +41,8 @@ pub struct Settings {
 
 pub struct Pull {
     pub index: SweepIndex,
-    pub store: Store,
-    pub apps: Arc<Apps>,
+    /// The path every receipt takes (the callback's, with its fallback on failures).
+    pub receipts: Receipts,
     /// The providers whose receipts can be pulled.
     pub providers: Providers,
     pub settings: Settings,
@@ -86,7 +85,7 @@ impl Pull {
     pub async fn run(&self) -> Pulled {
         let now = (self.clock)();
         let mut pulled = Pulled::default();
-        let secrets = match self.apps.current().await {
+        let secrets = match self.receipts.apps.current().await {
             Ok(secrets) => secrets,
             Err(e) => {
                 tracing::error!(error = %e, "service secret unavailable");
@@ -118,7 +117,7 @@ impl Pull {
         };
         let mut calls: HashMap<String, u32> = HashMap::new();
         for entry in due.into_iter().filter(|e| may_belong(&e.pk, &pulling)) {
-            let message = match self.store.get(&entry.pk, now).await {
+            let message = match self.receipts.store.get(&entry.pk, now).await {
                 Ok(Some(m)) if m.id == entry.id && m.status == Status::Sent => m,
                 // Moved on (the stream takes its entry away) or gone.
                 Ok(_) => continue,
@@ -150,13 +149,11 @@ impl Pull {
             *used += 1;
             pulled.asked += 1;
             match provider.pull_receipt(&message, app).await {
-                Ok(Some(receipt)) => {
-                    match super::callback::apply_receipt(&self.store, &receipt, &Scope::app(&app.key), now).await {
-                        Ok(true) => pulled.applied += 1,
-                        Ok(false) => {}
-                        Err(_) => pulled.failed += 1,
-                    }
-                }
+                Ok(Some(receipt)) => match self.receipts.apply(&receipt, &Scope::app(&app.key), now).await {
+                    Ok(true) => pulled.applied += 1,
+                    Ok(false) => {}
+                    Err(_) => pulled.failed += 1,
+                },
                 Ok(None) => pulled.pending += 1,
                 Err(e) => {
                     tracing::warn!(id = %message.id, provider = provider.name(), error = %e, "receipt pull failed");

@@ -4,8 +4,9 @@
 //! queue send) is queued, as is a `scheduled` record whose job never came by its
 //! `send_at` (its ingest died before the queue or schedule write, or Scheduler gave
 //! up). It reads only the due entries of the sweep index (one Query per partition),
-//! never the table; the status write it makes is a status change like
-//! any other, so the app gets its `message.unknown` event from the stream.
+//! never the table; the status write it makes is a status change like any other, so the
+//! app gets its `message.unknown` event from the stream. It also marks a batch completed
+//! once every message of it is settled (`batch.completed`).
 
 use serde::Serialize;
 
@@ -39,6 +40,8 @@ pub struct Swept {
     pub requeued: usize,
     /// `scheduled` records past their `send_at` whose job never came, queued.
     pub released: usize,
+    /// Batches found with every message settled, marked completed (`batch.completed`).
+    pub batches_completed: usize,
 }
 
 impl Sweep {
@@ -68,13 +71,56 @@ impl Sweep {
         let before = now.saturating_sub(i64::try_from(self.timeouts.dispatch.as_millis()).unwrap_or(i64::MAX));
         swept.requeued += self.requeue_due(Waiting::Dispatch, before, now).await;
         swept.released += self.requeue_due(Waiting::Schedule, before, now).await;
+        swept.batches_completed = self.complete_batches(now).await;
         tracing::info!(
             expired = swept.expired,
             requeued = swept.requeued,
             released = swept.released,
+            batches_completed = swept.batches_completed,
             "sweep done"
         );
         swept
+    }
+
+    /// Looks at every open batch (queued, not completed: the index's `batch` entries):
+    /// one read of its messages' statuses through the batch index; when every one is
+    /// settled, one conditional write marks it completed, and that write's stream record
+    /// makes the `batch.completed` event (exactly one, whatever runs overlap).
+    async fn complete_batches(&self, now: i64) -> usize {
+        let mut completed = 0;
+        for channel in Channel::ALL {
+            let open = match self.index.due(Waiting::Batch, channel, i64::MAX, BATCH).await {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::error!(error = %e, channel = channel.as_str(), "sweep index unreadable");
+                    continue;
+                }
+            };
+            for entry in open {
+                let found = match self.store.batch(&entry.id).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!(error = %e, batch = %entry.id, "could not read a batch");
+                        continue;
+                    }
+                };
+                let Some((record, messages)) = found.filter(|(r, _)| r.expires_at >= now / 1000) else {
+                    // Gone (expired): nothing will complete it.
+                    let _ = self.index.apply(&[crate::sweep::IndexOp::Delete(entry)]).await;
+                    continue;
+                };
+                let statuses: Vec<_> = messages.iter().map(|m| m.status).collect();
+                let Some(counts) = crate::batch::completion(&record, &statuses) else {
+                    continue;
+                };
+                match self.store.complete_batch(&record.pk, &counts, now).await {
+                    Ok(true) => completed += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, batch = %entry.id, "could not complete a batch"),
+                }
+            }
+        }
+        completed
     }
 
     /// Queues the records of `waiting` due before `before` (an `accepted` record nobody

@@ -411,6 +411,11 @@ fn pulled_receipt(d: &SendDetail, pk: &str, biz_id: Option<&str>) -> Option<Rece
         provider_message_id: d.biz_id.clone().or_else(|| biz_id.map(str::to_string)),
         status,
         note: format!("aliyun: {} (pulled)", d.err_code.as_deref().unwrap_or_default()),
+        // The same code a pushed report carries, for receipt rules.
+        code: match status {
+            Status::Failed => d.err_code.clone().unwrap_or_default(),
+            _ => String::new(),
+        },
     })
 }
 
@@ -468,6 +473,10 @@ fn report(r: &Value) -> Result<Receipt, ReceiptError> {
         provider_message_id: text("biz_id"),
         status: if success { Status::Delivered } else { Status::Failed },
         note: format!("aliyun: {}", text("err_code").unwrap_or_default()),
+        code: match success {
+            true => String::new(),
+            false => text("err_code").unwrap_or_default(),
+        },
     })
 }
 
@@ -475,6 +484,7 @@ fn report(r: &Value) -> Result<Receipt, ReceiptError> {
 /// no signature); Aliyun pushes again unless it reads `{"code": 0, "msg": "success"}`.
 pub static RECEIPTS: TokenReports = TokenReports {
     name: "aliyun",
+    channel: Channel::Sms,
     report,
     ack: || serde_json::json!({"code": 0, "msg": "success"}),
     // Aliyun's reports carry our OutId: they never wait for the send's record.

@@ -86,6 +86,8 @@ pub struct Trust<'a> {
 pub trait ReceiptSource: Send + Sync {
     /// The provider's name, which is also its callback path segment.
     fn name(&self) -> &'static str;
+    /// The channel its sends go on (the leg a failed receipt leaves).
+    fn channel(&self) -> Channel;
     /// The answer to a `GET` (WeChat's server-URL check), given once the call is
     /// authentic; `None` for vendors that only POST (the callback answers 405 then).
     fn on_get(&self, _call: &Inbound<'_>) -> Option<Reply> {
@@ -136,6 +138,8 @@ static RECEIPT_SOURCES: [&dyn ReceiptSource; 5] = [
 pub struct TokenReports {
     /// The provider's name and callback path segment.
     pub name: &'static str,
+    /// See [`ReceiptSource::channel`].
+    pub channel: Channel,
     /// One report's receipt.
     pub report: fn(&serde_json::Value) -> Result<Receipt, ReceiptError>,
     /// The acknowledgement the vendor must read, or it pushes again.
@@ -148,6 +152,10 @@ pub struct TokenReports {
 impl ReceiptSource for TokenReports {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel
     }
 
     fn authentic(&self, call: &Inbound<'_>, secrets: &ServiceSecrets) -> Result<Scope, Refusal> {

@@ -222,9 +222,9 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    let (status, note) = match kind {
-        "Send" => (Status::Sent, "ses: accepted for sending".to_string()),
-        "Delivery" => (Status::Delivered, "ses: delivered".to_string()),
+    let (status, note, code) = match kind {
+        "Send" => (Status::Sent, "ses: accepted for sending".to_string(), String::new()),
+        "Delivery" => (Status::Delivered, "ses: delivered".to_string(), String::new()),
         "Bounce" => {
             let b = event.get("bounce");
             let field = |k: &str| {
@@ -236,10 +236,15 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
             (
                 Status::Failed,
                 format!("ses: bounce {}/{}", field("bounceType"), field("bounceSubType")),
+                format!("bounce.{}.{}", field("bounceType"), field("bounceSubType")),
             )
         }
-        "Reject" => (Status::Failed, "ses: rejected".to_string()),
-        "Rendering Failure" => (Status::Failed, "ses: rendering failure".to_string()),
+        "Reject" => (Status::Failed, "ses: rejected".to_string(), "reject".to_string()),
+        "Rendering Failure" => (
+            Status::Failed,
+            "ses: rendering failure".to_string(),
+            "rendering_failure".to_string(),
+        ),
         _ => return Ok(None),
     };
     Ok(Some(Receipt {
@@ -249,6 +254,7 @@ fn ses_event(event: &Value) -> Result<Option<Receipt>, ReceiptError> {
         provider_message_id: mail.get("messageId").and_then(Value::as_str).map(str::to_string),
         status,
         note,
+        code,
     }))
 }
 
@@ -263,6 +269,10 @@ pub struct SesReceipts;
 impl ReceiptSource for SesReceipts {
     fn name(&self) -> &'static str {
         "ses"
+    }
+
+    fn channel(&self) -> crate::message::Channel {
+        crate::message::Channel::Email
     }
 
     /// Unsigned bodies (bare events, EventBridge `detail`) cannot be trusted.

@@ -393,6 +393,10 @@ pub fn pulled_receipt(reports: &[Report], id: &str, serial: Option<&str>, pk: &s
         provider_message_id: r.serial_no.clone(),
         status,
         note: format!("tencent: {} (pulled)", r.description.as_deref().unwrap_or_default()),
+        code: match status {
+            Status::Failed => r.description.clone().unwrap_or_default(),
+            _ => String::new(),
+        },
     })
 }
 
@@ -437,8 +441,12 @@ fn report(r: &Value) -> Result<Receipt, ReceiptError> {
         pk: None,
         id: None,
         provider_message_id: Some(text("sid").ok_or(ReceiptError::Unrecognised("report without sid"))?),
-        status,
         note: format!("tencent: {}", text("errmsg").unwrap_or_default()),
+        code: match status {
+            Status::Failed => text("errmsg").unwrap_or_default(),
+            _ => String::new(),
+        },
+        status,
     })
 }
 
@@ -446,6 +454,7 @@ fn report(r: &Value) -> Result<Receipt, ReceiptError> {
 /// documents no signature); Tencent pushes again unless it reads `{"result": 0, …}`.
 pub static RECEIPTS: TokenReports = TokenReports {
     name: "tencent",
+    channel: Channel::Sms,
     report,
     ack: || serde_json::json!({"result": 0, "errmsg": "OK"}),
     // Reports name the message by Tencent's SerialNo only, often within a second.

@@ -449,6 +449,10 @@ pub fn pulled_receipt(m: &MessageResource, pk: &str) -> Option<Receipt> {
         pk: Some(pk.to_string()),
         id: None,
         provider_message_id: Some(m.sid.clone()),
+        code: match status {
+            Status::Failed => m.error_code.map(|c| c.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        },
         status,
         note,
     })
@@ -465,13 +469,14 @@ pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptErro
     let status = get("MessageStatus")
         .or_else(|| get("SmsStatus"))
         .ok_or(ReceiptError::Unrecognised("no MessageStatus"))?;
-    let (status, note) = match status {
-        "delivered" | "read" => (Status::Delivered, format!("twilio: {status}")),
+    let (status, note, code) = match status {
+        "delivered" | "read" => (Status::Delivered, format!("twilio: {status}"), String::new()),
         "undelivered" | "failed" => (
             Status::Failed,
             format!("twilio: {status} (error {})", get("ErrorCode").unwrap_or("?")),
+            get("ErrorCode").unwrap_or_default().to_string(),
         ),
-        "sent" => (Status::Sent, "twilio: sent".to_string()),
+        "sent" => (Status::Sent, "twilio: sent".to_string(), String::new()),
         _ => return Ok(None),
     };
     Ok(Some(Receipt {
@@ -481,6 +486,7 @@ pub fn parse(fields: &[(String, String)]) -> Result<Option<Receipt>, ReceiptErro
         provider_message_id: Some(sid.to_string()),
         status,
         note,
+        code,
     }))
 }
 
@@ -492,6 +498,10 @@ pub struct TwilioReceipts;
 impl ReceiptSource for TwilioReceipts {
     fn name(&self) -> &'static str {
         "twilio"
+    }
+
+    fn channel(&self) -> crate::message::Channel {
+        crate::message::Channel::Sms
     }
 
     /// Status callbacks name the message by its SID only and may beat the send's record.

@@ -749,6 +749,10 @@ pub fn parse(body: &[u8]) -> Result<Option<Receipt>, ReceiptError> {
             Status::Failed
         },
         note: format!("wechat: {status}"),
+        code: match status.as_str() {
+            "success" => String::new(),
+            failed => failed.to_string(),
+        },
     }))
 }
 
@@ -817,6 +821,10 @@ pub struct WechatReceipts;
 impl ReceiptSource for WechatReceipts {
     fn name(&self) -> &'static str {
         "wechat"
+    }
+
+    fn channel(&self) -> crate::message::Channel {
+        crate::message::Channel::Wechat
     }
 
     /// `TEMPLATESENDJOBFINISH` names the message by its msgid only, within a second.

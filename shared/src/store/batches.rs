@@ -80,6 +80,30 @@ impl Store {
             .map_err(aws_err)
     }
 
+    /// Marks a batch completed with its counts per status, once: one conditional
+    /// UpdateItem (only if not completed yet), whose stream record is the source of the
+    /// `batch.completed` event. Returns whether this call completed it.
+    pub async fn complete_batch(
+        &self,
+        pk: &str,
+        counts: &std::collections::BTreeMap<String, u32>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let counts = AttributeValue::M(counts.iter().map(|(k, v)| (k.clone(), super::n(*v))).collect());
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression("SET completed_at = :now, counts = :counts")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(completed_at)")
+            .expression_attribute_values(":now", super::n(now_ms))
+            .expression_attribute_values(":counts", counts)
+            .send()
+            .await;
+        super::applied(result)
+    }
+
     /// Writes the records of a batch whose record this request has just created: no
     /// other writer can know their keys, so plain `BatchWriteItem`s of 25 (8 at a time,
     /// unprocessed items retried) do, at one write unit per record.

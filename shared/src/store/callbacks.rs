@@ -36,6 +36,8 @@ pub const MAX_HELD: i64 = 16;
 pub enum ReceiptOutcome {
     /// The status moved forward.
     Applied,
+    /// The failed receipt sent the message on to its next leg (`Store::fall_back`).
+    FellBack,
     /// The message already had this status or a later one (late or duplicate receipt).
     Unchanged,
     /// The message belongs to an app outside the callback's scope: nothing written.
@@ -83,12 +85,15 @@ pub(super) fn ref_pk(provider: &str, provider_message_id: &str) -> String {
 }
 
 impl Store {
-    /// Applies a receipt to the message `pk` if it is in `scope` and moves its status
-    /// forward (one conditional UpdateItem; on refusal DynamoDB returns the item, so
-    /// telling why costs no second call).
+    /// Applies a receipt from provider `from` to the message `pk` if it is in `scope`
+    /// and moves its status forward (one conditional UpdateItem; on refusal DynamoDB
+    /// returns the item, so telling why costs no second call). A message that fell back
+    /// from `from` after its failed receipt is left alone: that provider's reports no
+    /// longer speak for it.
     pub async fn apply_receipt_scoped(
         &self,
         pk: &str,
+        from: &str,
         status: Status,
         note: Option<String>,
         now_ms: i64,
@@ -99,7 +104,9 @@ impl Store {
             status,
             note: note.clone(),
         };
-        let mut condition = "attribute_exists(pk) AND status_rank < :rank".to_string();
+        let mut condition = "attribute_exists(pk) AND status_rank < :rank AND \
+                             (attribute_not_exists(fell_back_from) OR fell_back_from <> :from)"
+            .to_string();
         let mut req = self
             .client
             .update_item()
@@ -107,6 +114,7 @@ impl Store {
             .key("pk", s(pk))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":from", s(from))
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":rank", n(status.rank()))
             .expression_attribute_values(":now", n(now_ms))
@@ -130,6 +138,93 @@ impl Store {
         }
         match req.condition_expression(condition).update_expression(expr).send().await {
             Ok(_) => Ok(ReceiptOutcome::Applied),
+            Err(e) if is_condition_failure(&e) => {
+                let old = match e.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
+                    _ => None,
+                };
+                let Some(old) = old else {
+                    return Ok(ReceiptOutcome::Missing);
+                };
+                let app = old.get("app").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                Ok(if scope.allows(&app) {
+                    ReceiptOutcome::Unchanged
+                } else {
+                    ReceiptOutcome::OutOfScope { app }
+                })
+            }
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// Sends message `pk` on to its next leg after a failed receipt from `fallback.from`
+    /// ([`crate::dispatch::receipt`]): back to `accepted`, with what is given up added to
+    /// `tried`/`spent`, the receipt and the decision in its history, and `fell_back_from`
+    /// set, so the dispatcher's claim (which takes only `accepted` records) sends it once
+    /// more and never again for this receipt. One conditional UpdateItem: it applies only
+    /// while the message is `sent`/`unknown` through that provider, in `scope`, and has
+    /// never fallen back, so a duplicated or concurrent receipt cannot fall back twice.
+    /// The caller queues the job; if that fails, the sweep queues the `accepted` record.
+    pub async fn fall_back(
+        &self,
+        pk: &str,
+        fallback: &crate::dispatch::receipt::Fallback,
+        scope: &Scope,
+        now_ms: i64,
+    ) -> Result<ReceiptOutcome, StoreError> {
+        let mut entries = Vec::new();
+        for (status, note) in [Status::Failed, Status::Accepted].into_iter().zip(&fallback.notes) {
+            let entry = HistoryEntry {
+                at: now_ms,
+                status,
+                note: Some(note.clone()),
+            };
+            entries.push(history(entry)?);
+        }
+        let entries: Vec<AttributeValue> = entries
+            .into_iter()
+            .flat_map(|e| match e {
+                AttributeValue::L(l) => l,
+                other => vec![other],
+            })
+            .collect();
+        let list = |l: &[String]| AttributeValue::L(l.iter().map(|t| s(t.as_str())).collect());
+        let mut condition = "attribute_exists(pk) AND status_rank = :two AND provider = :from AND \
+                             attribute_not_exists(fell_back_from)"
+            .to_string();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(
+                "SET #st = :accepted, status_rank = :zero, updated_at = :now, \
+                 history = list_append(history, :entries), tried = :tried, spent = :spent, \
+                 fell_back_from = :from \
+                 REMOVE via, lease_until, lease_owner, rate_slot, provider, provider_message_id, reason",
+            )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":accepted", s(Status::Accepted.as_str()))
+            .expression_attribute_values(":zero", n(Status::Accepted.rank()))
+            .expression_attribute_values(":two", n(Status::Sent.rank()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":entries", AttributeValue::L(entries))
+            .expression_attribute_values(":tried", list(&fallback.tried))
+            .expression_attribute_values(":spent", list(&fallback.spent))
+            .expression_attribute_values(":from", s(&fallback.from));
+        if let Scope::Apps(apps) = scope {
+            if apps.is_empty() {
+                return Ok(ReceiptOutcome::OutOfScope { app: String::new() });
+            }
+            let names: Vec<String> = (0..apps.len()).map(|i| format!(":app{i}")).collect();
+            condition.push_str(&format!(" AND app IN ({})", names.join(", ")));
+            for (name, app) in names.into_iter().zip(apps) {
+                req = req.expression_attribute_values(name, s(app.clone()));
+            }
+        }
+        match req.condition_expression(condition).send().await {
+            Ok(_) => Ok(ReceiptOutcome::FellBack),
             Err(e) if is_condition_failure(&e) => {
                 let old = match e.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
@@ -255,7 +350,7 @@ impl Store {
         let mut applied = 0;
         for h in held {
             let outcome = self
-                .apply_receipt_scoped(pk, h.status, Some(h.note.clone()), now_ms, &h.scope)
+                .apply_receipt_scoped(pk, provider, h.status, Some(h.note.clone()), now_ms, &h.scope)
                 .await?;
             if let ReceiptOutcome::OutOfScope { app } = &outcome {
                 tracing::warn!(

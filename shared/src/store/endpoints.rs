@@ -30,6 +30,8 @@ fn ev_sk(at_ms: i64, id: &str) -> String {
 pub struct EndpointPatch {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
+    /// What its message events carry beyond the status (`Some(empty)`: nothing).
+    pub include: Option<Vec<String>>,
     /// `Some(None)` clears it.
     pub description: Option<Option<String>>,
     /// `Some(false)` re-enables an endpoint disabled by a 410 or by the operator.
@@ -131,6 +133,14 @@ impl EndpointStore {
             sets.push("events = :events".into());
             values.insert(":events".into(), AttributeValue::L(events.iter().map(s).collect()));
         }
+        match &patch.include {
+            Some(include) if !include.is_empty() => {
+                sets.push("#include = :include".into());
+                values.insert(":include".into(), AttributeValue::L(include.iter().map(s).collect()));
+            }
+            Some(_) => removes.push("#include"),
+            None => {}
+        }
         match &patch.description {
             Some(Some(d)) => {
                 sets.push("description = :d".into());
@@ -163,6 +173,10 @@ impl EndpointStore {
             .return_values(ReturnValue::AllNew);
         if patch.url.is_some() {
             req = req.expression_attribute_names("#url", "url");
+        }
+        if patch.include.is_some() {
+            // INCLUDE is a DynamoDB reserved word.
+            req = req.expression_attribute_names("#include", "include");
         }
         match req.send().await {
             Ok(out) => out.attributes.map(decode_endpoint).transpose(),

@@ -32,6 +32,11 @@ enum Command {
     },
     /// Cancel a scheduled or not yet sent message (DELETE /v1/messages/{id}).
     Cancel { id: String },
+    /// The app's status-event endpoints (signed /v1/endpoints calls).
+    Endpoints {
+        #[command(subcommand)]
+        command: EndpointsCommand,
+    },
     /// Print the authentication headers for a request.
     Sign {
         #[arg(long, default_value = "POST")]
@@ -198,6 +203,54 @@ enum TemplateCommand {
 }
 
 #[derive(Subcommand)]
+enum EndpointsCommand {
+    /// Create an endpoint (prints its secret, shown only once).
+    Create {
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        /// What its events carry beyond the status: recipient, content (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        include: Option<Vec<String>>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the app's endpoints.
+    List,
+    /// Show one endpoint.
+    Get { id: String },
+    /// Change an endpoint: only the options given (`--events ''`: all types;
+    /// `--include ''`: nothing beyond the status; `--disabled false` re-enables it).
+    Update {
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        include: Option<Vec<String>>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        disabled: Option<bool>,
+    },
+    /// Delete an endpoint.
+    Delete { id: String },
+    /// A new secret (the previous one keeps signing for 24 h).
+    Rotate { id: String },
+    /// The last delivery attempts to an endpoint.
+    Attempts { id: String },
+    /// Queue the app's kept events since --since (RFC 3339) again for an endpoint.
+    Replay {
+        id: String,
+        #[arg(long)]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// List the dead-lettered messages with their records.
     List,
@@ -287,6 +340,53 @@ async fn show_status(client: &ApiClient, id: &str, wait: bool, later: Duration) 
     }
 }
 
+/// `pushgate endpoints …`: one signed call; prints the status and the answer.
+async fn endpoints(command: EndpointsCommand) -> Result<bool, BoxError> {
+    use pushgate_tool::client::EndpointsCall;
+    // `--events ''` / `--include ''` arrive as one empty item: none.
+    let list = |l: Option<Vec<String>>| l.map(|l| l.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
+    let call = match command {
+        EndpointsCommand::Create {
+            url,
+            events,
+            include,
+            description,
+        } => EndpointsCall::Create {
+            url,
+            events: list(events),
+            include: list(include),
+            description,
+        },
+        EndpointsCommand::List => EndpointsCall::List,
+        EndpointsCommand::Get { id } => EndpointsCall::Get(id),
+        EndpointsCommand::Update {
+            id,
+            url,
+            events,
+            include,
+            description,
+            disabled,
+        } => EndpointsCall::Update {
+            id,
+            url,
+            events: list(events),
+            include: list(include),
+            description,
+            disabled,
+        },
+        EndpointsCommand::Delete { id } => EndpointsCall::Delete(id),
+        EndpointsCommand::Rotate { id } => EndpointsCall::Rotate(id),
+        EndpointsCommand::Attempts { id } => EndpointsCall::Attempts(id),
+        EndpointsCommand::Replay { id, since } => EndpointsCall::Replay { id, since },
+    };
+    let resp = ApiClient::from_env()?.endpoints(&call).await?;
+    println!("HTTP {}", resp.status);
+    if !resp.body.is_null() && resp.body != Value::String(String::new()) {
+        println!("{}", serde_json::to_string_pretty(&resp.body)?);
+    }
+    Ok((200..300).contains(&resp.status))
+}
+
 async fn run(cli: Cli) -> Result<bool, BoxError> {
     match cli.command {
         Command::Dev(args) => dev(args).await,
@@ -299,6 +399,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             println!("{}", serde_json::to_string_pretty(&resp.body)?);
             Ok(resp.status == 200)
         }
+        Command::Endpoints { command } => endpoints(command).await,
         Command::Sign {
             method,
             path,
