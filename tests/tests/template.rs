@@ -138,7 +138,7 @@ fn table_grants(template: &Value, function: &str) -> BTreeSet<(String, String, V
 /// Ingest and callbacks are the internet-facing functions: they may touch message items
 /// (keys without '.') but not the balances, circuits, rate buckets and access tokens kept
 /// beside them (keys with '.'); ingest's two exceptions are its per-minute counter and
-/// reading a balance.
+/// reading a balance, the callback's its nonce guard and held receipts.
 #[test]
 fn internet_facing_functions_touch_only_message_items() {
     let template = pushgate_tool::resources::load_template().unwrap();
@@ -168,8 +168,26 @@ fn internet_facing_functions_touch_only_message_items() {
     ]
     .into();
     assert_eq!(table_grants(&template, "IngestFunction"), ingest);
-    let callback: BTreeSet<_> = [messages_only("UpdateItem"), messages_only("GetItem")].into();
+    // The callback's exceptions: the nonce replay guard and receipts held on a provider
+    // reference (both written by the callback itself; without these grants AWS would
+    // refuse those writes, which moto does not check).
+    let callback: BTreeSet<_> = [
+        messages_only("UpdateItem"),
+        messages_only("GetItem"),
+        only("PutItem", "_nonce.*"),
+        only("DeleteItem", "_nonce.*"),
+        only("UpdateItem", "_ref.*"),
+    ]
+    .into();
     assert_eq!(table_grants(&template, "CallbackFunction"), callback);
+    assert_eq!(
+        (
+            pushgate_shared::store::callbacks::NONCE_PK_PREFIX,
+            pushgate_shared::store::callbacks::REF_PK_PREFIX
+        ),
+        ("_nonce.", "_ref."),
+        "the prefixes the grants name"
+    );
     // The '.' that sets the service's items apart is in every one of their keys.
     assert!(pushgate_shared::providers::wechat::TOKEN_PK_PREFIX.starts_with("_token."));
     assert!(
