@@ -69,6 +69,7 @@ impl Ingest {
                     c.queue_arn.clone(),
                     c.role_arn.clone(),
                 )
+                .with_recurring_prefix(c.recurring_prefix.clone())
             }),
             endpoints: config::endpoints_api().map(|(table, delivery)| crate::handlers::endpoints::EndpointsApi {
                 store: crate::store::endpoints::EndpointStore::new(s.ddb.clone(), table),

@@ -8,6 +8,7 @@ pub mod edge;
 pub mod endpoints;
 pub mod events;
 pub mod ingest;
+mod schedules;
 pub mod sweep;
 
 use lambda_http::{Body, Request, Response};

@@ -15,6 +15,9 @@ use crate::receiver::Receiver;
 use crate::resources::{self, Overrides};
 use crate::BoxError;
 
+/// The dev stack's recurring schedule groups are `pushgate.{app}` (its moto is its own).
+pub const RECURRING_GROUP_PREFIX: &str = "pushgate";
+
 /// Ports and paths of the local stack.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -177,7 +180,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     });
 
     // moto keeps schedules but never fires them: deliver the due ones as Scheduler would.
-    let local_scheduler = crate::schedules::LocalScheduler::new(&sdk, res.schedule_group());
+    let local_scheduler =
+        crate::schedules::LocalScheduler::new(&sdk, res.schedule_group()).with_recurring(RECURRING_GROUP_PREFIX);
     let scheduler_task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -457,6 +461,7 @@ pub fn function_env(local: &Local, endpoint: &str, api: &str) -> Result<Vec<(&'s
         ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
         ("PUSHGATE_SCHEDULE_GROUP", res.schedule_group().to_string()),
         ("PUSHGATE_SEND_QUEUE_ARN", res.send_queue_arn().to_string()),
+        ("PUSHGATE_RECURRING_GROUP_PREFIX", RECURRING_GROUP_PREFIX.into()),
         (
             "PUSHGATE_SCHEDULER_ROLE_ARN",
             crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),
