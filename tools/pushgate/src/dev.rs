@@ -249,6 +249,12 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         "  cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/later\" --text 'in 10 s' --at \"$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)\" --wait"
     );
     println!("  cargo run -q -p pushgate -- cancel <id>");
+    println!("\nA recurring send (one message per firing, fired by the dev stack on its clock), listed and deleted:\n");
+    println!(
+        "  cargo run -q -p pushgate -- schedules create --expression 'rate(1 minute)' --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/minutely\" --text 'every minute'"
+    );
+    println!("  cargo run -q -p pushgate -- schedules list");
+    println!("  cargo run -q -p pushgate -- schedules delete <id>");
     println!("\nSend one template to every recipient of a CSV file (one signed batch request):\n");
     println!(
         "  printf 'to,name,order_id\\nann@example.com,Ann,A-1\\nbob@example.com,Bob,B-2\\n' > .pushgate/recipients.csv && cargo run -q -p pushgate -- batch --file .pushgate/recipients.csv --channel email --template order_shipped --wait"
