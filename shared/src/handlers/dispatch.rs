@@ -142,7 +142,7 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
             // it; a Scheduler retry finds it and the claim below acknowledges or sends once.
             match logged(self.store.create(&message, (self.clock)()).await, "occurrence", &job.id) {
                 Ok(Created::Created) => {
-                    tracing::info!(app = %message.app, id = %message.id, schedule = ?message.recurring, "occurrence accepted");
+                    tracing::info!(app = %message.app, id = %message.id, schedule = message.recurring.as_deref().unwrap_or("-"), "occurrence accepted");
                 }
                 Ok(_) => tracing::info!(id = %job.id, "occurrence delivered again"),
                 Err(_) => return Outcome::Retry("store", Some(Duration::from_secs(5))),
