@@ -170,6 +170,12 @@ fn internet_facing_functions_touch_only_message_items() {
     assert_eq!(table_grants(&template, "IngestFunction"), ingest);
     let callback: BTreeSet<_> = [messages_only("UpdateItem"), messages_only("GetItem")].into();
     assert_eq!(table_grants(&template, "CallbackFunction"), callback);
+    // The dispatcher creates only recurring schedules' occurrence records.
+    let puts: Vec<_> = table_grants(&template, "DispatcherFunction")
+        .into_iter()
+        .filter(|(action, ..)| action == "dynamodb:PutItem")
+        .collect();
+    assert_eq!(puts, vec![only("PutItem", "*_ro_*")]);
     // The '.' that sets the service's items apart is in every one of their keys.
     assert!(pushgate_shared::providers::wechat::TOKEN_PK_PREFIX.starts_with("_token."));
     assert!(
