@@ -100,6 +100,19 @@ pub struct Ingest {
     pub max_batch_body_bytes: usize,
 }
 
+/// `PUSHGATE_RECURRING_GROUP_PREFIX`, checked: it names IAM resources (`{prefix}.*`).
+fn recurring_prefix() -> Result<String, ConfigError> {
+    let prefix = var("PUSHGATE_RECURRING_GROUP_PREFIX").unwrap_or_else(|| "pushgate".into());
+    let ok = (1..=20).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match ok {
+        true => Ok(prefix),
+        false => Err(ConfigError::Invalid("PUSHGATE_RECURRING_GROUP_PREFIX", prefix)),
+    }
+}
+
 /// Where one-time schedules go ([`Ingest::scheduling`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scheduling {
@@ -110,6 +123,9 @@ pub struct Scheduling {
     /// deliver after its retries, for operators to see (the sweep releases the message
     /// anyway).
     pub dead_letter_arn: Option<String>,
+    /// `PUSHGATE_RECURRING_GROUP_PREFIX` (`pushgate`; 1-20 of `[A-Za-z0-9_-]`): recurring
+    /// schedules go in one group per app, `{prefix}.{app}`.
+    pub recurring_prefix: String,
 }
 
 impl Ingest {
@@ -132,6 +148,7 @@ impl Ingest {
                     queue_arn,
                     role_arn,
                     dead_letter_arn: var("PUSHGATE_SCHEDULER_DLQ_ARN"),
+                    recurring_prefix: recurring_prefix()?,
                 }),
                 (None, None, None) => None,
                 _ => return Err(ConfigError::Missing(
@@ -300,6 +317,9 @@ pub struct Dispatch {
     /// `PUSHGATE_BREAKER_CACHE_MS` (1000): how long an instance trusts the circuit state
     /// it read (the happy path reads it at most this often per provider account).
     pub breaker_cache_ms: i64,
+    /// `PUSHGATE_RETENTION_DAYS` (7, at least 1): how long the message records it creates
+    /// for recurring schedules' occurrences are kept.
+    pub retention_days: i64,
 }
 
 /// Provider API base URLs, each from its own variable.
@@ -409,6 +429,7 @@ impl Dispatch {
             },
             breaker_cache_ms: number("PUSHGATE_BREAKER_CACHE_MS", 1000)?,
             max_retry_delay: Duration::from_secs(number("PUSHGATE_MAX_RETRY_DELAY_SECONDS", 900u64)?.clamp(1, 43_200)),
+            retention_days: number("PUSHGATE_RETENTION_DAYS", 7i64)?.max(1),
         })
     }
 }

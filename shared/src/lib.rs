@@ -27,6 +27,7 @@ pub mod problem;
 pub mod providers;
 pub mod queue;
 pub mod receipts;
+pub mod recurring;
 pub mod request;
 pub mod routing;
 pub mod schedule;

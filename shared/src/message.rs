@@ -286,6 +286,9 @@ pub struct Message {
     pub batch_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u32>,
+    /// The recurring schedule (`POST /v1/schedules`) it is one occurrence of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recurring: Option<String>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
 }

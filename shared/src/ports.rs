@@ -83,6 +83,9 @@ pub struct Release {
 /// The message ledger: every write of a message's lifecycle the dispatcher makes.
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync {
+    /// Writes a new message record unless a live one holds its key (one conditional
+    /// write): how a recurring schedule's occurrence becomes a message, at most once.
+    async fn create(&self, message: &Message, now_ms: i64) -> Result<Created, PortError>;
     /// Takes the lease on a message (one conditional write returning the record).
     /// `charge_first`: this attempt must charge the message before any send (its app is
     /// metered), recorded so that a takeover can tell an unpaid interrupted attempt never

@@ -70,6 +70,7 @@ impl Ingest {
                     c.role_arn.clone(),
                 )
                 .with_dead_letter(c.dead_letter_arn.clone())
+                .with_recurring_prefix(c.recurring_prefix.clone())
             }),
             endpoints: config::endpoints_api().map(|(table, delivery)| crate::handlers::endpoints::EndpointsApi {
                 store: crate::store::endpoints::EndpointStore::new(s.ddb.clone(), table),

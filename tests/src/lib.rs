@@ -154,6 +154,8 @@ pub struct Stack {
     pub smtp: pushgate_tool::fakes::smtp::SmtpFake,
     /// The SNS subscriptions the callback confirmed (their `SubscribeURL`s).
     pub sns_confirmations: Arc<SnsConfirmations>,
+    /// Recurring schedules go in the groups `{recurring_prefix}.{app}`.
+    pub recurring_prefix: String,
 }
 
 /// Records SNS subscription confirmations instead of visiting SNS.
@@ -229,6 +231,8 @@ impl Stack {
             .await
             .expect("receiver");
 
+        // This stack's recurring schedules' groups (moto is shared by the tests).
+        let recurring_prefix = prefix.trim_end_matches('-').to_string();
         // The handlers' clients count their calls; the harness's own clients do not.
         let calls = CallCounter::default();
         let ddb = aws_sdk_dynamodb::Client::from_conf(
@@ -283,12 +287,17 @@ impl Stack {
             filters: Default::default(),
             scheduler: Some(
                 pushgate_shared::scheduler::Scheduler::new(
-                    aws_sdk_scheduler::Client::new(&sdk),
+                    aws_sdk_scheduler::Client::from_conf(
+                        aws_sdk_scheduler::config::Builder::from(&sdk)
+                            .interceptor(calls.clone())
+                            .build(),
+                    ),
                     res.schedule_group().to_string(),
                     res.send_queue_arn().to_string(),
                     resources::LOCAL_SCHEDULER_ROLE_ARN.to_string(),
                 )
-                .with_dead_letter(Some(res.schedule_dead_letter_queue_arn().to_string())),
+                .with_dead_letter(Some(res.schedule_dead_letter_queue_arn().to_string()))
+                .with_recurring_prefix(recurring_prefix.clone()),
             ),
             endpoints: Some(pushgate_shared::handlers::endpoints::EndpointsApi {
                 store: pushgate_shared::store::endpoints::EndpointStore::new(
@@ -318,6 +327,7 @@ impl Stack {
             breaker: opts.breaker,
             breaker_cache_ms: opts.breaker_cache_ms,
             max_retry_delay: opts.max_retry_delay,
+            retention_days: 7,
         };
         let providers =
             pushgate_shared::providers::standard(&dispatch_cfg, ses, ddb_for_providers, res.messages_table())
@@ -382,6 +392,7 @@ impl Stack {
             fakes,
             smtp,
             sns_confirmations,
+            recurring_prefix,
         }
     }
 
@@ -672,6 +683,7 @@ pub fn message(
         batch_id: None,
         batch_index: None,
         fell_back_from: None,
+        recurring: None,
         history: Vec::new(),
     }
 }

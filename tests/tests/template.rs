@@ -188,6 +188,12 @@ fn internet_facing_functions_touch_only_message_items() {
         ("_nonce.", "_ref."),
         "the prefixes the grants name"
     );
+    // The dispatcher creates only recurring schedules' occurrence records.
+    let puts: Vec<_> = table_grants(&template, "DispatcherFunction")
+        .into_iter()
+        .filter(|(action, ..)| action == "dynamodb:PutItem")
+        .collect();
+    assert_eq!(puts, vec![only("PutItem", "*_ro_*")]);
     // The '.' that sets the service's items apart is in every one of their keys.
     assert!(pushgate_shared::providers::wechat::TOKEN_PK_PREFIX.starts_with("_token."));
     assert!(
@@ -306,4 +312,130 @@ fn functions_have_reserved_concurrency_and_the_api_is_throttled_and_logged() {
         .contains("$context.requestId"));
     let env = &template["Globals"]["Function"]["Environment"]["Variables"];
     assert!(env.get("PUSHGATE_SECRET_MAX_STALE_SECONDS").is_some());
+}
+
+/// The text of `!Sub "…"` (or a plain string).
+fn sub_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(t) if t.tag == "Sub" => t.value.as_str().map(str::to_string),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Ingest may create and delete schedules only in the stack's one-time group and the
+/// apps' recurring groups `{RecurringGroupPrefix}.*`; the role Scheduler assumes only
+/// sends to the send queue, and only for schedules of those groups.
+#[test]
+fn schedules_are_confined_to_the_stacks_groups() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    let mut scheduler_resources = BTreeSet::new();
+    for s in statements(&template, "IngestFunction") {
+        let actions = strings(&s["Action"]);
+        if actions.iter().any(|a| a.starts_with("scheduler:")) {
+            assert!(actions.iter().all(|a| a.starts_with("scheduler:")), "{actions:?}");
+            for action in actions {
+                scheduler_resources.insert((action, sub_text(&s["Resource"]).expect("a !Sub ARN")));
+            }
+        }
+    }
+    let arn = |rest: &str| format!("arn:${{AWS::Partition}}:scheduler:${{AWS::Region}}:${{AWS::AccountId}}:{rest}");
+    let want: BTreeSet<(String, String)> = [
+        ("scheduler:CreateSchedule", arn("schedule/${ScheduleGroup}/*")),
+        ("scheduler:DeleteSchedule", arn("schedule/${ScheduleGroup}/*")),
+        ("scheduler:CreateSchedule", arn("schedule/${RecurringGroupPrefix}.*/*")),
+        ("scheduler:DeleteSchedule", arn("schedule/${RecurringGroupPrefix}.*/*")),
+        (
+            "scheduler:GetScheduleGroup",
+            arn("schedule-group/${RecurringGroupPrefix}.*"),
+        ),
+        (
+            "scheduler:CreateScheduleGroup",
+            arn("schedule-group/${RecurringGroupPrefix}.*"),
+        ),
+    ]
+    .into_iter()
+    .map(|(a, r)| (a.to_string(), r))
+    .collect();
+    assert_eq!(scheduler_resources, want);
+    assert_eq!(
+        template["Parameters"]["RecurringGroupPrefix"]["AllowedPattern"].as_str(),
+        Some("^[A-Za-z0-9_-]{1,20}$"),
+        "a prefix cannot widen the grants (no '*', no '.')"
+    );
+
+    let role = &template["Resources"]["SchedulerRole"]["Properties"];
+    let trust = &role["AssumeRolePolicyDocument"]["Statement"][0];
+    let sources: Vec<String> = trust["Condition"]["ArnLike"]["aws:SourceArn"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(sub_text)
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            arn("schedule-group/${ScheduleGroup}"),
+            arn("schedule-group/${RecurringGroupPrefix}.*")
+        ]
+    );
+    let grants: Vec<Value> = role["Policies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["PolicyDocument"]["Statement"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(strings(&grants[0]["Action"]), vec!["sqs:SendMessage".to_string()]);
+    // The send queue, and Scheduler's dead-letter queue for jobs it gave up delivering.
+    let queues = grants[0]["Resource"].as_sequence().expect("two queues");
+    assert_eq!(queues.len(), 2);
+    assert!(is_get_att(&queues[0], "SendQueue.Arn"));
+    assert!(is_get_att(&queues[1], "ScheduleDeadLetterQueue.Arn"));
+}
+
+/// The worked example of an operator-declared recurring send: disabled by default, the
+/// send queue as target through the scheduler role, and an input that (once Scheduler
+/// substitutes the scheduled time) is an occurrence the dispatcher accepts, with a
+/// message `POST /v1/messages` would accept.
+#[test]
+fn the_declared_weekly_digest_is_a_valid_occurrence() {
+    let template = pushgate_tool::resources::load_template().unwrap();
+    let params = &template["Parameters"];
+    assert_eq!(params["WeeklyDigestState"]["Default"].as_str(), Some("DISABLED"));
+    let schedule = &template["Resources"]["WeeklyDigestSchedule"];
+    assert_eq!(schedule["Type"].as_str(), Some("AWS::Scheduler::Schedule"));
+    let p = &schedule["Properties"];
+    assert!(pushgate_shared::recurring::parse_expression(p["ScheduleExpression"].as_str().unwrap()).is_ok());
+    assert!(pushgate_shared::recurring::time_zone(p["ScheduleExpressionTimezone"].as_str().unwrap()).is_some());
+    assert!(is_get_att(&p["Target"]["Arn"], "SendQueue.Arn"));
+    assert!(is_get_att(&p["Target"]["RoleArn"], "SchedulerRole.Arn"));
+    let input = sub_text(&p["Target"]["Input"])
+        .unwrap()
+        .replace(
+            "${WeeklyDigestApp}",
+            params["WeeklyDigestApp"]["Default"].as_str().unwrap(),
+        )
+        .replace(
+            "${WeeklyDigestUrl}",
+            params["WeeklyDigestUrl"]["Default"].as_str().unwrap(),
+        )
+        .replace(
+            pushgate_shared::recurring::SCHEDULED_TIME,
+            &pushgate_shared::recurring::scheduled_time(1_767_574_800_000),
+        );
+    let Some(pushgate_shared::recurring::Queued::Occurrence { occurrence }) =
+        pushgate_shared::recurring::Queued::parse(&input)
+    else {
+        panic!("not an occurrence: {input}");
+    };
+    let message = occurrence.message(1_767_574_800_000, 7).expect("a message");
+    assert_eq!(message.recurring.as_deref(), Some("weekly-digest"));
+    let body = serde_json::to_value(&occurrence.message).unwrap();
+    pushgate_shared::request::validate(&body, false).expect("a valid POST /v1/messages body");
 }

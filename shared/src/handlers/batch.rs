@@ -432,7 +432,7 @@ fn kept_rejections(rejected: &[Rejection]) -> String {
     format!("[{}]", kept.join(","))
 }
 
-fn query_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+pub(super) fn query_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.uri()
         .query()?
         .split('&')

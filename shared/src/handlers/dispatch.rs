@@ -4,7 +4,9 @@
 //! exactly the jobs left for later back to SQS.
 //!
 //! Per message: one claim (conditional UpdateItem returning the record), one provider
-//! call, one finish (conditional UpdateItem): two DynamoDB round trips. Jobs left for
+//! call, one finish (conditional UpdateItem): two DynamoDB round trips. A recurring
+//! schedule's occurrence first creates its message's record (one conditional PutItem:
+//! the write ingest makes for other messages, moved here), so three. Jobs left for
 //! another attempt get their next visibility in one `ChangeMessageVisibilityBatch` per
 //! batch. A message whose attempts are spent is recorded `failed` (`dead_lettered`) and
 //! moved to the DLQ with its job, from where `pushgate dlq redrive` can bring it back.
@@ -22,9 +24,10 @@ use crate::config;
 use crate::delivery::{Finish, Reconciled};
 use crate::dispatch::{attempt, plan, Attempt, Candidate, End, Next, Policy, Settled};
 use crate::message::{Alternate, Job, Message};
-use crate::ports::{Buckets, Circuits, Claim, JobQueue, Ledger, PortError, Release};
+use crate::ports::{Buckets, Circuits, Claim, Created, JobQueue, Ledger, PortError, Release};
 use crate::providers::{Provider, Providers};
 pub use crate::queue::DispatchQueues;
+use crate::recurring::Queued;
 use crate::shaping::whole_seconds;
 use crate::store::routes::RouteStore;
 use crate::store::{Breaker, Store};
@@ -111,15 +114,40 @@ impl<L: Ledger + Buckets, C: Circuits, Q: JobQueue> Dispatcher<L, C, Q> {
 
     /// Processes one record: claims its message and, if this worker holds it, sends.
     pub async fn process(&self, record: &SqsMessage) -> Outcome {
-        let Some(job) = record.body.as_deref().and_then(|b| serde_json::from_str::<Job>(b).ok()) else {
-            // Nothing identifies a message to retry; retrying would only loop.
-            tracing::error!(sqs_id = ?record.message_id, "malformed job dropped");
-            return Outcome::Ack("malformed");
+        let (job, occurrence) = match record.body.as_deref().and_then(Queued::parse) {
+            Some(Queued::Job(job)) => (job, None),
+            Some(Queued::Occurrence { occurrence }) => {
+                let now = (self.clock)();
+                match occurrence.message(now, self.cfg.retention_days) {
+                    Ok(message) => (Job::of(&message), Some(message)),
+                    Err(e) => {
+                        tracing::error!(sqs_id = ?record.message_id, schedule = %occurrence.schedule, error = %e, "malformed occurrence dropped");
+                        return Outcome::Ack("malformed");
+                    }
+                }
+            }
+            None => {
+                // Nothing identifies a message to retry; retrying would only loop.
+                tracing::error!(sqs_id = ?record.message_id, "malformed job dropped");
+                return Outcome::Ack("malformed");
+            }
         };
         let metered = match self.prepare(job.app.as_deref()).await {
             Ok(metered) => metered,
             Err(what) => return Outcome::Retry(what, Some(attempt::OUTAGE_RETRY)),
         };
+        if let Some(message) = occurrence {
+            // A recurring schedule's firing: its message's record is written here (the
+            // write ingest makes for other messages), once per occurrence whoever delivers
+            // it; a Scheduler retry finds it and the claim below acknowledges or sends once.
+            match logged(self.store.create(&message, (self.clock)()).await, "occurrence", &job.id) {
+                Ok(Created::Created) => {
+                    tracing::info!(app = %message.app, id = %message.id, schedule = message.recurring.as_deref().unwrap_or("-"), "occurrence accepted");
+                }
+                Ok(_) => tracing::info!(id = %job.id, "occurrence delivered again"),
+                Err(_) => return Outcome::Retry("store", Some(Duration::from_secs(5))),
+            }
+        }
         let owner = ulid::Ulid::new().to_string();
         let now = (self.clock)();
         let lease_until = now + self.cfg.lease_secs * 1000;

@@ -36,6 +36,11 @@ struct FakeLedger {
 
 #[async_trait::async_trait]
 impl Ledger for FakeLedger {
+    async fn create(&self, message: &Message, _: i64) -> Result<crate::ports::Created, PortError> {
+        self.calls.push(format!("create {}", message.pk));
+        Ok(crate::ports::Created::Created)
+    }
+
     async fn claim(&self, pk: &str, _: &str, _: &str, _: i64, lease_until: i64, _: bool) -> Result<Claim, PortError> {
         self.calls.push(format!("claim {pk}"));
         let mut message: Message = serde_json::from_value(serde_json::json!({
@@ -171,6 +176,7 @@ fn dispatcher(
         breaker: BreakerPolicy::default(),
         max_retry_delay: Duration::from_secs(900),
         breaker_cache_ms: 1000,
+        retention_days: 7,
     };
     let d = Dispatcher {
         store: FakeLedger {
@@ -262,4 +268,37 @@ async fn when_the_dead_letter_queue_fails_the_message_is_released_not_finished()
         calls.all(),
         ["claim app_s_1", "dead_letter app_s_1", "finish failed refund=false"]
     );
+}
+
+#[tokio::test]
+async fn an_occurrence_creates_its_message_then_is_claimed_like_any_other() {
+    let sent = Sent {
+        provider_message_id: None,
+        delivered: true,
+    };
+    let (d, calls) = dispatcher(vec![Ok(sent)], 1, true);
+    let mut event = batch();
+    event.records[0].body = Some(
+        r#"{"occurrence":{"app":"app","schedule":"S1","at":"2026-01-05T01:00:00Z",
+            "message":{"channel":"webhook","to":"https://example.com/h","content":{"text":"hi"}}}}"#
+            .into(),
+    );
+    assert!(failed_ids(&d.handle(event.clone()).await).is_empty());
+    assert_eq!(
+        calls.all(),
+        [
+            "create app_ro_S1_1767574800",
+            "claim app_ro_S1_1767574800",
+            "finish delivered refund=false"
+        ]
+    );
+    // An input Scheduler never stamped names no occurrence: dropped, nothing written.
+    let (d, calls) = dispatcher(Vec::new(), 1, true);
+    event.records[0].body = Some(
+        r#"{"occurrence":{"app":"app","schedule":"S1","at":"<aws.scheduler.scheduled-time>",
+            "message":{"channel":"webhook","to":"https://example.com/h","content":{"text":"hi"}}}}"#
+            .into(),
+    );
+    assert!(failed_ids(&d.handle(event).await).is_empty());
+    assert!(calls.all().is_empty());
 }

@@ -83,6 +83,11 @@ impl Ingest {
             return Problem::from(e).into_response();
         }
         let route = path.trim_end_matches('/');
+        if let Some(rest) = route.strip_prefix("/v1/schedules") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return self.schedules(&req, rest).await.unwrap_or_else(Problem::into_response);
+            }
+        }
         if let Some(rest) = route.strip_prefix("/v1/endpoints") {
             if rest.is_empty() || rest.starts_with('/') {
                 return self.endpoints(&req, rest).await.unwrap_or_else(Problem::into_response);
@@ -611,6 +616,7 @@ pub(super) fn new_message(m: NewMessage<'_>, now: i64, retention_days: i64) -> M
         batch_id: None,
         batch_index: None,
         fell_back_from: None,
+        recurring: None,
         history: vec![HistoryEntry {
             at: now,
             status: initial,
@@ -630,7 +636,7 @@ pub fn status_view(m: &Message) -> Value {
         .rev()
         .map(|h| json!({"at": rfc3339(h.at), "status": h.status, "note": h.note}))
         .collect();
-    json!({
+    let mut view = json!({
         "id": m.id,
         "status": m.status,
         "channel": m.channel,
@@ -643,7 +649,12 @@ pub fn status_view(m: &Message) -> Value {
         "created_at": rfc3339(m.created_at),
         "updated_at": rfc3339(m.updated_at),
         "history": history,
-    })
+    });
+    // An occurrence of a recurring schedule names its schedule.
+    if let Some(schedule) = &m.recurring {
+        view["schedule_id"] = json!(schedule);
+    }
+    view
 }
 
 fn accepted(m: &Message, replayed: bool) -> Response<Body> {

@@ -10,6 +10,7 @@ pub mod events;
 pub mod ingest;
 pub mod pull;
 pub mod receipt;
+mod schedules;
 pub mod sweep;
 
 use lambda_http::{Body, Request, Response};

@@ -18,6 +18,7 @@ mod messages;
 mod ports;
 mod quota;
 pub mod routes;
+pub mod schedules;
 pub mod sweep;
 mod throttle;
 pub use breaker::Breaker;

@@ -3,7 +3,8 @@
 
 use super::{Breaker, Store, StoreError};
 use crate::delivery::Finish;
-use crate::ports::{Buckets, Charge, Circuits, Claim, Ledger, PortError, Release, RouteStep};
+use crate::message::Message;
+use crate::ports::{Buckets, Charge, Circuits, Claim, Created, Ledger, PortError, Release, RouteStep};
 use crate::shaping::{Circuit, Rate, Throttle};
 
 impl From<StoreError> for PortError {
@@ -14,6 +15,10 @@ impl From<StoreError> for PortError {
 
 #[async_trait::async_trait]
 impl Ledger for Store {
+    async fn create(&self, message: &Message, now_ms: i64) -> Result<Created, PortError> {
+        Ok(Store::create(self, message, now_ms).await?)
+    }
+
     async fn claim(
         &self,
         pk: &str,

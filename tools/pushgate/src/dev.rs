@@ -15,6 +15,9 @@ use crate::receiver::Receiver;
 use crate::resources::{self, Overrides};
 use crate::BoxError;
 
+/// The dev stack's recurring schedule groups are `pushgate.{app}` (its moto is its own).
+pub const RECURRING_GROUP_PREFIX: &str = "pushgate";
+
 /// Ports and paths of the local stack.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -189,7 +192,8 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
     });
 
     // moto keeps schedules but never fires them: deliver the due ones as Scheduler would.
-    let local_scheduler = crate::schedules::LocalScheduler::new(&sdk, res.schedule_group());
+    let local_scheduler =
+        crate::schedules::LocalScheduler::new(&sdk, res.schedule_group()).with_recurring(RECURRING_GROUP_PREFIX);
     let scheduler_task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -257,6 +261,12 @@ pub async fn run(opts: Options) -> Result<(), BoxError> {
         "  cargo run -q -p pushgate -- send --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/later\" --text 'in 10 s' --at \"$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)\" --wait"
     );
     println!("  cargo run -q -p pushgate -- cancel <id>");
+    println!("\nA recurring send (one message per firing, fired by the dev stack on its clock), listed and deleted:\n");
+    println!(
+        "  cargo run -q -p pushgate -- schedules create --expression 'rate(1 minute)' --channel webhook --to \"$PUSHGATE_RECEIVER/hooks/minutely\" --text 'every minute'"
+    );
+    println!("  cargo run -q -p pushgate -- schedules list");
+    println!("  cargo run -q -p pushgate -- schedules delete <id>");
     println!("\nSend one template to every recipient of a CSV file (one signed batch request):\n");
     println!(
         "  printf 'to,name,order_id\\nann@example.com,Ann,A-1\\nbob@example.com,Bob,B-2\\n' > .pushgate/recipients.csv && cargo run -q -p pushgate -- batch --file .pushgate/recipients.csv --channel email --template order_shipped --wait"
@@ -470,6 +480,7 @@ pub fn function_env(local: &Local, endpoint: &str, api: &str) -> Result<Vec<(&'s
         ("PUSHGATE_ROUTES_TABLE", routes_table.clone()),
         ("PUSHGATE_SCHEDULE_GROUP", res.schedule_group().to_string()),
         ("PUSHGATE_SEND_QUEUE_ARN", res.send_queue_arn().to_string()),
+        ("PUSHGATE_RECURRING_GROUP_PREFIX", RECURRING_GROUP_PREFIX.into()),
         (
             "PUSHGATE_SCHEDULER_ROLE_ARN",
             crate::resources::LOCAL_SCHEDULER_ROLE_ARN.into(),

@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: EndpointsCommand,
     },
+    /// Recurring sends: create, list, show or delete the app's schedules (/v1/schedules).
+    Schedules {
+        #[command(subcommand)]
+        command: SchedulesCommand,
+    },
     /// Print the authentication headers for a request.
     Sign {
         #[arg(long, default_value = "POST")]
@@ -251,6 +256,40 @@ enum EndpointsCommand {
 }
 
 #[derive(Subcommand)]
+enum SchedulesCommand {
+    /// Create a recurring schedule (POST /v1/schedules) sending one message per firing;
+    /// without --idempotency-key a fresh key is made and printed (pass it again to retry).
+    Create(Box<ScheduleArgs>),
+    /// List the app's schedules (GET /v1/schedules, every page).
+    List,
+    /// Show one schedule (GET /v1/schedules/{id}).
+    Get { id: String },
+    /// Delete a schedule (DELETE /v1/schedules/{id}).
+    Delete { id: String },
+}
+
+/// `schedules create`: when, and the message each firing sends.
+#[derive(Args)]
+struct ScheduleArgs {
+    /// cron(minutes hours day-of-month month day-of-week year) or rate(value unit).
+    #[arg(long)]
+    expression: String,
+    /// IANA time zone the expression is read in.
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+    /// First firing no earlier than this (RFC 3339 with an offset).
+    #[arg(long)]
+    start: Option<String>,
+    /// No firing after this (RFC 3339 with an offset).
+    #[arg(long)]
+    end: Option<String>,
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    message: MessageArgs,
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// List the dead-lettered messages with their records.
     List,
@@ -400,6 +439,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             Ok(resp.status == 200)
         }
         Command::Endpoints { command } => endpoints(command).await,
+        Command::Schedules { command } => schedules(command).await,
         Command::Sign {
             method,
             path,
@@ -484,6 +524,75 @@ fn message(args: &MessageArgs) -> Result<Value, BoxError> {
         message["send_at"] = Value::String(at.clone());
     }
     Ok(message)
+}
+
+/// `schedules`: the recurring-send routes, signed.
+async fn schedules(command: SchedulesCommand) -> Result<bool, BoxError> {
+    let client = ApiClient::from_env()?;
+    let (resp, ok) = match command {
+        SchedulesCommand::Create(args) => {
+            if args.message.at.is_some() || args.message.wait {
+                return Err("--at and --wait do not apply to a schedule: --expression says when".into());
+            }
+            let mut message = message(&args.message)?;
+            message["to"] = json!(args.to);
+            let mut body = json!({"expression": args.expression, "timezone": args.timezone, "message": message});
+            for (k, v) in [("start", &args.start), ("end", &args.end)] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            let key = args
+                .message
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| format!("schedule-{}", ulid::Ulid::new()));
+            println!("Idempotency-Key: {key}");
+            let resp = client
+                .request("POST", "/v1/schedules", Some(&body), &[("Idempotency-Key", &key)])
+                .await?;
+            let ok = resp.status == 201;
+            (resp, ok)
+        }
+        SchedulesCommand::List => {
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("/v1/schedules?cursor={c}"),
+                    None => "/v1/schedules".to_string(),
+                };
+                let resp = client.request("GET", &path, None, &[]).await?;
+                if resp.status != 200 {
+                    println!("HTTP {}", resp.status);
+                    println!("{}", serde_json::to_string_pretty(&resp.body)?);
+                    return Ok(false);
+                }
+                all.extend(resp.body["schedules"].as_array().cloned().unwrap_or_default());
+                match resp.body["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_string()),
+                    None => break,
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&json!({"schedules": all}))?);
+            return Ok(true);
+        }
+        SchedulesCommand::Get { id } => {
+            let resp = client.request("GET", &format!("/v1/schedules/{id}"), None, &[]).await?;
+            let ok = resp.status == 200;
+            (resp, ok)
+        }
+        SchedulesCommand::Delete { id } => {
+            let resp = client
+                .request("DELETE", &format!("/v1/schedules/{id}"), None, &[])
+                .await?;
+            let ok = resp.status == 200;
+            (resp, ok)
+        }
+    };
+    println!("HTTP {}", resp.status);
+    println!("{}", serde_json::to_string_pretty(&resp.body)?);
+    Ok(ok)
 }
 
 /// `send`: posts the message; with `--wait`, follows its status until it settles.
