@@ -13,12 +13,25 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{aws_err, history, is_condition_failure, n, s, Store, StoreError};
 use crate::message::{HistoryEntry, Status};
 use crate::receipts::Scope;
+
+/// What a receipt write its condition refused found: no message, another app's message
+/// (out of the callback's scope), or one the receipt leaves as it is.
+fn refused_receipt(old: Option<HashMap<String, AttributeValue>>, scope: &Scope) -> ReceiptOutcome {
+    let Some(old) = old else {
+        return ReceiptOutcome::Missing;
+    };
+    let app = old.get("app").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+    if scope.allows(&app) {
+        ReceiptOutcome::Unchanged
+    } else {
+        ReceiptOutcome::OutOfScope { app }
+    }
+}
 
 /// Prefix of the nonce items' keys.
 pub const NONCE_PK_PREFIX: &str = "_nonce.";
@@ -138,22 +151,7 @@ impl Store {
         }
         match req.condition_expression(condition).update_expression(expr).send().await {
             Ok(_) => Ok(ReceiptOutcome::Applied),
-            Err(e) if is_condition_failure(&e) => {
-                let old = match e.as_service_error() {
-                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
-                    _ => None,
-                };
-                let Some(old) = old else {
-                    return Ok(ReceiptOutcome::Missing);
-                };
-                let app = old.get("app").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                Ok(if scope.allows(&app) {
-                    ReceiptOutcome::Unchanged
-                } else {
-                    ReceiptOutcome::OutOfScope { app }
-                })
-            }
-            Err(e) => Err(aws_err(e)),
+            Err(e) => Ok(refused_receipt(super::refused_item(e)?, scope)),
         }
     }
 
@@ -225,22 +223,7 @@ impl Store {
         }
         match req.condition_expression(condition).send().await {
             Ok(_) => Ok(ReceiptOutcome::FellBack),
-            Err(e) if is_condition_failure(&e) => {
-                let old = match e.as_service_error() {
-                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
-                    _ => None,
-                };
-                let Some(old) = old else {
-                    return Ok(ReceiptOutcome::Missing);
-                };
-                let app = old.get("app").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                Ok(if scope.allows(&app) {
-                    ReceiptOutcome::Unchanged
-                } else {
-                    ReceiptOutcome::OutOfScope { app }
-                })
-            }
-            Err(e) => Err(aws_err(e)),
+            Err(e) => Ok(refused_receipt(super::refused_item(e)?, scope)),
         }
     }
 

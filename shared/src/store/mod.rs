@@ -243,6 +243,20 @@ where
     }
 }
 
+/// The item an UpdateItem's condition refused to change (asked for with
+/// `ReturnValuesOnConditionCheckFailure::AllOld`): `Some` when one was there, `None` when
+/// none was; any other failure is the error.
+pub(crate) fn refused_item<R: std::fmt::Debug>(
+    e: aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
+) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+    match e.as_service_error() {
+        Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+            Ok(c.item().cloned())
+        }
+        _ => Err(aws_err(e)),
+    }
+}
+
 pub(crate) fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
     e: &aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> bool {

@@ -123,14 +123,9 @@ impl Store {
             .await;
         match result {
             Ok(out) => Ok(Ok(decode(out.attributes.unwrap_or_default())?)),
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    match c.item().cloned() {
-                        Some(old) => Ok(Err(decode(old)?)),
-                        None => Err(StoreError::Corrupt("deleted schedule vanished".into())),
-                    }
-                }
-                _ => Err(aws_err(e)),
+            Err(e) => match super::refused_item(e)? {
+                Some(old) => Ok(Err(decode(old)?)),
+                None => Err(StoreError::Corrupt("deleted schedule vanished".into())),
             },
         }
     }
