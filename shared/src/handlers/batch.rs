@@ -356,9 +356,7 @@ impl Ingest {
             .authenticate(req, body_bytes(req), header(req, super::ingest::IDEMPOTENCY_KEY))
             .await?;
         let not_found = || Problem::not_found("no such batch");
-        if id.len() != 26 || ulid::Ulid::from_string(id).is_err() {
-            return Err(not_found().errors(vec![FieldError::new("path:id", "not a batch id (a 26-character ULID)")]));
-        }
+        super::ulid_id(id, "batch")?;
         let cursor = match query_param(req, "cursor") {
             None => 0,
             Some(c) => c

@@ -530,14 +530,7 @@ impl Ingest {
         let (_, app) = self
             .authenticate(req, body_bytes(req), header(req, IDEMPOTENCY_KEY))
             .await?;
-        // Anything but a ULID is no message of ours; asking DynamoDB would fail on
-        // ids longer than a key may be, and that is no outage.
-        if id.len() != 26 || ulid::Ulid::from_string(id).is_err() {
-            return Err(Problem::not_found("no such message").errors(vec![FieldError::new(
-                "path:id",
-                "not a message id (a 26-character ULID)",
-            )]));
-        }
+        super::ulid_id(id, "message")?;
         let message = self
             .store
             .get_by_id(id, (self.clock)())

@@ -39,6 +39,21 @@ pub(crate) fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
+/// A path id that must be a ULID (a message, batch or schedule id): anything else names
+/// none of ours, a 404 naming `path:id`, without asking DynamoDB (which would fail on an
+/// id longer than a key may be, and that is no outage).
+pub(crate) fn ulid_id(id: &str, what: &str) -> Result<(), crate::problem::Problem> {
+    if id.len() == 26 && ulid::Ulid::from_string(id).is_ok() {
+        return Ok(());
+    }
+    Err(
+        crate::problem::Problem::not_found(format!("no such {what}")).errors(vec![crate::problem::FieldError::new(
+            "path:id",
+            format!("not a {what} id (a 26-character ULID)"),
+        )]),
+    )
+}
+
 /// Handlers built with AWS clients that point nowhere: the paths under test must not
 /// touch AWS (authentication and validation happen before any call).
 #[cfg(test)]

@@ -241,12 +241,7 @@ impl Ingest {
         let (_, app) = self
             .authenticate(req, body_bytes(req), header(req, IDEMPOTENCY_KEY))
             .await?;
-        if id.len() != 26 || ulid::Ulid::from_string(id).is_err() {
-            return Err(Problem::not_found("no such schedule").errors(vec![FieldError::new(
-                "path:id",
-                "not a schedule id (a 26-character ULID)",
-            )]));
-        }
+        super::ulid_id(id, "schedule")?;
         let record = self
             .store
             .find_schedule(&app.key, id)
