@@ -119,14 +119,7 @@ impl Ingest {
         })? {
             None => false,
             Some(_) if idem_key.is_none() => return Err(unauthorized(AuthError::Replayed, Some(&app.key))),
-            Some(old) if old.body_hash != record.body_hash => {
-                return Err(Problem::new(422, "idempotency-key-reused", "Unprocessable Content")
-                    .detail("this Idempotency-Key was used with a different body")
-                    .errors(vec![FieldError::new(
-                        "header:Idempotency-Key",
-                        "already used with a different body",
-                    )]))
-            }
+            Some(old) if old.body_hash != record.body_hash => return Err(super::ingest::key_reused()),
             Some(old) => {
                 record = old;
                 true

@@ -281,12 +281,7 @@ impl Ingest {
                 // With a key, the same signature again is an exact repeat (v2 signs the
                 // key; v1 passed its guard with the same key): an idempotent retry.
                 if old.body_hash != message.body_hash {
-                    return Err(Problem::new(422, "idempotency-key-reused", "Unprocessable Content")
-                        .detail("this Idempotency-Key was used with a different body")
-                        .errors(vec![FieldError::new(
-                            "header:Idempotency-Key",
-                            "already used with a different body",
-                        )]));
+                    return Err(key_reused());
                 }
                 if old.ingest_pending == Some(true) {
                     if now.saturating_sub(old.created_at) < IN_FLIGHT_MS {
@@ -741,6 +736,17 @@ fn template_problem(e: TemplateError) -> Problem {
             Problem::unavailable("templates temporarily unavailable; retry")
         }
     }
+}
+
+/// The answer to an `Idempotency-Key` used before with another body (a message, a batch
+/// or a schedule): a 422 naming the header.
+pub(super) fn key_reused() -> Problem {
+    Problem::new(422, "idempotency-key-reused", "Unprocessable Content")
+        .detail("this Idempotency-Key was used with a different body")
+        .errors(vec![FieldError::new(
+            "header:Idempotency-Key",
+            "already used with a different body",
+        )])
 }
 
 #[cfg(test)]

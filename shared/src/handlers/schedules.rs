@@ -133,12 +133,7 @@ impl Ingest {
         })? {
             None => false,
             Some(old) if old.body_hash != record.body_hash || old.schedule_app != app.key => {
-                return Err(Problem::new(422, "idempotency-key-reused", "Unprocessable Content")
-                    .detail("this Idempotency-Key was used with a different body")
-                    .errors(vec![FieldError::new(
-                        "header:Idempotency-Key",
-                        "already used with a different body",
-                    )]));
+                return Err(super::ingest::key_reused());
             }
             Some(old) => {
                 record = old;

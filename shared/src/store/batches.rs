@@ -54,16 +54,7 @@ impl Store {
     /// Deletes the batch's record this request wrote (it was refused after all), so the
     /// same key may be used again; only if it is still batch `batch_id`.
     pub async fn delete_batch(&self, pk: &str, batch_id: &str) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .condition_expression("batch_id = :b")
-            .expression_attribute_values(":b", s(batch_id))
-            .send()
-            .await;
-        super::applied(result).map(|_| ())
+        self.delete_if(pk, "batch_id", batch_id).await
     }
 
     /// Marks a batch's record: every accepted recipient is written and queued.

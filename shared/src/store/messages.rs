@@ -123,13 +123,20 @@ impl Store {
 
     /// Removes a record this ingest created but could not queue, so a retry starts clean.
     pub async fn delete(&self, pk: &str, id: &str) -> Result<(), StoreError> {
+        self.delete_if(pk, "id", id).await
+    }
+
+    /// Deletes item `pk` only while its `attribute` is still `value` (the item this
+    /// request wrote, not one written since under the same key).
+    pub(super) async fn delete_if(&self, pk: &str, attribute: &str, value: &str) -> Result<(), StoreError> {
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .condition_expression("id = :id")
-            .expression_attribute_values(":id", s(id))
+            .condition_expression("#a = :v")
+            .expression_attribute_names("#a", attribute)
+            .expression_attribute_values(":v", s(value))
             .send()
             .await;
         applied(result).map(|_| ())

@@ -36,16 +36,7 @@ impl Store {
 
     /// Removes the record of a schedule whose creation failed, so a retry starts clean.
     pub async fn delete_schedule_record(&self, pk: &str, id: &str) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .condition_expression("schedule_id = :id")
-            .expression_attribute_values(":id", s(id))
-            .send()
-            .await;
-        super::applied(result).map(|_| ())
+        self.delete_if(pk, "schedule_id", id).await
     }
 
     /// App `app`'s schedule `id` (one Query on the index; another app's id finds nothing).
