@@ -293,6 +293,73 @@ pub struct Message {
     pub history: Vec<HistoryEntry>,
 }
 
+/// What every new message record starts from, whoever writes it (ingest, a batch, a
+/// recurring schedule's occurrence).
+pub struct FirstRecord {
+    pub pk: String,
+    pub id: String,
+    pub app: String,
+    pub channel: Channel,
+    pub to: String,
+    pub content: Content,
+    pub status: Status,
+    pub now: i64,
+    /// Unix seconds (the table's TTL attribute).
+    pub expires_at: i64,
+    /// The first history entry's note.
+    pub note: Option<String>,
+}
+
+impl Message {
+    /// A record as first written: nothing tried, leased, charged or sent yet, one history
+    /// entry (`status` at `now`). Writers add what they know beyond that with struct
+    /// update syntax, so a new field is defaulted here once, not at every writer.
+    pub fn first(r: FirstRecord) -> Self {
+        Message {
+            pk: r.pk,
+            id: r.id,
+            app: r.app,
+            channel: r.channel,
+            to: r.to,
+            template: None,
+            content: r.content,
+            status: r.status,
+            status_rank: r.status.rank(),
+            attempts: 0,
+            created_at: r.now,
+            updated_at: r.now,
+            expires_at: r.expires_at,
+            body_hash: String::new(),
+            signature: String::new(),
+            ingest_pending: None,
+            lease_until: None,
+            lease_owner: None,
+            provider: None,
+            provider_message_id: None,
+            reason: None,
+            charged: None,
+            charge_first: None,
+            key: None,
+            alternates: Vec::new(),
+            tried: Vec::new(),
+            spent: Vec::new(),
+            rate_slot: None,
+            via: None,
+            send_at: None,
+            schedule: None,
+            batch_id: None,
+            batch_index: None,
+            recurring: None,
+            fell_back_from: None,
+            history: vec![HistoryEntry {
+                at: r.now,
+                status: r.status,
+                note: r.note,
+            }],
+        }
+    }
+}
+
 /// The message rendered for another channel (channel fallback).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alternate {

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::message::{Alternate, Channel, Content, HistoryEntry, Job, Message, Status};
+use crate::message::{Alternate, Channel, Content, FirstRecord, Job, Message, Status};
 
 /// Scheduler substitutes this in the input with the occurrence's time (`2026-01-05T09:00:00Z`).
 pub const SCHEDULED_TIME: &str = "<aws.scheduler.scheduled-time>";
@@ -252,46 +252,23 @@ impl Occurrence {
         }
         let m = &self.message;
         Ok(Message {
-            pk: format!("{}_ro_{}_{}", self.app, self.schedule, at.div_euclid(1000)),
-            id: occurrence_id(&self.app, &self.schedule, at),
-            app: self.app.clone(),
-            channel: m.channel,
-            to: m.to.clone(),
             template: m.template.clone(),
-            content: m.content.clone(),
-            status: Status::Accepted,
-            status_rank: Status::Accepted.rank(),
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-            expires_at: now / 1000 + retention_days.max(1) * 86_400,
             body_hash: hex::encode(Sha256::digest(self.schedule.as_bytes())),
-            signature: String::new(),
-            ingest_pending: None,
-            lease_until: None,
-            lease_owner: None,
-            provider: None,
-            provider_message_id: None,
-            reason: None,
-            charged: None,
-            charge_first: None,
             key: m.key.clone().or_else(|| m.template.clone()),
             alternates: m.alternates.clone(),
-            tried: Vec::new(),
-            spent: Vec::new(),
-            rate_slot: None,
-            via: None,
-            send_at: None,
-            schedule: None,
-            batch_id: None,
-            batch_index: None,
             recurring: Some(self.schedule.clone()),
-            fell_back_from: None,
-            history: vec![HistoryEntry {
-                at: now,
+            ..Message::first(FirstRecord {
+                pk: format!("{}_ro_{}_{}", self.app, self.schedule, at.div_euclid(1000)),
+                id: occurrence_id(&self.app, &self.schedule, at),
+                app: self.app.clone(),
+                channel: m.channel,
+                to: m.to.clone(),
+                content: m.content.clone(),
                 status: Status::Accepted,
+                now,
+                expires_at: now / 1000 + retention_days.max(1) * 86_400,
                 note: Some(format!("occurrence of schedule {} at {}", self.schedule, self.at)),
-            }],
+            })
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::auth::{self, AuthError, SignatureVersion};
 use crate::clock::{rfc3339, Clock};
 use crate::config;
 use crate::filter::FilterCache;
-use crate::message::{Alternate, HistoryEntry, Job, Message, Status};
+use crate::message::{Alternate, FirstRecord, Job, Message, Status};
 use crate::ports::{Created, SignatureGuard};
 use crate::problem::{FieldError, Problem};
 use crate::queue::Queue;
@@ -568,48 +568,28 @@ pub(super) fn new_message(m: NewMessage<'_>, now: i64, retention_days: i64) -> M
         _ => Status::Scheduled,
     };
     Message {
-        pk: m.pk,
         schedule: matches!(m.when, When::At(_)).then(|| Scheduler::name_of(&id)),
         send_at: m.send_at,
-        id,
-        app: m.app.to_string(),
-        channel: m.channel,
-        to: m.to,
         template: m.rendered.template,
-        content: m.rendered.content,
-        status: initial,
-        status_rank: initial.rank(),
-        attempts: 0,
-        created_at: now,
-        updated_at: now,
-        // Kept its retention past when it is sent, not past when it was accepted: a
-        // message scheduled beyond the retention must not expire before it goes.
-        expires_at: now.max(m.send_at.unwrap_or(now)) / 1000 + retention_days * 86_400,
         body_hash: m.body_hash,
         signature: m.signature,
         ingest_pending: m.pending.then_some(true),
-        lease_until: None,
-        lease_owner: None,
-        provider: None,
-        provider_message_id: None,
-        reason: None,
-        charged: None,
-        charge_first: None,
         key: m.rendered.key,
         alternates: m.rendered.alternates,
-        tried: Vec::new(),
-        spent: Vec::new(),
-        rate_slot: None,
-        via: None,
-        batch_id: None,
-        batch_index: None,
-        fell_back_from: None,
-        recurring: None,
-        history: vec![HistoryEntry {
-            at: now,
+        ..Message::first(FirstRecord {
+            pk: m.pk,
+            id: id.clone(),
+            app: m.app.to_string(),
+            channel: m.channel,
+            to: m.to,
+            content: m.rendered.content,
             status: initial,
+            now,
+            // Kept its retention past when it is sent, not past when it was accepted: a
+            // message scheduled beyond the retention must not expire before it goes.
+            expires_at: now.max(m.send_at.unwrap_or(now)) / 1000 + retention_days * 86_400,
             note: None,
-        }],
+        })
     }
 }
 
