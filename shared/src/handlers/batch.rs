@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::ingest::{
-    idempotency_key, new_message, unauthorized, unavailable, unstorable, Ingest, NewMessage, Rendered,
-    IDEMPOTENT_REPLAYED, IN_FLIGHT_MS,
+    new_message, unauthorized, unavailable, unstorable, Ingest, NewMessage, Rendered, IDEMPOTENT_REPLAYED, IN_FLIGHT_MS,
 };
 use super::{body_bytes, header, json};
 use crate::auth::{AuthError, SignatureVersion};
@@ -37,15 +36,9 @@ type Accepted = (usize, SendRequest, Rendered);
 
 impl Ingest {
     pub(super) async fn batch(&self, req: &Request) -> Result<Response<Body>, Problem> {
-        let body = body_bytes(req);
-        if body.len() > self.cfg.max_batch_body_bytes {
-            return Err(Problem::new(413, "too-large", "Content Too Large").detail(format!(
-                "a batch body may be at most {} bytes",
-                self.cfg.max_batch_body_bytes
-            )));
-        }
-        let idem_key = idempotency_key(req)?;
-        let (creds, app) = self.authenticate(req, body, idem_key.as_deref()).await?;
+        let (body, idem_key, creds, app) = self
+            .signed_write(req, self.cfg.max_batch_body_bytes, "a batch body")
+            .await?;
         // Without a key, a batch that failed half way could only be sent again as a new
         // batch: its first recipients twice.
         if idem_key.is_none() {

@@ -113,6 +113,25 @@ impl Ingest {
     /// signature covers `idempotency_key`). An unknown app key is checked against a
     /// stand-in secret, so its answer (and the work behind it) is the same as a bad
     /// signature's: a 401 never tells which app keys exist.
+    /// A write's body (at most `max` bytes, `what` naming it in the 413), its
+    /// `Idempotency-Key` (read before authentication: a v2 signature covers it) and the
+    /// app that signed it.
+    pub(super) async fn signed_write<'r>(
+        &self,
+        req: &'r Request,
+        max: usize,
+        what: &str,
+    ) -> Result<(&'r [u8], Option<String>, auth::Credentials, AppConfig), Problem> {
+        let body = body_bytes(req);
+        if body.len() > max {
+            return Err(Problem::new(413, "too-large", "Content Too Large")
+                .detail(format!("{what} may be at most {max} bytes")));
+        }
+        let idem_key = idempotency_key(req)?;
+        let (creds, app) = self.authenticate(req, body, idem_key.as_deref()).await?;
+        Ok((body, idem_key, creds, app))
+    }
+
     pub(super) async fn authenticate(
         &self,
         req: &Request,
@@ -149,14 +168,7 @@ impl Ingest {
     }
 
     async fn send(&self, req: &Request) -> Result<Response<Body>, Problem> {
-        let body = body_bytes(req);
-        if body.len() > self.cfg.max_body_bytes {
-            return Err(Problem::new(413, "too-large", "Content Too Large")
-                .detail(format!("the body may be at most {} bytes", self.cfg.max_body_bytes)));
-        }
-        // Read before authentication: a v2 signature covers it.
-        let idem_key = idempotency_key(req)?;
-        let (creds, app) = self.authenticate(req, body, idem_key.as_deref()).await?;
+        let (body, idem_key, creds, app) = self.signed_write(req, self.cfg.max_body_bytes, "the body").await?;
 
         // `Content-Type` is not signed, so it decides nothing: were a wrong one refused
         // after authentication, a captured request a client saw refused could be replayed

@@ -15,7 +15,7 @@ use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::ingest::{idempotency_key, unavailable, Ingest, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use super::ingest::{unavailable, Ingest, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use super::{body_bytes, header, json};
 use crate::auth::SignatureVersion;
 use crate::problem::{FieldError, Problem};
@@ -51,13 +51,7 @@ impl Ingest {
     }
 
     async fn create_schedule(&self, req: &Request, scheduler: &Scheduler) -> Result<Response<Body>, Problem> {
-        let body = body_bytes(req);
-        if body.len() > self.cfg.max_body_bytes {
-            return Err(Problem::new(413, "too-large", "Content Too Large")
-                .detail(format!("the body may be at most {} bytes", self.cfg.max_body_bytes)));
-        }
-        let idem_key = idempotency_key(req)?;
-        let (creds, app) = self.authenticate(req, body, idem_key.as_deref()).await?;
+        let (body, idem_key, creds, app) = self.signed_write(req, self.cfg.max_body_bytes, "the body").await?;
         // Without a key, a create that failed between its two writes could only be sent
         // again as a new schedule; with one signed v1 the key could be swapped.
         let Some(idem_key) = idem_key else {
